@@ -1,0 +1,392 @@
+//! Command line, compatible with Go's `flag` package.
+//!
+//! `-listen :8002`, `-listen=:8002`, `--listen :8002` and `--listen=:8002`
+//! are the same flag. Arguments are normalised to `--name value` pairs and
+//! then read with pico-args.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::log::Level;
+
+pub const USAGE: &str = "\
+foo-proxy: a counting proxy for the Foo line protocol
+
+USAGE:
+    foo-proxy [FLAGS]
+
+Flags take one dash or two, and their value after a space or '=':
+    -listen ADDR           where clients connect            [default :8002]
+    -forward ADDR          the Foo server to relay to       [default :8001]
+    -http ADDR             admin HTTP address; accepted, not served yet
+    -recovery-path PATH    recovery file; accepted, not written yet
+                                                  [default .data/recovery.json]
+    --buffer-size BYTES    unsent bytes held per direction  [default 64KiB]
+    --connect-timeout DUR  upstream connect timeout         [default 5s]
+    --fin-timeout DUR      wait for answers after a client half-close [default 5s]
+    --log-level LEVEL      error, warn, info or debug       [default info]
+    -h, --help             print this help
+    --version              print the version
+
+ADDR is HOST:PORT; ':PORT' means every interface for -listen and this host
+for -forward. DUR is a number of seconds or a number with ms, s or m.
+SIGUSR2 (or SIGUSR1) prints the statistics as one JSON line on stdout.
+";
+
+/// Everything the proxy needs from the command line.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Every address the forward host resolved to, tried in order.
+    pub forward: Vec<SocketAddr>,
+    /// The forward address as the user wrote it, for messages.
+    pub forward_spec: String,
+    pub http: Option<String>,
+    pub recovery_path: Option<PathBuf>,
+    pub buffer_size: usize,
+    pub connect_timeout: Duration,
+    pub fin_timeout: Duration,
+    pub log_level: Level,
+}
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Command {
+    Run(Box<Config>),
+    Help,
+    Version,
+}
+
+/// A command-line error: one line naming the flag or value at fault.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CliError(pub String);
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Flags that take a value, in their long form.
+const VALUE_FLAGS: &[&str] = &[
+    "listen",
+    "forward",
+    "http",
+    "recovery-path",
+    "buffer-size",
+    "connect-timeout",
+    "fin-timeout",
+    "log-level",
+];
+
+/// Rewrites Go-style arguments into `--name value` pairs.
+fn normalise(args: Vec<OsString>) -> Result<Vec<OsString>, CliError> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter();
+    while let Some(arg) = iter.next() {
+        let Some(text) = arg.to_str() else {
+            return Err(CliError(format!(
+                "argument is not valid UTF-8: {}",
+                arg.to_string_lossy()
+            )));
+        };
+        if text == "--" || !text.starts_with('-') || text == "-" {
+            return Err(CliError(format!("unexpected argument: {text}")));
+        }
+        let bare = text.trim_start_matches('-');
+        if text.len() - bare.len() > 2 {
+            return Err(CliError(format!("bad flag syntax: {text}")));
+        }
+        let (name, inline) = match bare.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_owned())),
+            None => (bare, None),
+        };
+        let name = match name {
+            "h" | "help" => "help",
+            other => other,
+        };
+        if VALUE_FLAGS.contains(&name) {
+            let value = match inline {
+                Some(v) => OsString::from(v),
+                None => iter
+                    .next()
+                    .ok_or_else(|| CliError(format!("flag needs a value: -{name}")))?,
+            };
+            out.push(OsString::from(format!("--{name}")));
+            out.push(value);
+        } else if name == "help" || name == "version" {
+            if inline.is_some() {
+                return Err(CliError(format!("flag takes no value: -{name}")));
+            }
+            out.push(OsString::from(format!("--{name}")));
+        } else {
+            return Err(CliError(format!("flag provided but not defined: -{name}")));
+        }
+    }
+    Ok(out)
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: Vec<OsString>) -> Result<Command, CliError> {
+    let mut pargs = pico_args::Arguments::from_vec(normalise(args)?);
+    if pargs.contains("--help") {
+        return Ok(Command::Help);
+    }
+    if pargs.contains("--version") {
+        return Ok(Command::Version);
+    }
+    let text = |pargs: &mut pico_args::Arguments,
+                name: &'static str|
+     -> Result<Option<String>, CliError> {
+        // Last one wins, as with Go's flag package.
+        let values: Vec<String> = pargs
+            .values_from_str(name)
+            .map_err(|e| CliError(format!("invalid value for -{}: {e}", &name[2..])))?;
+        Ok(values.into_iter().last())
+    };
+    let listen_spec = text(&mut pargs, "--listen")?.unwrap_or_else(|| ":8002".into());
+    let forward_spec = text(&mut pargs, "--forward")?.unwrap_or_else(|| ":8001".into());
+    let http = text(&mut pargs, "--http")?;
+    let recovery = text(&mut pargs, "--recovery-path")?;
+    let buffer = text(&mut pargs, "--buffer-size")?;
+    let connect = text(&mut pargs, "--connect-timeout")?;
+    let fin = text(&mut pargs, "--fin-timeout")?;
+    let level = text(&mut pargs, "--log-level")?;
+    let rest = pargs.finish();
+    if let Some(first) = rest.first() {
+        return Err(CliError(format!(
+            "unexpected argument: {}",
+            first.to_string_lossy()
+        )));
+    }
+
+    let bad = |flag: &str, value: &str, why: String| {
+        CliError(format!("invalid value {value:?} for -{flag}: {why}"))
+    };
+    let listen = resolve(&listen_spec, "0.0.0.0")
+        .map_err(|why| bad("listen", &listen_spec, why))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("listen", &listen_spec, "resolves to no address".into()))?;
+    let forward =
+        resolve(&forward_spec, "localhost").map_err(|why| bad("forward", &forward_spec, why))?;
+    let buffer_size = match &buffer {
+        Some(v) => parse_size(v).map_err(|why| bad("buffer-size", v, why))?,
+        None => 64 * 1024,
+    };
+    let connect_timeout = match &connect {
+        Some(v) => parse_duration(v).map_err(|why| bad("connect-timeout", v, why))?,
+        None => Duration::from_secs(5),
+    };
+    let fin_timeout = match &fin {
+        Some(v) => parse_duration(v).map_err(|why| bad("fin-timeout", v, why))?,
+        None => Duration::from_secs(5),
+    };
+    let log_level = match &level {
+        Some(v) => Level::parse(v)
+            .ok_or_else(|| bad("log-level", v, "expected error, warn, info or debug".into()))?,
+        None => Level::Info,
+    };
+    let recovery_path = match recovery {
+        Some(p) if p.is_empty() => None,
+        Some(p) => Some(PathBuf::from(p)),
+        None => Some(PathBuf::from(".data/recovery.json")),
+    };
+    Ok(Command::Run(Box::new(Config {
+        listen,
+        forward,
+        forward_spec,
+        http,
+        recovery_path,
+        buffer_size,
+        connect_timeout,
+        fin_timeout,
+        log_level,
+    })))
+}
+
+/// Resolves `HOST:PORT`; an empty host (`:PORT`) becomes `default_host`.
+pub fn resolve(spec: &str, default_host: &str) -> Result<Vec<SocketAddr>, String> {
+    let (host, port) = spec
+        .rsplit_once(':')
+        .ok_or_else(|| "missing port (expected HOST:PORT or :PORT)".to_string())?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("bad port {port:?} (expected 0 to 65535)"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = if host.is_empty() { default_host } else { host };
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve host {host:?}: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("host {host:?} has no address"));
+    }
+    // Prefer IPv4 first: `:PORT` servers in this ecosystem listen on 0.0.0.0.
+    let (mut v4, v6): (Vec<_>, Vec<_>) = addrs.into_iter().partition(SocketAddr::is_ipv4);
+    v4.extend(v6);
+    Ok(v4)
+}
+
+/// `90`, `1.5s`, `250ms`, `2m`; bare numbers are seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| "expected a duration such as 5s, 250ms or 2m".to_string())?;
+    let secs = value * scale;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0 * 365.0) {
+        return Err("must be more than 0 and at most a year".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `65536`, `64k`, `64KiB`, `1m`, `1MiB`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let lower = s.to_ascii_lowercase();
+    let (num, scale) = if let Some(n) = lower
+        .strip_suffix("kib")
+        .or_else(|| lower.strip_suffix("kb"))
+        .or_else(|| lower.strip_suffix('k'))
+    {
+        (n.to_string(), 1024)
+    } else if let Some(n) = lower
+        .strip_suffix("mib")
+        .or_else(|| lower.strip_suffix("mb"))
+        .or_else(|| lower.strip_suffix('m'))
+    {
+        (n.to_string(), 1024 * 1024)
+    } else {
+        (lower.clone(), 1)
+    };
+    let value: usize = num
+        .trim()
+        .parse()
+        .map_err(|_| "expected a size such as 65536, 64KiB or 1MiB".to_string())?;
+    let bytes = value
+        .checked_mul(scale)
+        .ok_or_else(|| "too large".to_string())?;
+    if !(1024..=64 * 1024 * 1024).contains(&bytes) {
+        return Err("must be between 1KiB and 64MiB".into());
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, CliError> {
+        match parse(args.iter().map(OsString::from).collect())? {
+            Command::Run(c) => Ok(*c),
+            other => panic!("expected run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn go_flag_forms_are_equivalent() {
+        for args in [
+            &["-listen", ":9002", "-forward", ":9001"][..],
+            &["-listen=:9002", "-forward=:9001"],
+            &["--listen", ":9002", "--forward", ":9001"],
+            &["--listen=:9002", "--forward=:9001"],
+        ] {
+            let c = run(args).unwrap();
+            assert_eq!(c.listen, "0.0.0.0:9002".parse().unwrap(), "{args:?}");
+            assert_eq!(c.forward[0], "127.0.0.1:9001".parse().unwrap(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_reference() {
+        let c = run(&[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8002".parse().unwrap());
+        assert_eq!(c.forward[0].port(), 8001);
+        assert!(c.forward[0].ip().is_loopback());
+        assert_eq!(c.recovery_path, Some(PathBuf::from(".data/recovery.json")));
+        assert_eq!(c.buffer_size, 65536);
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.fin_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn reference_command_lines_are_accepted() {
+        let c = run(&[
+            "-listen=:8002",
+            "-forward=localhost:8001",
+            "-http=0.0.0.0:8088",
+            "-recovery-path=.data/recovery.json",
+        ])
+        .unwrap();
+        assert_eq!(c.forward[0], "127.0.0.1:8001".parse().unwrap());
+        assert_eq!(c.http.as_deref(), Some("0.0.0.0:8088"));
+        assert!(run(&["-recovery-path="]).unwrap().recovery_path.is_none());
+    }
+
+    #[test]
+    fn help_and_version() {
+        for a in ["-h", "--help", "-help"] {
+            assert!(matches!(parse(vec![a.into()]), Ok(Command::Help)), "{a}");
+        }
+        assert!(matches!(
+            parse(vec!["--version".into()]),
+            Ok(Command::Version)
+        ));
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let e = run(&["-bogus", "1"]).unwrap_err();
+        assert!(e.0.contains("-bogus"), "{e}");
+        let e = run(&["-listen"]).unwrap_err();
+        assert!(e.0.contains("-listen"), "{e}");
+        let e = run(&["-listen", "8002"]).unwrap_err();
+        assert!(
+            e.0.contains("-listen") && e.0.contains("missing port"),
+            "{e}"
+        );
+        let e = run(&["-forward=:99999"]).unwrap_err();
+        assert!(e.0.contains("-forward") && e.0.contains("99999"), "{e}");
+        let e = run(&["-forward=no-such-host.invalid:1"]).unwrap_err();
+        assert!(e.0.contains("-forward"), "{e}");
+        let e = run(&["--fin-timeout=soon"]).unwrap_err();
+        assert!(e.0.contains("-fin-timeout"), "{e}");
+        let e = run(&["--buffer-size=0"]).unwrap_err();
+        assert!(e.0.contains("-buffer-size"), "{e}");
+        let e = run(&["stray"]).unwrap_err();
+        assert!(e.0.contains("stray"), "{e}");
+        assert!(!e.0.contains('\n'));
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("0").is_err());
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12").is_err());
+    }
+
+    #[test]
+    fn ipv6_and_hostnames() {
+        let c = run(&["-listen", "[::1]:0", "-forward", "localhost:1"]).unwrap();
+        assert_eq!(c.listen, "[::1]:0".parse().unwrap());
+        assert!(c.forward.iter().all(|a| a.ip().is_loopback()));
+    }
+}

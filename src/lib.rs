@@ -1,0 +1,32 @@
+//! foo-proxy: a counting proxy for the Foo line protocol.
+//!
+//! Data flow, all on one thread driven by one mio poll ([`server`]):
+//!
+//! 1. **accept**: the listener hands over a client; a non-blocking connect to
+//!    the upstream starts at once, and both sockets join a slab as a pair.
+//! 2. **relay**: each direction is a [`pipe::Pipe`]. Bytes are read into a
+//!    shared scratch buffer and written straight through; only what the peer
+//!    cannot take yet is parked in a pooled buffer ([`pool`]), bounded per
+//!    direction (backpressure). Idle pairs hold no buffer.
+//! 3. **scan**: every byte read passes through a per-direction
+//!    [`scanner::Scanner`], which classifies newline-terminated frames
+//!    incrementally, without buffering them.
+//! 4. **count**: frame counts go into [`stats::Stats`] in place; the moving
+//!    windows ([`rates`]) take them once per loop iteration.
+//! 5. **report**: SIGUSR2 (or SIGUSR1) prints [`stats::Report`] as one JSON
+//!    line on stdout.
+//!
+//! Modules: [`cli`] (Go-compatible flags), [`log`] (stderr lines),
+//! [`scanner`], [`rates`] and [`stats`] (pure logic, clock passed in),
+//! [`pool`], [`pipe`] and [`server`] (I/O).
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod log;
+pub mod pipe;
+pub mod pool;
+pub mod rates;
+pub mod scanner;
+pub mod server;
+pub mod stats;

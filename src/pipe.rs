@@ -1,0 +1,274 @@
+//! One direction of the byte relay: read from one socket, scan, write to the
+//! other, and hold what the other could not take yet.
+//!
+//! Bytes are read into the loop's shared scratch buffer and written straight
+//! through; only a remainder the peer could not take is copied into a pooled
+//! buffer, which goes back to the pool as soon as it drains. An idle pipe
+//! therefore holds no buffer at all.
+
+use std::io::{self, Read, Write};
+
+use mio::net::TcpStream;
+
+use crate::pool::Pool;
+use crate::scanner::{Direction, FrameCounts, Scanner};
+use crate::stats::Stats;
+
+pub fn would_block(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::WouldBlock
+}
+
+pub fn interrupted(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::Interrupted
+}
+
+/// A socket plus what the kernel last told us about it (edge-triggered).
+pub struct Side {
+    pub stream: TcpStream,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+impl Side {
+    pub fn new(stream: TcpStream) -> Self {
+        Side {
+            stream,
+            readable: false,
+            writable: false,
+        }
+    }
+}
+
+/// Bytes waiting to be written: `data[start..end]`.
+struct Buf {
+    data: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+/// Shared state the pipes borrow from the event loop for one drive.
+pub struct Ctx<'a> {
+    pub scratch: &'a mut [u8],
+    pub pool: &'a mut Pool,
+    pub stats: &'a mut Stats,
+    /// Most bytes read per direction in one drive (fairness).
+    pub budget: usize,
+}
+
+/// Why a pump stopped early.
+#[derive(Debug)]
+pub enum Fault {
+    /// Reading the source failed (reset, ...).
+    Source(io::Error),
+    /// Writing the destination failed (reset, broken pipe, ...).
+    Destination(io::Error),
+}
+
+/// What a pump did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pumped {
+    /// The source returned end of file during this pump.
+    pub eof: bool,
+    /// The byte budget ran out while the source was still readable.
+    pub exhausted: bool,
+}
+
+/// One direction: its unsent bytes, its frame scanner and its line count.
+pub struct Pipe {
+    buf: Option<Buf>,
+    scanner: Scanner,
+    /// Newline-terminated frames read from the source so far.
+    pub lines: u64,
+}
+
+impl Pipe {
+    pub fn new(direction: Direction) -> Self {
+        Pipe {
+            buf: None,
+            scanner: Scanner::new(direction),
+            lines: 0,
+        }
+    }
+
+    /// Bytes read but not yet written.
+    pub fn pending(&self) -> usize {
+        self.buf.as_ref().map_or(0, |b| b.end - b.start)
+    }
+
+    /// True while the pipe holds a pooled buffer.
+    pub fn holds_buffer(&self) -> bool {
+        self.buf.is_some()
+    }
+
+    /// Drops unsent bytes (the destination is gone) and returns the buffer.
+    pub fn discard(&mut self, pool: &mut Pool) {
+        if let Some(b) = self.buf.take() {
+            pool.put(b.data);
+        }
+    }
+
+    fn account(&mut self, bytes: &[u8], stats: &mut Stats) {
+        let mut delta = FrameCounts::default();
+        self.scanner.scan(bytes, &mut delta);
+        self.lines += delta.lines();
+        let n = bytes.len() as u64;
+        match self.scanner_direction() {
+            Direction::ClientToServer => {
+                stats.add_client_frames(&delta);
+                stats.bytes_client_to_server += n;
+            }
+            Direction::ServerToClient => {
+                stats.add_server_frames(&delta);
+                stats.bytes_server_to_client += n;
+            }
+        }
+    }
+
+    fn scanner_direction(&self) -> Direction {
+        self.scanner.direction()
+    }
+
+    /// Writes pending bytes to `dst` until it would block or they are gone.
+    fn flush(&mut self, dst: &mut Side, pool: &mut Pool) -> Result<bool, Fault> {
+        let mut progress = false;
+        while let Some(buf) = self.buf.as_mut() {
+            if !dst.writable {
+                break;
+            }
+            let Some(pending) = buf.data.get(buf.start..buf.end) else {
+                break;
+            };
+            match dst.stream.write(pending) {
+                Ok(0) => return Err(Fault::Destination(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    progress = true;
+                    buf.start += n;
+                    if buf.start >= buf.end {
+                        self.discard(pool);
+                    }
+                }
+                Err(e) if would_block(&e) => dst.writable = false,
+                Err(e) if interrupted(&e) => {}
+                Err(e) => return Err(Fault::Destination(e)),
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Moves bytes from `src` to `dst` until neither can make progress, the
+    /// pending bytes reach the pool's buffer size (backpressure), or the
+    /// budget runs out. `dst_open` false means bytes are held, not written
+    /// (the upstream is still connecting).
+    pub fn pump(
+        &mut self,
+        src: &mut Side,
+        dst: &mut Side,
+        dst_open: bool,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Pumped, Fault> {
+        let limit = ctx.pool.buffer_size();
+        let mut budget = ctx.budget;
+        let mut out = Pumped::default();
+        loop {
+            let mut progress = false;
+            if dst_open {
+                progress |= self.flush(dst, ctx.pool)?;
+            }
+            let space = limit.saturating_sub(self.pending());
+            if !src.readable || space == 0 {
+                break;
+            }
+            if budget == 0 {
+                out.exhausted = true;
+                break;
+            }
+            let want = space.min(budget);
+            let read = match self.buf.as_mut() {
+                Some(buf) => {
+                    if buf.start > 0 {
+                        buf.data.copy_within(buf.start..buf.end, 0);
+                        buf.end -= buf.start;
+                        buf.start = 0;
+                    }
+                    let end = buf.end;
+                    match buf.data.get_mut(end..end + want) {
+                        Some(dst_slice) => src.stream.read(dst_slice),
+                        None => break,
+                    }
+                }
+                None => match ctx.scratch.get_mut(..want) {
+                    Some(dst_slice) => src.stream.read(dst_slice),
+                    None => break,
+                },
+            };
+            match read {
+                Ok(0) => {
+                    src.readable = false;
+                    out.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    progress = true;
+                    self.accept_read(n, dst, dst_open, ctx)?;
+                }
+                Err(e) if would_block(&e) => src.readable = false,
+                Err(e) if interrupted(&e) => progress = true,
+                Err(e) => return Err(Fault::Source(e)),
+            }
+            if !progress {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Scans and forwards `n` freshly read bytes, which sit either at the
+    /// end of the pipe's buffer or at the start of the scratch buffer.
+    fn accept_read(
+        &mut self,
+        n: usize,
+        dst: &mut Side,
+        dst_open: bool,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Fault> {
+        if let Some(mut buf) = self.buf.take() {
+            let end = buf.end + n;
+            if let Some(fresh) = buf.data.get(buf.end..end) {
+                self.account(fresh, ctx.stats);
+            }
+            buf.end = end;
+            self.buf = Some(buf);
+            return Ok(());
+        }
+        let Some(fresh) = ctx.scratch.get(..n) else {
+            return Ok(());
+        };
+        self.account(fresh, ctx.stats);
+        let mut written = 0;
+        while dst_open && dst.writable && written < n {
+            let Some(rest) = fresh.get(written..) else {
+                break;
+            };
+            match dst.stream.write(rest) {
+                Ok(0) => return Err(Fault::Destination(io::ErrorKind::WriteZero.into())),
+                Ok(w) => written += w,
+                Err(e) if would_block(&e) => dst.writable = false,
+                Err(e) if interrupted(&e) => {}
+                Err(e) => return Err(Fault::Destination(e)),
+            }
+        }
+        if let Some(rest) = fresh.get(written..).filter(|r| !r.is_empty()) {
+            let mut data = ctx.pool.get();
+            if let Some(slot) = data.get_mut(..rest.len()) {
+                slot.copy_from_slice(rest);
+            }
+            self.buf = Some(Buf {
+                data,
+                start: 0,
+                end: rest.len(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,659 @@
+//! The event loop: one mio poll drives the listener, every client/server
+//! pair, and the signal pipe. All state lives here; nothing is shared.
+
+use std::collections::BTreeSet;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::cli::Config;
+use crate::pipe::{Ctx, Fault, Pipe, Side, interrupted, would_block};
+use crate::pool::Pool;
+use crate::scanner::Direction;
+use crate::stats::{Report, Stats};
+use crate::{debug, info, warn};
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+/// Pair tokens start here: `PAIR_BASE + 2 * key` is the client, `+ 1` the server.
+const PAIR_BASE: usize = 16;
+
+/// Free buffers kept for reuse; more than this go back to the allocator.
+const POOL_CAP: usize = 32;
+/// Reads per direction per drive before other pairs get their turn.
+const READS_PER_TURN: usize = 4;
+/// How long accepting pauses after running out of descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one upstream-failure warning per this interval.
+const UPSTREAM_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+fn client_token(key: usize) -> Token {
+    Token(PAIR_BASE + 2 * key)
+}
+
+fn server_token(key: usize) -> Token {
+    Token(PAIR_BASE + 2 * key + 1)
+}
+
+/// Which side of which pair a token names.
+fn pair_of(token: Token) -> Option<(usize, bool)> {
+    let n = token.0.checked_sub(PAIR_BASE)?;
+    Some((n / 2, n % 2 == 0))
+}
+
+/// `Address already in use (os error 98)` → `address already in use`.
+pub fn describe(err: &io::Error) -> String {
+    let text = err.to_string();
+    let text = match text.find(" (os error") {
+        Some(i) => text.get(..i).unwrap_or(&text).to_string(),
+        None => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
+    }
+}
+
+/// Errors from accept or connect that mean "out of descriptors or memory".
+fn resource_exhausted(err: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM
+    matches!(err.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
+/// A client connection and its upstream connection.
+struct Pair {
+    /// Unique for the process lifetime; slab keys are reused.
+    id: u64,
+    client: Side,
+    server: Side,
+    /// Index of the forward address being tried or used.
+    upstream: usize,
+    connected: bool,
+    c2s: Pipe,
+    s2c: Pipe,
+    /// The client shut down its sending side.
+    client_eof: bool,
+    /// The server closed or failed: only flushing to the client remains.
+    server_done: bool,
+    /// We shut down the upstream's write side after the client's FIN.
+    upstream_shut: bool,
+    deadline: Option<Instant>,
+    scheduled: bool,
+}
+
+/// What the loop must do with a pair after driving it.
+#[derive(Debug, Default)]
+struct Drive {
+    close: bool,
+    requeue: bool,
+    /// The pair entered its closing phase: bound it with the fin timeout.
+    closing: bool,
+}
+
+impl Pair {
+    fn drive(&mut self, ctx: &mut Ctx<'_>) -> Drive {
+        let mut out = Drive::default();
+        if !self.server_done {
+            match self
+                .c2s
+                .pump(&mut self.client, &mut self.server, self.connected, ctx)
+            {
+                Ok(p) => {
+                    self.client_eof |= p.eof;
+                    out.requeue |= p.exhausted;
+                }
+                Err(Fault::Source(e)) => {
+                    debug!("pair {}: client read failed: {}", self.id, describe(&e));
+                    out.close = true;
+                    return out;
+                }
+                Err(Fault::Destination(e)) => {
+                    debug!("pair {}: upstream write failed: {}", self.id, describe(&e));
+                    self.server_done = true;
+                }
+            }
+        }
+        if self.connected {
+            // Once the server is done, its side is no longer read: only the
+            // bytes already held are flushed to the client.
+            if self.server_done {
+                self.server.readable = false;
+            }
+            match self.s2c.pump(&mut self.server, &mut self.client, true, ctx) {
+                Ok(p) => {
+                    self.server_done |= p.eof;
+                    out.requeue |= p.exhausted;
+                }
+                Err(Fault::Source(e)) => {
+                    debug!("pair {}: upstream read failed: {}", self.id, describe(&e));
+                    self.server_done = true;
+                }
+                Err(Fault::Destination(e)) => {
+                    debug!("pair {}: client write failed: {}", self.id, describe(&e));
+                    out.close = true;
+                    return out;
+                }
+            }
+        }
+        if self.server_done {
+            self.c2s.discard(ctx.pool);
+            out.closing = true;
+            out.close = self.s2c.pending() == 0;
+            out.requeue = false;
+            return out;
+        }
+        if self.client_eof && self.connected {
+            out.closing = true;
+            if self.c2s.pending() == 0 && !self.upstream_shut {
+                self.upstream_shut = true;
+                if let Err(e) = self.server.stream.shutdown(Shutdown::Write) {
+                    debug!(
+                        "pair {}: upstream shutdown failed: {}",
+                        self.id,
+                        describe(&e)
+                    );
+                }
+            }
+            // A Foo server answers each line with one line: once every line
+            // the client sent is answered and delivered, nothing is left.
+            out.close =
+                self.upstream_shut && self.s2c.pending() == 0 && self.s2c.lines >= self.c2s.lines;
+        }
+        out
+    }
+
+    fn buffered(&self) -> usize {
+        self.c2s.pending() + self.s2c.pending()
+    }
+}
+
+enum ConnectState {
+    Pending,
+    Connected,
+    Failed(io::Error),
+}
+
+/// Non-blocking connect progress, as mio documents it: take_error, then
+/// peer_addr (NotConnected means keep waiting).
+fn connect_state(stream: &TcpStream) -> ConnectState {
+    match stream.take_error() {
+        Ok(Some(e)) | Err(e) => return ConnectState::Failed(e),
+        Ok(None) => {}
+    }
+    match stream.peer_addr() {
+        Ok(_) => ConnectState::Connected,
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => ConnectState::Pending,
+        Err(e) => ConnectState::Failed(e),
+    }
+}
+
+/// Starts a connect to the first address from `from` that accepts one.
+fn connect_from(addrs: &[SocketAddr], from: usize) -> Result<(usize, TcpStream), io::Error> {
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no forward address");
+    for (i, addr) in addrs.iter().enumerate().skip(from) {
+        match TcpStream::connect(*addr) {
+            Ok(stream) => {
+                // Best effort: latency matters more than packet count here.
+                let _ = stream.set_nodelay(true);
+                return Ok((i, stream));
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Logs at most one line per interval for a repeating warning.
+struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    fn new() -> Self {
+        Throttle {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Returns how many were suppressed since the last line when it is time
+    /// to log again.
+    fn ready(&mut self, now: Instant, interval: Duration) -> Option<u64> {
+        match self.last {
+            Some(t) if now.duration_since(t) < interval => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// The proxy: owns every socket, buffer, counter and deadline.
+pub struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    signals: Signals,
+    pairs: Slab<Pair>,
+    config: Config,
+    pool: Pool,
+    scratch: Box<[u8]>,
+    stats: Stats,
+    /// Every pair deadline, soonest first: `(when, pair id, slab key)`.
+    timers: BTreeSet<(Instant, u64, usize)>,
+    start: Instant,
+    next_id: u64,
+    /// Pairs to drive in this iteration, and those that used their budget.
+    work: Vec<usize>,
+    accept_paused_until: Option<Instant>,
+    accept_exhausted_logged: bool,
+    upstream_log: Throttle,
+    stopping: bool,
+}
+
+impl Server {
+    /// Binds the listener and sets up the poll. Errors name the address.
+    pub fn bind(config: Config) -> Result<Server, String> {
+        let poll = Poll::new().map_err(|e| format!("cannot create poll: {}", describe(&e)))?;
+        let mut listener = TcpListener::bind(config.listen)
+            .map_err(|e| format!("cannot listen on {}: {}", config.listen, describe(&e)))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| format!("cannot listen on {}: {}", config.listen, describe(&e)))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(|e| format!("cannot poll listener: {}", describe(&e)))?;
+        let mut signals = Signals::new([SIGUSR1, SIGUSR2, SIGTERM, SIGINT])
+            .map_err(|e| format!("cannot install signal handlers: {}", describe(&e)))?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(|e| format!("cannot poll signals: {}", describe(&e)))?;
+        let buffer_size = config.buffer_size;
+        Ok(Server {
+            poll,
+            listener,
+            local_addr,
+            signals,
+            pairs: Slab::new(),
+            config,
+            pool: Pool::new(buffer_size, POOL_CAP),
+            scratch: vec![0u8; buffer_size].into_boxed_slice(),
+            stats: Stats::default(),
+            timers: BTreeSet::new(),
+            start: Instant::now(),
+            next_id: 0,
+            work: Vec::new(),
+            accept_paused_until: None,
+            accept_exhausted_logged: false,
+            upstream_log: Throttle::new(),
+            stopping: false,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs until SIGTERM or SIGINT.
+    pub fn run(&mut self) -> io::Result<()> {
+        let forward: Vec<String> = self.config.forward.iter().map(|a| a.to_string()).collect();
+        info!(
+            "foo-proxy {} listening on {}, forwarding to {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            self.local_addr,
+            self.config.forward_spec,
+            forward.join(", ")
+        );
+        let mut events = Events::with_capacity(1024);
+        while !self.stopping {
+            let timeout = self.poll_timeout(Instant::now());
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if interrupted(&e) => continue,
+                Err(e) => return Err(e),
+            }
+            // The clock is read once per iteration, not per message.
+            let now = Instant::now();
+            let mut accept = false;
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => accept = true,
+                    SIGNALS => self.handle_signals(now),
+                    token => self.note_event(token, event, now),
+                }
+            }
+            if accept || self.accept_paused_until.is_some_and(|t| t <= now) {
+                self.accept_clients(now);
+            }
+            self.drive_work(now);
+            self.fire_timers(now);
+            let now_ms = self.now_ms(now);
+            self.stats.commit_window(now_ms);
+        }
+        info!("shutting down: closing {} connection(s)", self.pairs.len());
+        let keys: Vec<usize> = self.pairs.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key, false);
+        }
+        Ok(())
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.work.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let timer = self.timers.first().map(|(t, _, _)| *t);
+        let next = match (timer, self.accept_paused_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // Round up so a deadline is never polled for just before it is due.
+        next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
+    }
+
+    fn handle_signals(&mut self, now: Instant) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for signal in pending {
+            match signal {
+                SIGUSR1 | SIGUSR2 => self.print_report(now),
+                SIGTERM | SIGINT => self.stopping = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// The report as the admin socket and the signals show it.
+    pub fn report(&mut self, now: Instant) -> Report {
+        self.stats.buffered_bytes = self.pairs.iter().map(|(_, p)| p.buffered() as u64).sum();
+        let now_ms = self.now_ms(now);
+        self.stats.report(now_ms)
+    }
+
+    fn print_report(&mut self, now: Instant) {
+        let line = self.report(now).to_json();
+        let mut out = io::stdout().lock();
+        // A closed stdout must not stop the proxy.
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    }
+
+    fn accept_clients(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|t| t > now) {
+            return;
+        }
+        self.accept_paused_until = None;
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    self.accept_exhausted_logged = false;
+                    self.open_pair(stream, peer, now);
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if interrupted(&e) => {}
+                Err(e) if resource_exhausted(&e) => {
+                    if !self.accept_exhausted_logged {
+                        warn!(
+                            "cannot accept on {}: {}; pausing accepts briefly",
+                            self.local_addr,
+                            describe(&e)
+                        );
+                        self.accept_exhausted_logged = true;
+                    }
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+                Err(e) => debug!("accept failed: {}", describe(&e)),
+            }
+        }
+    }
+
+    fn open_pair(&mut self, mut client: TcpStream, peer: SocketAddr, now: Instant) {
+        let _ = client.set_nodelay(true);
+        let entry = self.pairs.vacant_entry();
+        let key = entry.key();
+        let registry = self.poll.registry();
+        if let Err(e) = registry.register(
+            &mut client,
+            client_token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("cannot poll client {peer}: {}", describe(&e));
+            return;
+        }
+        self.stats.connections_total += 1;
+        let (upstream, mut server) = match connect_from(&self.config.forward, 0) {
+            Ok(ok) => ok,
+            Err(e) => {
+                let _ = registry.deregister(&mut client);
+                self.upstream_failed(&e, now);
+                return;
+            }
+        };
+        if let Err(e) = registry.register(
+            &mut server,
+            server_token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            let _ = registry.deregister(&mut client);
+            self.upstream_failed(&e, now);
+            return;
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        debug!("pair {id}: client {peer} accepted");
+        entry.insert(Pair {
+            id,
+            client: Side::new(client),
+            server: Side::new(server),
+            upstream,
+            connected: false,
+            c2s: Pipe::new(Direction::ClientToServer),
+            s2c: Pipe::new(Direction::ServerToClient),
+            client_eof: false,
+            server_done: false,
+            upstream_shut: false,
+            deadline: None,
+            scheduled: false,
+        });
+        self.stats.connections_active += 1;
+        self.set_deadline(key, Some(now + self.config.connect_timeout));
+    }
+
+    /// Counts an unreachable upstream and logs it, throttled.
+    fn upstream_failed(&mut self, err: &io::Error, now: Instant) {
+        self.stats.upstream_errors += 1;
+        if let Some(suppressed) = self.upstream_log.ready(now, UPSTREAM_LOG_INTERVAL) {
+            let more = if suppressed > 0 {
+                format!(" ({suppressed} more since the last warning)")
+            } else {
+                String::new()
+            };
+            warn!(
+                "cannot reach upstream {}: {}; closing the client{more}",
+                self.config.forward_spec,
+                describe(err)
+            );
+        }
+    }
+
+    fn note_event(&mut self, token: Token, event: &mio::event::Event, now: Instant) {
+        let Some((key, is_client)) = pair_of(token) else {
+            return;
+        };
+        let Some(pair) = self.pairs.get_mut(key) else {
+            return;
+        };
+        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+        let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+        if is_client {
+            pair.client.readable |= readable;
+            pair.client.writable |= writable;
+        } else {
+            pair.server.readable |= readable;
+            pair.server.writable |= writable;
+            if !pair.connected {
+                match connect_state(&pair.server.stream) {
+                    ConnectState::Pending => return,
+                    ConnectState::Connected => {
+                        pair.connected = true;
+                        pair.server.writable = true;
+                        debug!("pair {}: upstream connected", pair.id);
+                        self.set_deadline(key, None);
+                    }
+                    ConnectState::Failed(e) => {
+                        self.retry_connect(key, e, now);
+                        return;
+                    }
+                }
+            }
+        }
+        self.schedule(key);
+    }
+
+    fn schedule(&mut self, key: usize) {
+        if let Some(pair) = self.pairs.get_mut(key)
+            && !pair.scheduled
+        {
+            pair.scheduled = true;
+            self.work.push(key);
+        }
+    }
+
+    /// Tries the next forward address, or gives up on the pair.
+    fn retry_connect(&mut self, key: usize, err: io::Error, now: Instant) {
+        let Some(pair) = self.pairs.get_mut(key) else {
+            return;
+        };
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut pair.server.stream);
+        let next = connect_from(&self.config.forward, pair.upstream + 1);
+        let registered = next.and_then(|(i, mut stream)| {
+            registry
+                .register(
+                    &mut stream,
+                    server_token(key),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .map(|()| (i, stream))
+        });
+        match registered {
+            Ok((i, stream)) => {
+                pair.upstream = i;
+                pair.server = Side::new(stream);
+            }
+            Err(_) => {
+                self.upstream_failed(&err, now);
+                self.close(key, false);
+            }
+        }
+    }
+
+    fn drive_work(&mut self, now: Instant) {
+        let work = std::mem::take(&mut self.work);
+        for key in work {
+            let budget = READS_PER_TURN * self.config.buffer_size;
+            let Some(pair) = self.pairs.get_mut(key) else {
+                continue;
+            };
+            pair.scheduled = false;
+            let mut ctx = Ctx {
+                scratch: &mut self.scratch,
+                pool: &mut self.pool,
+                stats: &mut self.stats,
+                budget,
+            };
+            let outcome = pair.drive(&mut ctx);
+            if outcome.close {
+                self.close(key, true);
+                continue;
+            }
+            if outcome.closing && self.pairs.get(key).is_some_and(|p| p.deadline.is_none()) {
+                self.set_deadline(key, Some(now + self.config.fin_timeout));
+            }
+            if outcome.requeue {
+                self.schedule(key);
+            }
+        }
+    }
+
+    fn set_deadline(&mut self, key: usize, when: Option<Instant>) {
+        let Some(pair) = self.pairs.get_mut(key) else {
+            return;
+        };
+        if let Some(old) = pair.deadline.take() {
+            self.timers.remove(&(old, pair.id, key));
+        }
+        if let Some(when) = when {
+            pair.deadline = Some(when);
+            self.timers.insert((when, pair.id, key));
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(&(when, id, key)) = self.timers.first() {
+            if when > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(pair) = self.pairs.get_mut(key) else {
+                continue;
+            };
+            if pair.id != id {
+                continue;
+            }
+            pair.deadline = None;
+            if pair.connected {
+                debug!("pair {}: fin timeout", pair.id);
+                self.close(key, true);
+            } else {
+                let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+                self.upstream_failed(&err, now);
+                self.close(key, false);
+            }
+        }
+    }
+
+    /// Closes a pair: deregister, shut down, remove. With `graceful`, the
+    /// client gets a FIN after everything already written.
+    fn close(&mut self, key: usize, graceful: bool) {
+        let Some(mut pair) = self.pairs.try_remove(key) else {
+            return;
+        };
+        if let Some(when) = pair.deadline.take() {
+            self.timers.remove(&(when, pair.id, key));
+        }
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut pair.client.stream);
+        let _ = registry.deregister(&mut pair.server.stream);
+        pair.c2s.discard(&mut self.pool);
+        pair.s2c.discard(&mut self.pool);
+        if graceful {
+            let _ = pair.client.stream.shutdown(Shutdown::Write);
+            // Unread input would turn our close into a reset, which can
+            // destroy replies the client has not read yet: drain it first.
+            for _ in 0..READS_PER_TURN {
+                match pair.client.stream.read(&mut self.scratch) {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+        }
+        self.stats.connections_active = self.stats.connections_active.saturating_sub(1);
+        debug!("pair {}: closed", pair.id);
+    }
+}
