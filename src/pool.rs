@@ -53,6 +53,7 @@ mod tests {
         pool.put(b);
         assert_eq!(pool.outstanding, 0);
         assert_eq!(pool.free.len(), 1);
-        assert_eq!(pool.get().as_ptr(), a_ptr);
+        let again = pool.get();
+        assert_eq!(again.as_ptr(), a_ptr);
     }
 }
