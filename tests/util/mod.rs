@@ -1,0 +1,454 @@
+//! Shared helpers for the integration tests: start the real binary on
+//! loopback, learn its port from its start line, signal it, read its JSON
+//! reports, and a small Foo server that can misbehave on purpose.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Every wait in the tests is bounded by this unless it says otherwise.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running foo-proxy. Killed on drop.
+pub struct Proxy {
+    pub child: Child,
+    pub addr: SocketAddr,
+    stdout: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proxy {
+    /// Starts foo-proxy listening on 127.0.0.1:0 in front of `upstream`,
+    /// with extra flags, and waits for its start line.
+    pub fn start(upstream: &str, extra: &[&str]) -> Proxy {
+        let mut args = vec!["-listen", "127.0.0.1:0", "-forward", upstream];
+        if !extra.iter().any(|a| a.contains("recovery-path")) {
+            args.push("-recovery-path=");
+        }
+        args.extend_from_slice(extra);
+        Proxy::start_with_args(&args)
+    }
+
+    /// Starts foo-proxy with exactly these arguments.
+    pub fn start_with_args(args: &[&str]) -> Proxy {
+        Proxy::start_in(args, None)
+    }
+
+    pub fn start_in(args: &[&str], dir: Option<&std::path::Path>) -> Proxy {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_foo-proxy"));
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd.spawn().expect("spawn foo-proxy");
+        let (tx, stdout) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            let mut addr_tx = Some(addr_tx);
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split([',', ' ']).next().unwrap_or("").to_string();
+                    if let Some(tx) = addr_tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let addr = match addr_rx.recv_timeout(WAIT) {
+            Ok(a) => a.parse().expect("listen address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "foo-proxy did not start: {}",
+                    stderr.lock().unwrap().as_str()
+                );
+            }
+        };
+        Proxy {
+            child,
+            addr,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Sends SIGUSR2 and returns the JSON line it printed.
+    pub fn report(&self) -> serde_json::Value {
+        self.report_via("USR2")
+    }
+
+    pub fn report_via(&self, signal: &str) -> serde_json::Value {
+        while self.stdout.try_recv().is_ok() {}
+        self.signal(signal);
+        let line = self
+            .stdout
+            .recv_timeout(WAIT)
+            .expect("a report line on stdout");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
+    }
+
+    /// Polls reports until `done` holds or the wait runs out.
+    pub fn report_until(&self, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let r = self.report();
+            if done(&r) || Instant::now() > deadline {
+                return r;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lines the proxy printed on stdout since the last read.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.try_iter().collect()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit and returns its code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect_timeout(&self.addr, WAIT).expect("connect to proxy");
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.set_write_timeout(Some(WAIT)).unwrap();
+        s
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// splitmix64: deterministic randomness without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// How the in-test Foo server behaves.
+#[derive(Clone, Default)]
+pub struct ServerOpts {
+    /// Split each answer into random small writes.
+    pub fragment: bool,
+    /// Send this line as soon as a client connects.
+    pub greeting: Option<Vec<u8>>,
+    /// Never close, not even after the client's FIN (like the reference).
+    pub never_close: bool,
+}
+
+/// A threaded Foo server on 127.0.0.1: answers `REQ n ...` with `ACK n`
+/// (or `NAK n` for every 8th), anything else with `NAK 0 ERRDECODE`.
+pub struct FooServer {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    pub connections: Arc<AtomicU64>,
+    pub acks: Arc<AtomicU64>,
+    pub naks: Arc<AtomicU64>,
+    /// Streams held open so tests can kill the server side.
+    pub streams: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl FooServer {
+    pub fn start(opts: ServerOpts) -> FooServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::serve(listener, opts)
+    }
+
+    pub fn serve(listener: TcpListener, opts: ServerOpts) -> FooServer {
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicU64::new(0));
+        let acks = Arc::new(AtomicU64::new(0));
+        let naks = Arc::new(AtomicU64::new(0));
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let server = FooServer {
+            addr,
+            stop: stop.clone(),
+            connections: connections.clone(),
+            acks: acks.clone(),
+            naks: naks.clone(),
+            streams: streams.clone(),
+        };
+        thread::spawn(move || {
+            let mut seed = 1;
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        stream.set_nodelay(true).unwrap();
+                        connections.fetch_add(1, Ordering::Relaxed);
+                        streams.lock().unwrap().push(stream.try_clone().unwrap());
+                        seed += 1;
+                        let (opts, acks, naks, stop) =
+                            (opts.clone(), acks.clone(), naks.clone(), stop.clone());
+                        thread::spawn(move || serve_conn(stream, opts, seed, acks, naks, stop));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Resets every connection the server holds, as a crash would.
+    pub fn kill_connections(&self) {
+        for s in self.streams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for FooServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.kill_connections();
+    }
+}
+
+fn serve_conn(
+    mut stream: TcpStream,
+    opts: ServerOpts,
+    seed: u64,
+    acks: Arc<AtomicU64>,
+    naks: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = Rng(seed);
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    if let Some(g) = &opts.greeting
+        && stream.write_all(g).is_err()
+    {
+        return;
+    }
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let n = match stream.read(&mut buf) {
+            Ok(0) => {
+                if opts.never_close {
+                    // Like the reference server: sit in CLOSE_WAIT.
+                    while !stop.load(Ordering::Relaxed) {
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                return;
+            }
+            Ok(n) => n,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                continue;
+            }
+            Err(_) => return,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let mut out = Vec::new();
+        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line);
+            let mut parts = text.split_whitespace();
+            match (
+                parts.next(),
+                parts.next().and_then(|s| s.parse::<u64>().ok()),
+            ) {
+                (Some("REQ"), Some(seq)) => {
+                    if seq % 8 == 0 {
+                        naks.fetch_add(1, Ordering::Relaxed);
+                        out.extend_from_slice(format!("NAK {seq} nope\n").as_bytes());
+                    } else {
+                        acks.fetch_add(1, Ordering::Relaxed);
+                        out.extend_from_slice(format!("ACK {seq} ok\n").as_bytes());
+                    }
+                }
+                _ => {
+                    naks.fetch_add(1, Ordering::Relaxed);
+                    out.extend_from_slice(b"NAK 0 ERRDECODE\n");
+                }
+            }
+        }
+        if out.is_empty() {
+            continue;
+        }
+        let ok = if opts.fragment {
+            let mut from = 0;
+            let mut ok = true;
+            while from < out.len() {
+                let take = 1 + rng.below(7) as usize;
+                let to = (from + take).min(out.len());
+                if stream.write_all(&out[from..to]).is_err() {
+                    ok = false;
+                    break;
+                }
+                from = to;
+            }
+            ok
+        } else {
+            stream.write_all(&out).is_ok()
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+/// Reads from `stream` until `want` bytes arrived, EOF, or the wait ends.
+pub fn read_exact_timeout(stream: &mut TcpStream, want: usize) -> Vec<u8> {
+    let deadline = Instant::now() + WAIT;
+    let mut got = Vec::with_capacity(want);
+    let mut buf = vec![0u8; 64 * 1024];
+    while got.len() < want && Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// Reads until EOF (or error, or the wait ends); returns bytes and whether
+/// a clean EOF was seen.
+pub fn read_to_eof(stream: &mut TcpStream) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + WAIT;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return (got, false),
+        }
+    }
+    (got, false)
+}
+
+/// `REQ 1 ...\nREQ 2 ...\n` for seq in `range`.
+pub fn requests(range: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for seq in range {
+        out.extend_from_slice(format!("REQ {seq} data{seq}\n").as_bytes());
+    }
+    out
+}
+
+/// The exact answers the in-test server gives to `requests(range)`.
+pub fn answers(range: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for seq in range {
+        if seq % 8 == 0 {
+            out.extend_from_slice(format!("NAK {seq} nope\n").as_bytes());
+        } else {
+            out.extend_from_slice(format!("ACK {seq} ok\n").as_bytes());
+        }
+    }
+    out
+}
+
+/// A loopback port with nothing listening on it (bound, then released).
+pub fn dead_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
