@@ -27,6 +27,9 @@ Flags take one dash or two, and their value after a space or '=':
     --buffer-size BYTES    unsent bytes held per direction  [default 64KiB]
     --connect-timeout DUR  upstream connect timeout         [default 5s]
     --fin-timeout DUR      wait for answers after a client half-close [default 5s]
+    --idle-timeout DUR     close a pair that moved no byte for this long [default 10m]
+    --drain-timeout DUR    on SIGTERM, let connections finish this long [default 5s]
+    --max-connections N    most client connections at once [default 10000]
     --log-level LEVEL      error, warn, info or debug       [default info]
     -h, --help             print this help
     --version              print the version
@@ -49,6 +52,9 @@ pub struct Config {
     pub buffer_size: usize,
     pub connect_timeout: Duration,
     pub fin_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_connections: usize,
     pub log_level: Level,
 }
 
@@ -79,6 +85,9 @@ const VALUE_FLAGS: &[&str] = &[
     "buffer-size",
     "connect-timeout",
     "fin-timeout",
+    "idle-timeout",
+    "drain-timeout",
+    "max-connections",
     "log-level",
 ];
 
@@ -151,10 +160,18 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, CliError> {
     let forward_spec = text(&mut pargs, "--forward")?.unwrap_or_else(|| ":8001".into());
     let http = text(&mut pargs, "--http")?;
     let recovery = text(&mut pargs, "--recovery-path")?;
-    let buffer = text(&mut pargs, "--buffer-size")?;
-    let connect = text(&mut pargs, "--connect-timeout")?;
-    let fin = text(&mut pargs, "--fin-timeout")?;
-    let level = text(&mut pargs, "--log-level")?;
+    let mut values = Vec::new();
+    for name in [
+        "--buffer-size",
+        "--connect-timeout",
+        "--fin-timeout",
+        "--idle-timeout",
+        "--drain-timeout",
+        "--max-connections",
+        "--log-level",
+    ] {
+        values.push((name, text(&mut pargs, name)?));
+    }
     let rest = pargs.finish();
     if let Some(first) = rest.first() {
         return Err(CliError(format!(
@@ -166,6 +183,27 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, CliError> {
     let bad = |flag: &str, value: &str, why: String| {
         CliError(format!("invalid value {value:?} for -{flag}: {why}"))
     };
+    // Parses the value given for `name` (or the default) with `parse`.
+    fn opt<T>(
+        values: &[(&str, Option<String>)],
+        name: &str,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, CliError> {
+        match values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.as_ref())
+        {
+            Some(v) => parse(v).map_err(|why| {
+                CliError(format!(
+                    "invalid value {v:?} for -{}: {why}",
+                    name.trim_start_matches('-')
+                ))
+            }),
+            None => Ok(default),
+        }
+    }
     let listen = resolve(&listen_spec, "0.0.0.0")
         .map_err(|why| bad("listen", &listen_spec, why))?
         .into_iter()
@@ -173,23 +211,21 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, CliError> {
         .ok_or_else(|| bad("listen", &listen_spec, "resolves to no address".into()))?;
     let forward =
         resolve(&forward_spec, "localhost").map_err(|why| bad("forward", &forward_spec, why))?;
-    let buffer_size = match &buffer {
-        Some(v) => parse_size(v).map_err(|why| bad("buffer-size", v, why))?,
-        None => 64 * 1024,
-    };
-    let connect_timeout = match &connect {
-        Some(v) => parse_duration(v).map_err(|why| bad("connect-timeout", v, why))?,
-        None => Duration::from_secs(5),
-    };
-    let fin_timeout = match &fin {
-        Some(v) => parse_duration(v).map_err(|why| bad("fin-timeout", v, why))?,
-        None => Duration::from_secs(5),
-    };
-    let log_level = match &level {
-        Some(v) => Level::parse(v)
-            .ok_or_else(|| bad("log-level", v, "expected error, warn, info or debug".into()))?,
-        None => Level::Info,
-    };
+    let secs = Duration::from_secs;
+    let buffer_size = opt(&values, "--buffer-size", 64 * 1024, parse_size)?;
+    let connect_timeout = opt(&values, "--connect-timeout", secs(5), parse_duration)?;
+    let fin_timeout = opt(&values, "--fin-timeout", secs(5), parse_duration)?;
+    let idle_timeout = opt(&values, "--idle-timeout", secs(600), parse_duration)?;
+    let drain_timeout = opt(&values, "--drain-timeout", secs(5), parse_duration)?;
+    let max_connections = opt(&values, "--max-connections", 10_000, |v| {
+        v.parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(|| "expected a number from 1 to 1000000".to_string())
+    })?;
+    let log_level = opt(&values, "--log-level", Level::Info, |v| {
+        Level::parse(v).ok_or_else(|| "expected error, warn, info or debug".to_string())
+    })?;
     let recovery_path = match recovery {
         Some(p) if p.is_empty() => None,
         Some(p) => Some(PathBuf::from(p)),
@@ -204,6 +240,9 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, CliError> {
         buffer_size,
         connect_timeout,
         fin_timeout,
+        idle_timeout,
+        drain_timeout,
+        max_connections,
         log_level,
     })))
 }
@@ -318,6 +357,9 @@ mod tests {
         assert_eq!(c.buffer_size, 65536);
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.fin_timeout, Duration::from_secs(5));
+        assert_eq!(c.idle_timeout, Duration::from_secs(600));
+        assert_eq!(c.drain_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_connections, 10_000);
     }
 
     #[test]
@@ -364,6 +406,8 @@ mod tests {
         assert!(e.0.contains("-fin-timeout"), "{e}");
         let e = run(&["--buffer-size=0"]).unwrap_err();
         assert!(e.0.contains("-buffer-size"), "{e}");
+        let e = run(&["--max-connections=0"]).unwrap_err();
+        assert!(e.0.contains("-max-connections"), "{e}");
         let e = run(&["stray"]).unwrap_err();
         assert!(e.0.contains("stray"), "{e}");
         assert!(!e.0.contains('\n'));

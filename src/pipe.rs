@@ -71,6 +71,8 @@ pub struct Pumped {
     pub eof: bool,
     /// The byte budget ran out while the source was still readable.
     pub exhausted: bool,
+    /// At least one byte was read or written.
+    pub moved: bool,
 }
 
 /// One direction: its unsent bytes, its frame scanner and its line count.
@@ -173,6 +175,7 @@ impl Pipe {
             let mut progress = false;
             if dst_open {
                 progress |= self.flush(dst, ctx.pool)?;
+                out.moved |= progress;
             }
             let space = limit.saturating_sub(self.pending());
             if !src.readable || space == 0 {
@@ -210,6 +213,7 @@ impl Pipe {
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
                     progress = true;
+                    out.moved = true;
                     self.accept_read(n, dst, dst_open, ctx)?;
                 }
                 Err(e) if would_block(&e) => src.readable = false,

@@ -85,6 +85,10 @@ struct Pair {
     /// We shut down the upstream's write side after the client's FIN.
     upstream_shut: bool,
     deadline: Option<Instant>,
+    /// The deadline is the fin timeout (no longer connect or idle).
+    fin_armed: bool,
+    /// When the pair last moved a byte, for the idle timeout.
+    last_active: Instant,
     scheduled: bool,
 }
 
@@ -95,6 +99,8 @@ struct Drive {
     requeue: bool,
     /// The pair entered its closing phase: bound it with the fin timeout.
     closing: bool,
+    /// Bytes moved in either direction.
+    moved: bool,
 }
 
 impl Pair {
@@ -108,6 +114,7 @@ impl Pair {
                 Ok(p) => {
                     self.client_eof |= p.eof;
                     out.requeue |= p.exhausted;
+                    out.moved |= p.moved;
                 }
                 Err(Fault::Source(e)) => {
                     debug!("pair {}: client read failed: {}", self.id, describe(&e));
@@ -130,6 +137,7 @@ impl Pair {
                 Ok(p) => {
                     self.server_done |= p.eof;
                     out.requeue |= p.exhausted;
+                    out.moved |= p.moved;
                 }
                 Err(Fault::Source(e)) => {
                     debug!("pair {}: upstream read failed: {}", self.id, describe(&e));
@@ -243,7 +251,8 @@ impl Throttle {
 /// The proxy: owns every socket, buffer, counter and deadline.
 pub struct Server {
     poll: Poll,
-    listener: TcpListener,
+    /// Dropped when a drain starts, so new clients are refused at once.
+    listener: Option<TcpListener>,
     local_addr: SocketAddr,
     signals: Signals,
     pairs: Slab<Pair>,
@@ -258,8 +267,15 @@ pub struct Server {
     /// Pairs to drive in this iteration, and those that used their budget.
     work: Vec<usize>,
     accept_paused_until: Option<Instant>,
-    accept_exhausted_logged: bool,
+    /// Out of descriptors or memory: logged once per episode.
+    exhausted_logged: bool,
+    /// At `--max-connections`: accepting waits until below 90 %.
+    at_limit: bool,
+    /// Accepting should be retried now (backlog left from a pause).
+    accept_again: bool,
     upstream_log: Throttle,
+    /// SIGTERM/SIGINT seen: connections get until this instant to finish.
+    drain_deadline: Option<Instant>,
     stopping: bool,
 }
 
@@ -283,7 +299,7 @@ impl Server {
         let buffer_size = config.buffer_size;
         Ok(Server {
             poll,
-            listener,
+            listener: Some(listener),
             local_addr,
             signals,
             pairs: Slab::new(),
@@ -296,14 +312,22 @@ impl Server {
             next_id: 0,
             work: Vec::new(),
             accept_paused_until: None,
-            accept_exhausted_logged: false,
+            exhausted_logged: false,
+            at_limit: false,
+            accept_again: false,
             upstream_log: Throttle::new(),
+            drain_deadline: None,
             stopping: false,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Ready for new clients: not draining, not stopping.
+    pub fn ready(&self) -> bool {
+        self.listener.is_some() && !self.stopping
     }
 
     fn now_ms(&self, now: Instant) -> u64 {
@@ -343,10 +367,20 @@ impl Server {
             }
             self.drive_work(now);
             self.fire_timers(now);
+            if std::mem::take(&mut self.accept_again) {
+                self.accept_clients(now);
+            }
             let now_ms = self.now_ms(now);
             self.stats.commit_window(now_ms);
+            if let Some(deadline) = self.drain_deadline
+                && (self.pairs.is_empty() || now >= deadline)
+            {
+                self.stopping = true;
+            }
         }
-        info!("shutting down: closing {} connection(s)", self.pairs.len());
+        if !self.pairs.is_empty() {
+            info!("closing {} connection(s) still open", self.pairs.len());
+        }
         let keys: Vec<usize> = self.pairs.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.close(key, false);
@@ -358,11 +392,14 @@ impl Server {
         if !self.work.is_empty() {
             return Some(Duration::ZERO);
         }
-        let timer = self.timers.first().map(|(t, _, _)| *t);
-        let next = match (timer, self.accept_paused_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next = [
+            self.timers.first().map(|(t, _, _)| *t),
+            self.accept_paused_until,
+            self.drain_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         // Round up so a deadline is never polled for just before it is due.
         next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
     }
@@ -372,10 +409,43 @@ impl Server {
         for signal in pending {
             match signal {
                 SIGUSR1 | SIGUSR2 => self.print_report(now),
-                SIGTERM | SIGINT => self.stopping = true,
+                SIGTERM | SIGINT => self.begin_shutdown(now),
                 _ => {}
             }
         }
+    }
+
+    /// First signal: stop accepting and drain. Second: stop now.
+    fn begin_shutdown(&mut self, now: Instant) {
+        if self.drain_deadline.is_some() || self.pairs.is_empty() {
+            self.stopping = true;
+            return;
+        }
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.accept_paused_until = None;
+        self.drain_deadline = Some(now + self.config.drain_timeout);
+        info!(
+            "draining: {} connection(s) get up to {:?} to finish; signal again to stop now",
+            self.pairs.len(),
+            self.config.drain_timeout
+        );
+    }
+
+    /// Notes running out of descriptors or memory: pause accepting briefly
+    /// (the pause is folded into the poll timeout, so no busy loop).
+    fn exhausted(&mut self, what: &str, err: &io::Error, now: Instant) {
+        self.stats.resource_errors += 1;
+        if !self.exhausted_logged {
+            warn!(
+                "{what}: {}; pausing accepts for {:?} at a time until it recovers",
+                describe(err),
+                ACCEPT_BACKOFF
+            );
+            self.exhausted_logged = true;
+        }
+        self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
     }
 
     /// The report as the admin socket and the signals show it.
@@ -393,31 +463,36 @@ impl Server {
     }
 
     fn accept_clients(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some_and(|t| t > now) {
+        if self.accept_paused_until.is_some_and(|t| t > now) || self.at_limit {
             return;
         }
         self.accept_paused_until = None;
         loop {
-            match self.listener.accept() {
-                Ok((stream, peer)) => {
-                    self.accept_exhausted_logged = false;
-                    self.open_pair(stream, peer, now);
-                }
+            if self.pairs.len() >= self.config.max_connections {
+                // New clients wait in the kernel backlog until we are below 90 %.
+                self.at_limit = true;
+                self.stats.connection_limit_hits += 1;
+                info!(
+                    "connection limit {} reached; new clients wait until below 90 %",
+                    self.config.max_connections
+                );
+                return;
+            }
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.open_pair(stream, peer, now),
                 Err(e) if would_block(&e) => return,
                 Err(e) if interrupted(&e) => {}
                 Err(e) if resource_exhausted(&e) => {
-                    if !self.accept_exhausted_logged {
-                        warn!(
-                            "cannot accept on {}: {}; pausing accepts briefly",
-                            self.local_addr,
-                            describe(&e)
-                        );
-                        self.accept_exhausted_logged = true;
-                    }
-                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    self.exhausted(&format!("cannot accept on {}", self.local_addr), &e, now);
                     return;
                 }
                 Err(e) => debug!("accept failed: {}", describe(&e)),
+            }
+            if self.accept_paused_until.is_some() {
+                return;
             }
         }
     }
@@ -438,6 +513,11 @@ impl Server {
         self.stats.connections_total += 1;
         let (upstream, mut server) = match connect_from(&self.config.forward, 0) {
             Ok(ok) => ok,
+            Err(e) if resource_exhausted(&e) => {
+                let _ = registry.deregister(&mut client);
+                self.exhausted("cannot open an upstream socket", &e, now);
+                return;
+            }
             Err(e) => {
                 let _ = registry.deregister(&mut client);
                 self.upstream_failed(&e, now);
@@ -468,6 +548,8 @@ impl Server {
             server_done: false,
             upstream_shut: false,
             deadline: None,
+            fin_armed: false,
+            last_active: now,
             scheduled: false,
         });
         self.stats.connections_active += 1;
@@ -512,8 +594,10 @@ impl Server {
                     ConnectState::Connected => {
                         pair.connected = true;
                         pair.server.writable = true;
+                        pair.last_active = now;
+                        self.exhausted_logged = false;
                         debug!("pair {}: upstream connected", pair.id);
-                        self.set_deadline(key, None);
+                        self.set_deadline(key, Some(now + self.config.idle_timeout));
                     }
                     ConnectState::Failed(e) => {
                         self.retry_connect(key, e, now);
@@ -578,11 +662,15 @@ impl Server {
                 budget,
             };
             let outcome = pair.drive(&mut ctx);
+            if outcome.moved {
+                pair.last_active = now;
+            }
             if outcome.close {
                 self.close(key, true);
                 continue;
             }
-            if outcome.closing && self.pairs.get(key).is_some_and(|p| p.deadline.is_none()) {
+            if outcome.closing && !pair.fin_armed {
+                pair.fin_armed = true;
                 self.set_deadline(key, Some(now + self.config.fin_timeout));
             }
             if outcome.requeue {
@@ -617,9 +705,17 @@ impl Server {
                 continue;
             }
             pair.deadline = None;
-            if pair.connected {
+            if pair.fin_armed {
                 debug!("pair {}: fin timeout", pair.id);
                 self.close(key, true);
+            } else if pair.connected {
+                let idle_until = pair.last_active + self.config.idle_timeout;
+                if idle_until <= now {
+                    debug!("pair {}: idle timeout", pair.id);
+                    self.close(key, true);
+                } else {
+                    self.set_deadline(key, Some(idle_until));
+                }
             } else {
                 let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
                 self.upstream_failed(&err, now);
@@ -655,5 +751,9 @@ impl Server {
         }
         self.stats.connections_active = self.stats.connections_active.saturating_sub(1);
         debug!("pair {}: closed", pair.id);
+        if self.at_limit && self.pairs.len() * 10 < self.config.max_connections * 9 {
+            self.at_limit = false;
+            self.accept_again = true;
+        }
     }
 }

@@ -20,6 +20,10 @@ pub struct Stats {
     pub connections_active: u64,
     pub connections_total: u64,
     pub upstream_errors: u64,
+    /// Times accepting stopped at `--max-connections`.
+    pub connection_limit_hits: u64,
+    /// Accepts or connects that failed for want of descriptors or memory.
+    pub resource_errors: u64,
     pub bytes_client_to_server: u64,
     pub bytes_server_to_client: u64,
     /// Bytes read but not yet written, over all pairs.
@@ -47,6 +51,8 @@ pub struct Report {
     pub connections_active: u64,
     pub connections_total: u64,
     pub upstream_errors: u64,
+    pub connection_limit_hits: u64,
+    pub resource_errors: u64,
     pub bytes_client_to_server: u64,
     pub bytes_server_to_client: u64,
     pub buffered_bytes: u64,
@@ -109,6 +115,8 @@ impl Stats {
             connections_active: self.connections_active,
             connections_total: self.connections_total,
             upstream_errors: self.upstream_errors,
+            connection_limit_hits: self.connection_limit_hits,
+            resource_errors: self.resource_errors,
             bytes_client_to_server: self.bytes_client_to_server,
             bytes_server_to_client: self.bytes_server_to_client,
             buffered_bytes: self.buffered_bytes,

@@ -226,16 +226,20 @@ pub struct ServerOpts {
     pub never_close: bool,
 }
 
+type Streams = Arc<Mutex<Vec<(u64, TcpStream)>>>;
+
 /// A threaded Foo server on 127.0.0.1: answers `REQ n ...` with `ACK n`
 /// (or `NAK n` for every 8th), anything else with `NAK 0 ERRDECODE`.
+/// `REQ n BYE` is answered, then the server closes; `REQ n RST` makes it
+/// reset the connection without answering.
 pub struct FooServer {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
     pub connections: Arc<AtomicU64>,
     pub acks: Arc<AtomicU64>,
     pub naks: Arc<AtomicU64>,
-    /// Streams held open so tests can kill the server side.
-    pub streams: Arc<Mutex<Vec<TcpStream>>>,
+    /// Each live connection's stream, so tests can kill the server side.
+    pub streams: Streams,
 }
 
 impl FooServer {
@@ -268,11 +272,30 @@ impl FooServer {
                         stream.set_nonblocking(false).unwrap();
                         stream.set_nodelay(true).unwrap();
                         connections.fetch_add(1, Ordering::Relaxed);
-                        streams.lock().unwrap().push(stream.try_clone().unwrap());
                         seed += 1;
-                        let (opts, acks, naks, stop) =
-                            (opts.clone(), acks.clone(), naks.clone(), stop.clone());
-                        thread::spawn(move || serve_conn(stream, opts, seed, acks, naks, stop));
+                        let id = seed;
+                        streams
+                            .lock()
+                            .unwrap()
+                            .push((id, stream.try_clone().unwrap()));
+                        let (opts, acks, naks, stop, streams) = (
+                            opts.clone(),
+                            acks.clone(),
+                            naks.clone(),
+                            stop.clone(),
+                            streams.clone(),
+                        );
+                        thread::Builder::new()
+                            .stack_size(256 * 1024)
+                            .spawn(move || {
+                                let end = serve_conn(&stream, opts, id, acks, naks, stop);
+                                streams.lock().unwrap().retain(|(i, _)| *i != id);
+                                if end == End::Reset {
+                                    let sock = socket2::SockRef::from(&stream);
+                                    let _ = sock.set_linger(Some(Duration::ZERO));
+                                }
+                            })
+                            .unwrap();
                     }
                     Err(_) => thread::sleep(Duration::from_millis(2)),
                 }
@@ -287,7 +310,7 @@ impl FooServer {
 
     /// Resets every connection the server holds, as a crash would.
     pub fn kill_connections(&self) {
-        for s in self.streams.lock().unwrap().drain(..) {
+        for (_, s) in self.streams.lock().unwrap().drain(..) {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
@@ -300,14 +323,21 @@ impl Drop for FooServer {
     }
 }
 
+/// How a served connection ended.
+#[derive(PartialEq, Eq)]
+enum End {
+    Close,
+    Reset,
+}
+
 fn serve_conn(
-    mut stream: TcpStream,
+    mut stream: &TcpStream,
     opts: ServerOpts,
     seed: u64,
     acks: Arc<AtomicU64>,
     naks: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-) {
+) -> End {
     let mut rng = Rng(seed);
     stream
         .set_read_timeout(Some(Duration::from_millis(200)))
@@ -315,13 +345,13 @@ fn serve_conn(
     if let Some(g) = &opts.greeting
         && stream.write_all(g).is_err()
     {
-        return;
+        return End::Close;
     }
     let mut pending = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if stop.load(Ordering::Relaxed) {
-            return;
+            return End::Close;
         }
         let n = match stream.read(&mut buf) {
             Ok(0) => {
@@ -331,7 +361,7 @@ fn serve_conn(
                         thread::sleep(Duration::from_millis(50));
                     }
                 }
-                return;
+                return End::Close;
             }
             Ok(n) => n,
             Err(e)
@@ -340,54 +370,55 @@ fn serve_conn(
             {
                 continue;
             }
-            Err(_) => return,
+            Err(_) => return End::Close,
         };
         pending.extend_from_slice(&buf[..n]);
         let mut out = Vec::new();
+        let mut end = None;
         while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=pos).collect();
             let text = String::from_utf8_lossy(&line);
             let mut parts = text.split_whitespace();
-            match (
-                parts.next(),
-                parts.next().and_then(|s| s.parse::<u64>().ok()),
-            ) {
+            let kind = parts.next();
+            let seq = parts.next().and_then(|s| s.parse::<u64>().ok());
+            match parts.next() {
+                Some("RST") => return End::Reset,
+                Some("BYE") => end = Some(End::Close),
+                _ => {}
+            }
+            match (kind, seq) {
+                (Some("REQ"), Some(seq)) if seq % 8 == 0 => {
+                    naks.fetch_add(1, Ordering::Relaxed);
+                    out.extend_from_slice(format!("NAK {seq} nope\n").as_bytes());
+                }
                 (Some("REQ"), Some(seq)) => {
-                    if seq % 8 == 0 {
-                        naks.fetch_add(1, Ordering::Relaxed);
-                        out.extend_from_slice(format!("NAK {seq} nope\n").as_bytes());
-                    } else {
-                        acks.fetch_add(1, Ordering::Relaxed);
-                        out.extend_from_slice(format!("ACK {seq} ok\n").as_bytes());
-                    }
+                    acks.fetch_add(1, Ordering::Relaxed);
+                    out.extend_from_slice(format!("ACK {seq} ok\n").as_bytes());
                 }
                 _ => {
                     naks.fetch_add(1, Ordering::Relaxed);
                     out.extend_from_slice(b"NAK 0 ERRDECODE\n");
                 }
             }
-        }
-        if out.is_empty() {
-            continue;
-        }
-        let ok = if opts.fragment {
-            let mut from = 0;
-            let mut ok = true;
-            while from < out.len() {
-                let take = 1 + rng.below(7) as usize;
-                let to = (from + take).min(out.len());
-                if stream.write_all(&out[from..to]).is_err() {
-                    ok = false;
-                    break;
-                }
-                from = to;
+            if end.is_some() {
+                break;
             }
-            ok
-        } else {
-            stream.write_all(&out).is_ok()
-        };
-        if !ok {
-            return;
+        }
+        let mut from = 0;
+        while from < out.len() {
+            let take = if opts.fragment {
+                1 + rng.below(7) as usize
+            } else {
+                out.len()
+            };
+            let to = (from + take).min(out.len());
+            if stream.write_all(&out[from..to]).is_err() {
+                return End::Close;
+            }
+            from = to;
+        }
+        if let Some(end) = end {
+            return end;
         }
     }
 }
