@@ -21,6 +21,11 @@
 //! [`pool`], [`pipe`] and [`server`] (I/O).
 
 #![forbid(unsafe_code)]
+// Input from the network, a file or the command line must never panic.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 pub mod cli;
 pub mod log;

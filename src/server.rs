@@ -483,7 +483,11 @@ impl Server {
             };
             match listener.accept() {
                 Ok((stream, peer)) => self.open_pair(stream, peer, now),
-                Err(e) if would_block(&e) => return,
+                Err(e) if would_block(&e) => {
+                    // The backlog is empty: any exhaustion episode is over.
+                    self.exhausted_logged = false;
+                    return;
+                }
                 Err(e) if interrupted(&e) => {}
                 Err(e) if resource_exhausted(&e) => {
                     self.exhausted(&format!("cannot accept on {}", self.local_addr), &e, now);
@@ -595,7 +599,6 @@ impl Server {
                         pair.connected = true;
                         pair.server.writable = true;
                         pair.last_active = now;
-                        self.exhausted_logged = false;
                         debug!("pair {}: upstream connected", pair.id);
                         self.set_deadline(key, Some(now + self.config.idle_timeout));
                     }

@@ -42,13 +42,18 @@ impl Proxy {
 
     pub fn start_in(args: &[&str], dir: Option<&std::path::Path>) -> Proxy {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_foo-proxy"));
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args);
         if let Some(dir) = dir {
             cmd.current_dir(dir);
         }
+        Proxy::spawn(&mut cmd)
+    }
+
+    /// Runs `cmd` (which must exec foo-proxy) and waits for its start line.
+    pub fn spawn(cmd: &mut Command) -> Proxy {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn foo-proxy");
         let (tx, stdout) = mpsc::channel();
         let out = child.stdout.take().expect("stdout");
