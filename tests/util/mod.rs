@@ -249,8 +249,14 @@ pub struct FooServer {
 
 impl FooServer {
     pub fn start(opts: ServerOpts) -> FooServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        Self::serve(listener, opts)
+        // A deep backlog: std's default of 128 overflows when a thousand
+        // connections arrive at once.
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        sock.bind(&addr.into()).unwrap();
+        sock.listen(4096).unwrap();
+        Self::serve(sock.into(), opts)
     }
 
     pub fn serve(listener: TcpListener, opts: ServerOpts) -> FooServer {
