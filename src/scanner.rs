@@ -133,6 +133,19 @@ impl Scanner {
                     }
                     None => return,
                 },
+                State::Start if let Some((state, used)) = fast_header(rest) => {
+                    let body = rest.get(used..).unwrap_or_default();
+                    // The common case, a whole frame in this chunk, in one go.
+                    if let State::Data(kind) = state
+                        && let Some(pos) = memchr::memchr(b'\n', body)
+                    {
+                        counts.add(self.classify(kind));
+                        rest = body.get(pos + 1..).unwrap_or_default();
+                        continue;
+                    }
+                    self.state = state;
+                    rest = body;
+                }
                 _ => {
                     let Some((&byte, tail)) = rest.split_first() else {
                         return;
@@ -222,6 +235,54 @@ impl Scanner {
             State::Skip => State::Skip,
         };
         None
+    }
+}
+
+fn is_sep(byte: u8) -> bool {
+    byte == b' ' || byte == b'\t'
+}
+
+/// Fast path at the start of a frame: reads the type, separator and seq
+/// straight from the slice and returns the state reached and the bytes
+/// used. `None` (not a known type) leaves the byte-wise machine to decide.
+/// Whatever it returns is exactly where `step` would have been after the
+/// same bytes, so chunking cannot change the result.
+#[inline]
+fn fast_header(bytes: &[u8]) -> Option<(State, usize)> {
+    let kind = match bytes.get(..4)? {
+        [b'R', b'E', b'Q', sep] if is_sep(*sep) => Kind::Req,
+        [b'A', b'C', b'K', sep] if is_sep(*sep) => Kind::Ack,
+        [b'N', b'A', b'K', sep] if is_sep(*sep) => Kind::Nak,
+        _ => return None,
+    };
+    let mut i = 4;
+    while bytes.get(i).copied().is_some_and(is_sep) {
+        i += 1;
+    }
+    let digits = i;
+    let mut value: u64 = 0;
+    while let Some(&byte) = bytes.get(i) {
+        if byte.is_ascii_digit() {
+            let next = value
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(u64::from(byte - b'0')));
+            i += 1;
+            match next {
+                Some(v) => value = v,
+                None => return Some((State::Skip, i)),
+            }
+        } else if i == digits {
+            return Some((State::Sep(kind), i));
+        } else if is_sep(byte) {
+            return Some((State::Data(kind), i + 1));
+        } else {
+            return Some((State::Seq { kind, value }, i));
+        }
+    }
+    if i == digits {
+        Some((State::Sep(kind), i))
+    } else {
+        Some((State::Seq { kind, value }, i))
     }
 }
 
