@@ -28,6 +28,7 @@
 )]
 
 pub mod cli;
+pub mod driver;
 pub mod log;
 pub mod pipe;
 pub mod pool;
