@@ -450,7 +450,12 @@ mod tests {
         assert_eq!(norm(&["-n=5", "-no-fragment"]), Ok(want.clone()));
         assert_eq!(norm(&["--n", "5", "--no-fragment=true"]), Ok(want));
         assert_eq!(norm(&["-no-fragment=false"]), Ok(vec![]));
-        assert!(norm(&["-no-fragment=maybe"]).unwrap_err().0.contains("-no-fragment"));
+        assert!(
+            norm(&["-no-fragment=maybe"])
+                .unwrap_err()
+                .0
+                .contains("-no-fragment")
+        );
         assert!(norm(&["-version"]).unwrap_err().0.contains("-version"));
     }
 

@@ -183,7 +183,6 @@ impl Talk {
 }
 
 impl Conn {
-
     /// Reads and checks answers, then sends more REQs, until the socket blocks.
     fn drive(&mut self, config: &Config, progress: &mut Progress) -> Result<bool, String> {
         let id = self.talk.id;
@@ -245,7 +244,11 @@ fn run(config: &Config, progress: &mut Progress) -> Result<(), String> {
         let _ = std.set_nodelay(true);
         let mut stream = TcpStream::from_std(std);
         poll.registry()
-            .register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)
+            .register(
+                &mut stream,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )
             .map_err(|e| io_err("register the socket", e))?;
         let mut rng = Rng::stream(config.seed, i as u64);
         let window = rng.range(1, MAX_IN_FLIGHT);

@@ -56,7 +56,14 @@ struct Config {
 fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
     let args = cli::normalise_go_flags(
         args,
-        &["target", "connections", "depth", "duration", "size", "threads"],
+        &[
+            "target",
+            "connections",
+            "depth",
+            "duration",
+            "size",
+            "threads",
+        ],
         &["json"],
     )?;
     let mut pargs = pico_args::Arguments::from_vec(args);
@@ -75,8 +82,8 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
     let bad = |flag: &str, v: &str, why: &str| {
         CliError(format!("invalid value {v:?} for -{flag}: {why}"))
     };
-    let target = cli::resolve(&target_spec, "localhost")
-        .map_err(|why| bad("target", &target_spec, &why))?;
+    let target =
+        cli::resolve(&target_spec, "localhost").map_err(|why| bad("target", &target_spec, &why))?;
     let count = |flag: &str, v: Option<String>, default: usize, min: usize, max: usize| match v {
         None => Ok(default),
         Some(v) => match v.parse::<usize>() {
@@ -225,7 +232,11 @@ fn worker(config: &Config, index: usize, count: usize, start: &Barrier) -> Resul
             .map(|i| {
                 let mut stream = connect(config)?;
                 poll.registry()
-                    .register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)
+                    .register(
+                        &mut stream,
+                        Token(i),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
                     .map_err(|e| io_err("register the socket", e))?;
                 let mut data = Vec::with_capacity(config.size);
                 Rng::stream(index as u64, i as u64).push_alnum(&mut data, config.size);
@@ -291,7 +302,10 @@ fn run(config: &Config) -> Result<Tally, String> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("a load thread panicked".into())))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a load thread panicked".into()))
+            })
             .collect()
     });
     let mut total = Tally::default();

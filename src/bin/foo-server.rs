@@ -70,14 +70,18 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
     let delay = cli::last_value(&mut pargs, "--delay-ms")?;
     let level = cli::last_value(&mut pargs, "--log-level")?;
     cli::reject_rest(pargs)?;
-    let bad = |flag: &str, v: &str, why: &str| CliError(format!("invalid value {v:?} for -{flag}: {why}"));
+    let bad = |flag: &str, v: &str, why: &str| {
+        CliError(format!("invalid value {v:?} for -{flag}: {why}"))
+    };
     let listen_addr = cli::resolve(&listen, "0.0.0.0")
         .map_err(|why| bad("listen", &listen, &why))?
         .into_iter()
         .next()
         .ok_or_else(|| bad("listen", &listen, "resolves to no address"))?;
     let seed = match seed {
-        Some(s) => s.parse().map_err(|_| bad("seed", &s, "expected an unsigned integer"))?,
+        Some(s) => s
+            .parse()
+            .map_err(|_| bad("seed", &s, "expected an unsigned integer"))?,
         None => seed_from_clock(),
     };
     let delay = match delay {
@@ -88,7 +92,8 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
         None => Duration::ZERO,
     };
     let log_level = match level {
-        Some(l) => Level::parse(&l).ok_or_else(|| bad("log-level", &l, "expected error, warn, info or debug"))?,
+        Some(l) => Level::parse(&l)
+            .ok_or_else(|| bad("log-level", &l, "expected error, warn, info or debug"))?,
         None => Level::Info,
     };
     Ok(Some(Config {
@@ -151,7 +156,11 @@ impl Server {
             "foo-server listening on {} (seed {}{}{})",
             self.listener.local_addr()?,
             self.config.seed,
-            if self.config.fragment { "" } else { ", no fragmenting" },
+            if self.config.fragment {
+                ""
+            } else {
+                ", no fragmenting"
+            },
             if self.config.delay.is_zero() {
                 String::new()
             } else {

@@ -231,10 +231,19 @@ mod tests {
     fn finds_the_address_in_log_lines() {
         let proxy = "2026-01-01T00:00:00.000Z INFO foo-proxy 0.1.0 listening on \
                      127.0.0.1:40001, forwarding to 127.0.0.1:8001 (127.0.0.1:8001)";
-        assert_eq!(listening_addr(proxy), Some("127.0.0.1:40001".parse().unwrap()));
+        assert_eq!(
+            listening_addr(proxy),
+            Some("127.0.0.1:40001".parse().unwrap())
+        );
         let server = "... INFO foo-server listening on 0.0.0.0:8001 (seed 7)";
-        assert_eq!(listening_addr(server), Some("127.0.0.1:8001".parse().unwrap()));
-        assert_eq!(listening_addr("listening on [::]:9"), Some("[::1]:9".parse().unwrap()));
+        assert_eq!(
+            listening_addr(server),
+            Some("127.0.0.1:8001".parse().unwrap())
+        );
+        assert_eq!(
+            listening_addr("listening on [::]:9"),
+            Some("[::1]:9".parse().unwrap())
+        );
         assert_eq!(listening_addr("INFO shutting down"), None);
         assert_eq!(listening_addr("listening on nowhere"), None);
     }

@@ -100,7 +100,10 @@ mod tests {
             assert!(i < BUCKETS);
             last = i;
             let mid = value(i);
-            assert!(mid.abs_diff(v) as f64 <= v as f64 * 0.035 + 1.0, "{v} -> {mid}");
+            assert!(
+                mid.abs_diff(v) as f64 <= v as f64 * 0.035 + 1.0,
+                "{v} -> {mid}"
+            );
         }
     }
 

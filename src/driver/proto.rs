@@ -135,19 +135,29 @@ pub fn show(line: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scanner::{Direction, Frame, classify_line};
     use crate::driver::rng::Rng;
+    use crate::scanner::{Direction, Frame, classify_line};
     use proptest::prelude::*;
 
     #[test]
     fn parses_seq_and_data() {
         let m = parse(b"REQ 6 gxb6w7yr3sc647vyua").unwrap();
-        assert_eq!((m.kind, m.seq, m.data), (Kind::Req, 6, &b"gxb6w7yr3sc647vyua"[..]));
+        assert_eq!(
+            (m.kind, m.seq, m.data),
+            (Kind::Req, 6, &b"gxb6w7yr3sc647vyua"[..])
+        );
         let m = parse(b"NAK\t0\tERRDECODE\r").unwrap();
         assert_eq!((m.kind, m.seq, m.data), (Kind::Nak, 0, &b"ERRDECODE"[..]));
         assert_eq!(parse(b"ACK 2").unwrap().data, b"");
         assert_eq!(parse(b"ACK 18446744073709551615").unwrap().seq, u64::MAX);
-        for bad in [&b"ACK 18446744073709551616"[..], b"REQ", b"REQ 1x", b"REQ1", b"", b"ACK -1"] {
+        for bad in [
+            &b"ACK 18446744073709551616"[..],
+            b"REQ",
+            b"REQ 1x",
+            b"REQ1",
+            b"",
+            b"ACK -1",
+        ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
     }

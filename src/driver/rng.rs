@@ -104,7 +104,10 @@ mod tests {
         let mut r = Rng::new(5);
         let mut v = Vec::new();
         r.push_alnum(&mut v, 500);
-        assert!(v.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert!(
+            v.iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        );
         v.clear();
         r.push_hex(&mut v, 32);
         assert_eq!(v.len(), 32);

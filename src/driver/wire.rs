@@ -132,7 +132,12 @@ mod tests {
             if self.0.is_empty() {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            let n = self.1.pop().unwrap_or(usize::MAX).min(buf.len()).min(self.0.len());
+            let n = self
+                .1
+                .pop()
+                .unwrap_or(usize::MAX)
+                .min(buf.len())
+                .min(self.0.len());
             buf[..n].copy_from_slice(&self.0[..n]);
             self.0 = &self.0[n..];
             Ok(n)
