@@ -131,20 +131,17 @@ impl Child {
         })
     }
 
-    /// Everything the child has printed on stdout so far, up to its exit.
+    /// Everything the child prints on stdout until it closes it (exits).
     pub fn stdout_rest(&mut self, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut text = String::new();
-        while let Ok(line) = self.stdout_line(deadline.saturating_duration_since(Instant::now())) {
-            text.push_str(&line);
-            text.push('\n');
+        match &self.stdout {
+            Some(rx) => drain(rx, timeout),
+            None => String::new(),
         }
-        text
     }
 
-    /// Lines the child has written on stderr and nobody has read yet.
-    pub fn stderr_lines(&mut self) -> Vec<String> {
-        self.stderr.try_iter().collect()
+    /// Every stderr line not read yet, until the child closes stderr.
+    pub fn stderr_rest(&mut self, timeout: Duration) -> String {
+        drain(&self.stderr, timeout)
     }
 
     /// Sends `signal` (a name such as `USR2`) with kill(1).
@@ -200,6 +197,17 @@ impl Drop for Child {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Lines from `rx` until its sender is gone or `timeout` has passed.
+fn drain(rx: &Receiver<String>, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    let mut text = String::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
 }
 
 /// The address in a `... listening on ADDR, ...` log line.
