@@ -2,6 +2,9 @@
 //! `-n` REQs on each of `-c` connections with 1 to 4 in flight, checks every
 //! answer's type and seq, prints a dot per 10 answers and `OK!` at the end.
 
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream as StdStream};

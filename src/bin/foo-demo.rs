@@ -3,6 +3,9 @@
 //! traffic through it, shows the SIGUSR2 report, and stops everything it
 //! started, on every path (children are killed on drop).
 
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,9 @@
 //! connection keeps `--depth` REQs in flight and sends a new one per answer;
 //! reads and writes are batched so that one thread outruns the proxy.
 
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io;

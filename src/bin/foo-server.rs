@@ -2,6 +2,9 @@
 //! Answers every line, splits its writes at random points, and closes its
 //! side once the client has closed and every answer is out.
 
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::ffi::OsString;
