@@ -35,8 +35,8 @@ fn foo_client(args: &[&str]) -> (ExitStatus, String, String) {
     run(env!("CARGO_BIN_EXE_foo-client"), "foo-client", args)
 }
 
-/// A one-connection Foo server that answers REQ n with `answer(n)`, or
-/// closes when that is `None`. Serves a single client, then ends.
+/// A one-connection Foo server that answers REQ n with `answer(n)`; when that
+/// is `None` it closes its side (FIN, no reset) and only reads from then on.
 fn broken_server(answer: fn(u64) -> Option<String>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -46,14 +46,23 @@ fn broken_server(answer: fn(u64) -> Option<String>) -> SocketAddr {
         };
         stream.set_read_timeout(Some(WAIT)).unwrap();
         let mut writer = stream.try_clone().unwrap();
+        let mut open = true;
         for line in BufReader::new(stream).split(b'\n') {
             let Ok(line) = line else { return };
             let Some(msg) = proto::parse(&line) else {
                 return;
             };
-            let Some(reply) = answer(msg.seq) else { return };
-            if writer.write_all(reply.as_bytes()).is_err() {
-                return;
+            match answer(msg.seq) {
+                Some(reply) if open => {
+                    if writer.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    open = false;
+                    let _ = writer.shutdown(Shutdown::Write);
+                }
             }
         }
     });

@@ -148,6 +148,16 @@ impl Progress {
 }
 
 impl Talk {
+    /// An I/O failure, with how far the conversation got.
+    fn io_error(&self, e: &io::Error, requests: u64) -> String {
+        format!(
+            "connection {}: {} after {} of {requests} answers",
+            self.id,
+            describe(e),
+            self.expected - 1
+        )
+    }
+
     /// Queues REQs until the window is full or all `requests` are sent.
     fn top_up(&mut self, out: &mut Vec<u8>, requests: u64) {
         let mut data = Vec::with_capacity(32);
@@ -189,10 +199,12 @@ impl Conn {
     /// Reads and checks answers, then sends more REQs, until the socket blocks.
     fn drive(&mut self, config: &Config, progress: &mut Progress) -> Result<bool, String> {
         let id = self.talk.id;
-        let failed = move |e: io::Error| format!("connection {id}: {}", describe(&e));
         let mut progressed = false;
         loop {
-            let filled = self.lines.fill(&mut self.stream).map_err(failed)?;
+            let filled = self
+                .lines
+                .fill(&mut self.stream)
+                .map_err(|e| self.talk.io_error(&e, config.requests))?;
             while let Some(line) = self.lines.next_line() {
                 self.talk.check(line)?;
                 progress.answer();
@@ -216,7 +228,9 @@ impl Conn {
         }
         self.talk.top_up(&mut self.out.buf, config.requests);
         let split = config.fragment.then_some(&mut self.talk.rng);
-        self.out.flush(&mut self.stream, split).map_err(failed)?;
+        self.out
+            .flush(&mut self.stream, split)
+            .map_err(|e| self.talk.io_error(&e, config.requests))?;
         Ok(progressed)
     }
 }
