@@ -91,8 +91,19 @@ const VALUE_FLAGS: &[&str] = &[
     "log-level",
 ];
 
-/// Rewrites Go-style arguments into `--name value` pairs.
-fn normalise(args: Vec<OsString>) -> Result<Vec<OsString>, CliError> {
+/// Flags that take no value, in their long form (`-h` is `--help`).
+const SWITCH_FLAGS: &[&str] = &["help", "version"];
+
+/// Rewrites Go-style arguments into `--name value` pairs for pico-args.
+///
+/// `value_flags` take a value (`-f v`, `-f=v`, `--f v`, `--f=v`);
+/// `switch_flags` take none, or `=true` / `=false` as Go's bool flags do.
+/// `-h` is always read as `--help`. Shared by every binary of the crate.
+pub fn normalise_go_flags(
+    args: Vec<OsString>,
+    value_flags: &[&str],
+    switch_flags: &[&str],
+) -> Result<Vec<OsString>, CliError> {
     let mut out = Vec::with_capacity(args.len());
     let mut iter = args.into_iter();
     while let Some(arg) = iter.next() {
@@ -114,10 +125,10 @@ fn normalise(args: Vec<OsString>) -> Result<Vec<OsString>, CliError> {
             None => (bare, None),
         };
         let name = match name {
-            "h" | "help" => "help",
+            "h" => "help",
             other => other,
         };
-        if VALUE_FLAGS.contains(&name) {
+        if value_flags.contains(&name) {
             let value = match inline {
                 Some(v) => OsString::from(v),
                 None => iter
@@ -126,11 +137,16 @@ fn normalise(args: Vec<OsString>) -> Result<Vec<OsString>, CliError> {
             };
             out.push(OsString::from(format!("--{name}")));
             out.push(value);
-        } else if name == "help" || name == "version" {
-            if inline.is_some() {
-                return Err(CliError(format!("flag takes no value: -{name}")));
+        } else if switch_flags.contains(&name) || name == "help" {
+            match inline.as_deref() {
+                None | Some("true") => out.push(OsString::from(format!("--{name}"))),
+                Some("false") => {}
+                Some(v) => {
+                    return Err(CliError(format!(
+                        "invalid boolean value {v:?} for -{name}: expected true or false"
+                    )));
+                }
             }
-            out.push(OsString::from(format!("--{name}")));
         } else {
             return Err(CliError(format!("flag provided but not defined: -{name}")));
         }
@@ -138,28 +154,45 @@ fn normalise(args: Vec<OsString>) -> Result<Vec<OsString>, CliError> {
     Ok(out)
 }
 
+/// The last value given for `name` (`--listen`), as with Go's flag package.
+pub fn last_value(
+    pargs: &mut pico_args::Arguments,
+    name: &'static str,
+) -> Result<Option<String>, CliError> {
+    let values: Vec<String> = pargs.values_from_str(name).map_err(|e| {
+        CliError(format!(
+            "invalid value for -{}: {e}",
+            name.trim_start_matches('-')
+        ))
+    })?;
+    Ok(values.into_iter().last())
+}
+
+/// Fails on the first argument pico-args did not consume.
+pub fn reject_rest(pargs: pico_args::Arguments) -> Result<(), CliError> {
+    match pargs.finish().first() {
+        Some(first) => Err(CliError(format!(
+            "unexpected argument: {}",
+            first.to_string_lossy()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Parses the arguments after the program name.
 pub fn parse(args: Vec<OsString>) -> Result<Command, CliError> {
-    let mut pargs = pico_args::Arguments::from_vec(normalise(args)?);
+    let args = normalise_go_flags(args, VALUE_FLAGS, SWITCH_FLAGS)?;
+    let mut pargs = pico_args::Arguments::from_vec(args);
     if pargs.contains("--help") {
         return Ok(Command::Help);
     }
     if pargs.contains("--version") {
         return Ok(Command::Version);
     }
-    let text = |pargs: &mut pico_args::Arguments,
-                name: &'static str|
-     -> Result<Option<String>, CliError> {
-        // Last one wins, as with Go's flag package.
-        let values: Vec<String> = pargs
-            .values_from_str(name)
-            .map_err(|e| CliError(format!("invalid value for -{}: {e}", &name[2..])))?;
-        Ok(values.into_iter().last())
-    };
-    let listen_spec = text(&mut pargs, "--listen")?.unwrap_or_else(|| ":8002".into());
-    let forward_spec = text(&mut pargs, "--forward")?.unwrap_or_else(|| ":8001".into());
-    let http = text(&mut pargs, "--http")?;
-    let recovery = text(&mut pargs, "--recovery-path")?;
+    let listen_spec = last_value(&mut pargs, "--listen")?.unwrap_or_else(|| ":8002".into());
+    let forward_spec = last_value(&mut pargs, "--forward")?.unwrap_or_else(|| ":8001".into());
+    let http = last_value(&mut pargs, "--http")?;
+    let recovery = last_value(&mut pargs, "--recovery-path")?;
     let mut values = Vec::new();
     for name in [
         "--buffer-size",
@@ -170,15 +203,9 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, CliError> {
         "--max-connections",
         "--log-level",
     ] {
-        values.push((name, text(&mut pargs, name)?));
+        values.push((name, last_value(&mut pargs, name)?));
     }
-    let rest = pargs.finish();
-    if let Some(first) = rest.first() {
-        return Err(CliError(format!(
-            "unexpected argument: {}",
-            first.to_string_lossy()
-        )));
-    }
+    reject_rest(pargs)?;
 
     let bad = |flag: &str, value: &str, why: String| {
         CliError(format!("invalid value {value:?} for -{flag}: {why}"))
@@ -411,6 +438,25 @@ mod tests {
         let e = run(&["stray"]).unwrap_err();
         assert!(e.0.contains("stray"), "{e}");
         assert!(!e.0.contains('\n'));
+    }
+
+    #[test]
+    fn shared_normaliser_reads_go_bool_flags() {
+        let norm = |args: &[&str]| {
+            let args = args.iter().map(OsString::from).collect();
+            normalise_go_flags(args, &["n"], &["no-fragment"])
+        };
+        let want: Vec<OsString> = ["--n", "5", "--no-fragment"].map(OsString::from).into();
+        assert_eq!(norm(&["-n=5", "-no-fragment"]), Ok(want.clone()));
+        assert_eq!(norm(&["--n", "5", "--no-fragment=true"]), Ok(want));
+        assert_eq!(norm(&["-no-fragment=false"]), Ok(vec![]));
+        assert!(
+            norm(&["-no-fragment=maybe"])
+                .unwrap_err()
+                .0
+                .contains("-no-fragment")
+        );
+        assert!(norm(&["-version"]).unwrap_err().0.contains("-version"));
     }
 
     #[test]

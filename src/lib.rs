@@ -18,7 +18,8 @@
 //!
 //! Modules: [`cli`] (Go-compatible flags), [`log`] (stderr lines),
 //! [`scanner`], [`rates`] and [`stats`] (pure logic, clock passed in),
-//! [`pool`], [`pipe`] and [`server`] (I/O).
+//! [`pool`], [`pipe`] and [`server`] (I/O). [`driver`] holds what the test
+//! binaries in `src/bin/` share (foo-server, foo-client, foo-load, foo-demo).
 
 #![forbid(unsafe_code)]
 // Input from the network, a file or the command line must never panic.
@@ -28,6 +29,7 @@
 )]
 
 pub mod cli;
+pub mod driver;
 pub mod log;
 pub mod pipe;
 pub mod pool;

@@ -1,0 +1,197 @@
+//! foo-demo: the one-command tour. Builds the binaries, runs foo-proxy in
+//! front of foo-server on free loopback ports, sends foo-client and foo-load
+//! traffic through it, shows the SIGUSR2 report, and stops everything it
+//! started, on every path (children are killed on drop).
+
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use foo_proxy::cli::{self, CliError};
+use foo_proxy::driver::child::{Child, Stdout, sibling};
+
+const USAGE: &str = "\
+foo-demo: run foo-proxy in front of foo-server and show its statistics
+
+USAGE:
+    cargo run --release --bin foo-demo
+    foo-demo [FLAGS]
+
+    --no-build    use the binaries next to this one as they are
+    -h, --help    print this help
+
+Under `cargo run` it first builds the other binaries of the crate with the
+same profile. Every port is a free loopback port; nothing is left running.
+";
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+fn parse_args(args: Vec<OsString>) -> Result<Option<bool>, CliError> {
+    let args = cli::normalise_go_flags(args, &[], &["no-build"])?;
+    let mut pargs = pico_args::Arguments::from_vec(args);
+    if pargs.contains("--help") {
+        return Ok(None);
+    }
+    let no_build = pargs.contains("--no-build");
+    cli::reject_rest(pargs)?;
+    Ok(Some(!no_build))
+}
+
+/// `cargo run` builds only the binary it runs; build the rest, same profile.
+fn build_siblings(dir: &Path) -> Result<(), String> {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return Ok(());
+    };
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let mut command = Command::new(cargo);
+    command
+        .arg("build")
+        .arg("--bins")
+        .arg("--manifest-path")
+        .arg(&manifest);
+    match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            command.arg("--release");
+        }
+        Some(profile) => {
+            command.args(["--profile", profile]);
+        }
+    }
+    let mut build = Child::spawn("cargo", &mut command, Stdout::Inherit)?;
+    let status = build.wait(BUILD_TIMEOUT)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo build --bins failed ({status})"))
+    }
+}
+
+fn start(dir: &Path, name: &str, args: &[&str], stdout: Stdout) -> Result<Child, String> {
+    let mut command = Command::new(sibling(dir, name)?);
+    command.args(args);
+    Child::spawn(name, &mut command, stdout)
+}
+
+/// Runs a driver to completion with its stdout on ours.
+fn run_driver(dir: &Path, name: &str, args: &[&str]) -> Result<(), String> {
+    println!("$ {name} {}", args.join(" "));
+    let mut child = start(dir, name, args, Stdout::Inherit)?;
+    let status = child.wait(RUN_TIMEOUT)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{name} failed ({status})"))
+    }
+}
+
+fn demo(dir: &Path) -> Result<(), String> {
+    let mut server = start(
+        dir,
+        "foo-server",
+        &["-listen", "127.0.0.1:0", "--seed", "1"],
+        Stdout::Capture,
+    )?;
+    let server_addr: SocketAddr = server.wait_for_listening(START_TIMEOUT)?;
+    let forward = server_addr.to_string();
+    let mut proxy = start(
+        dir,
+        "foo-proxy",
+        &[
+            "-listen",
+            "127.0.0.1:0",
+            "-forward",
+            &forward,
+            "-recovery-path=",
+        ],
+        Stdout::Capture,
+    )?;
+    let proxy_addr = proxy.wait_for_listening(START_TIMEOUT)?.to_string();
+    println!("foo-server on {server_addr}, foo-proxy on {proxy_addr} in front of it\n");
+
+    run_driver(
+        dir,
+        "foo-client",
+        &["-connect", &proxy_addr, "-n", "100", "-c", "4"],
+    )?;
+    println!();
+    run_driver(
+        dir,
+        "foo-load",
+        &[
+            "--target",
+            &proxy_addr,
+            "--connections",
+            "4",
+            "--depth",
+            "8",
+            "--duration",
+            "2s",
+        ],
+    )?;
+
+    println!(
+        "\n$ kill -USR2 {}   # foo-proxy prints its statistics on stdout",
+        proxy.pid()
+    );
+    proxy.signal("USR2")?;
+    let line = proxy.stdout_line(START_TIMEOUT)?;
+    println!("{line}");
+    let report: serde_json::Value = serde_json::from_str(&line)
+        .map_err(|e| format!("foo-proxy's report is not JSON ({e}): {line}"))?;
+    if report
+        .get("msg_req")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+        == 0
+    {
+        return Err("foo-proxy's report counts no requests".into());
+    }
+
+    proxy.stop(STOP_GRACE)?;
+    server.stop(STOP_GRACE)?;
+    println!("\nstopped foo-proxy and foo-server");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let build = match parse_args(std::env::args_os().skip(1).collect()) {
+        Ok(Some(build)) => build,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("foo-demo: {e} (see foo-demo -h)");
+            return ExitCode::from(2);
+        }
+    };
+    let dir: Result<PathBuf, String> = std::env::current_exe()
+        .map_err(|e| format!("cannot find this executable: {e}"))
+        .and_then(|exe| {
+            exe.parent()
+                .map(Path::to_path_buf)
+                .ok_or_else(|| "this executable has no directory".to_string())
+        });
+    let result = dir.and_then(|dir| {
+        if build {
+            build_siblings(&dir)?;
+        }
+        demo(&dir)
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("foo-demo: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! foo-load: closed-loop, pipelined load against any Foo endpoint. Every
+//! connection keeps `--depth` REQs in flight and sends a new one per answer;
+//! reads and writes are batched so that one thread outruns the proxy.
+
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io;
+use std::net::{SocketAddr, TcpStream as StdStream};
+use std::process::ExitCode;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use foo_proxy::cli::{self, CliError};
+use foo_proxy::driver::hist::Histogram;
+use foo_proxy::driver::proto::{self, Kind, push_msg, show};
+use foo_proxy::driver::rng::Rng;
+use foo_proxy::driver::wire::{Filled, LineReader, Outbox};
+use foo_proxy::pipe::interrupted;
+use foo_proxy::server::describe;
+
+const USAGE: &str = "\
+foo-load: closed-loop, pipelined load against a Foo server or proxy
+
+USAGE:
+    foo-load [FLAGS]
+
+    --target ADDR        where to send REQs          [default localhost:8001]
+    --connections N      connections                  [default 16]
+    --depth N            REQs in flight per connection [default 16]
+    --duration DUR       how long to measure          [default 5s]
+    --size BYTES         data bytes per REQ           [default 32]
+    --threads N          event loops, connections shared out [default 1]
+    --json               print one JSON object instead of text
+    -h, --help           print this help
+
+Latency is per request, from the write that carried it to the read that
+brought its answer. Errors are answers with the wrong type or seq, and
+connections lost during the run.
+";
+
+struct Config {
+    target: Vec<SocketAddr>,
+    target_spec: String,
+    connections: usize,
+    depth: usize,
+    duration: Duration,
+    size: usize,
+    threads: usize,
+    json: bool,
+}
+
+fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
+    let args = cli::normalise_go_flags(
+        args,
+        &[
+            "target",
+            "connections",
+            "depth",
+            "duration",
+            "size",
+            "threads",
+        ],
+        &["json"],
+    )?;
+    let mut pargs = pico_args::Arguments::from_vec(args);
+    if pargs.contains("--help") {
+        return Ok(None);
+    }
+    let json = pargs.contains("--json");
+    let target_spec =
+        cli::last_value(&mut pargs, "--target")?.unwrap_or_else(|| "localhost:8001".into());
+    let connections = cli::last_value(&mut pargs, "--connections")?;
+    let depth = cli::last_value(&mut pargs, "--depth")?;
+    let duration = cli::last_value(&mut pargs, "--duration")?;
+    let size = cli::last_value(&mut pargs, "--size")?;
+    let threads = cli::last_value(&mut pargs, "--threads")?;
+    cli::reject_rest(pargs)?;
+    let bad = |flag: &str, v: &str, why: &str| {
+        CliError(format!("invalid value {v:?} for -{flag}: {why}"))
+    };
+    let target =
+        cli::resolve(&target_spec, "localhost").map_err(|why| bad("target", &target_spec, &why))?;
+    let count = |flag: &str, v: Option<String>, default: usize, min: usize, max: usize| match v {
+        None => Ok(default),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(bad(flag, &v, &format!("expected {min} to {max}"))),
+        },
+    };
+    let connections = count("connections", connections, 16, 1, 50_000)?;
+    let depth = count("depth", depth, 16, 1, 100_000)?;
+    let size = count("size", size, 32, 0, 60_000)?;
+    let threads = count("threads", threads, 1, 1, 64)?;
+    let duration = match duration {
+        Some(d) => cli::parse_duration(&d).map_err(|why| bad("duration", &d, &why))?,
+        None => Duration::from_secs(5),
+    };
+    Ok(Some(Config {
+        target,
+        target_spec,
+        connections,
+        depth,
+        duration,
+        size,
+        threads: threads.min(connections),
+        json,
+    }))
+}
+
+/// What one event loop measured.
+#[derive(Default)]
+struct Tally {
+    latency: Histogram,
+    ack: u64,
+    nak: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn error(&mut self, what: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(what);
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latency.merge(&other.latency);
+        self.ack += other.ack;
+        self.nak += other.nak;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    lines: LineReader,
+    out: Outbox,
+    data: Vec<u8>,
+    /// When each REQ in flight was written, oldest first.
+    sent_at: VecDeque<Instant>,
+    next_seq: u64,
+    alive: bool,
+}
+
+impl Conn {
+    /// Reads every answer available, then refills the pipeline in one write.
+    fn drive(&mut self, depth: usize, deadline: Instant, tally: &mut Tally) -> Result<(), String> {
+        loop {
+            let filled = self
+                .lines
+                .fill(&mut self.stream)
+                .map_err(|e| format!("read failed: {}", describe(&e)))?;
+            let now = Instant::now();
+            while let Some(line) = self.lines.next_line() {
+                let expected = self.next_seq - self.sent_at.len() as u64;
+                let sent = match proto::parse(line) {
+                    Some(m) if m.kind != Kind::Req && m.seq == expected => {
+                        self.sent_at.pop_front().map(|sent| (sent, m.kind))
+                    }
+                    _ => None,
+                };
+                let Some((sent, kind)) = sent else {
+                    return Err(format!(
+                        "expected ACK or NAK with seq {expected}, got {}",
+                        show(line)
+                    ));
+                };
+                // Answers after the deadline fall outside the measured window.
+                if now <= deadline {
+                    match kind {
+                        Kind::Ack => tally.ack += 1,
+                        _ => tally.nak += 1,
+                    }
+                    let ns = now.duration_since(sent).as_nanos();
+                    tally.latency.record(u64::try_from(ns).unwrap_or(u64::MAX));
+                }
+            }
+            match filled {
+                Filled::Bytes(_) => continue,
+                Filled::Eof => return Err("the server closed the connection".into()),
+                Filled::WouldBlock => break,
+            }
+        }
+        let now = Instant::now();
+        if now < deadline {
+            while self.sent_at.len() < depth {
+                push_msg(&mut self.out.buf, Kind::Req, self.next_seq, &self.data);
+                self.next_seq += 1;
+                self.sent_at.push_back(now);
+            }
+        }
+        self.out
+            .flush(&mut self.stream, None)
+            .map_err(|e| format!("write failed: {}", describe(&e)))?;
+        Ok(())
+    }
+}
+
+fn connect(config: &Config) -> Result<TcpStream, String> {
+    let mut last = None;
+    for addr in &config.target {
+        match StdStream::connect_timeout(addr, Duration::from_secs(5)) {
+            Ok(s) => {
+                s.set_nonblocking(true)
+                    .map_err(|e| format!("cannot make the socket non-blocking: {e}"))?;
+                let _ = s.set_nodelay(true);
+                return Ok(TcpStream::from_std(s));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(format!(
+        "cannot connect to {}: {}",
+        config.target_spec,
+        last.map_or_else(|| "no address".to_string(), |e| describe(&e))
+    ))
+}
+
+/// One event loop over `count` connections; all loops start together.
+fn worker(config: &Config, index: usize, count: usize, start: &Barrier) -> Result<Tally, String> {
+    let io_err = |what: &str, e: io::Error| format!("cannot {what}: {}", describe(&e));
+    let poll = Poll::new().map_err(|e| io_err("create poll", e));
+    let conns: Result<Vec<Conn>, String> = poll.as_ref().map_err(Clone::clone).and_then(|poll| {
+        (0..count)
+            .map(|i| {
+                let mut stream = connect(config)?;
+                poll.registry()
+                    .register(
+                        &mut stream,
+                        Token(i),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .map_err(|e| io_err("register the socket", e))?;
+                let mut data = Vec::with_capacity(config.size);
+                Rng::stream(index as u64, i as u64).push_alnum(&mut data, config.size);
+                Ok(Conn {
+                    stream,
+                    lines: LineReader::new(64 * 1024),
+                    out: Outbox::default(),
+                    data,
+                    sent_at: VecDeque::with_capacity(config.depth),
+                    next_seq: 1,
+                    alive: true,
+                })
+            })
+            .collect()
+    });
+    // Every thread reaches the barrier, even one that failed to connect.
+    start.wait();
+    let (mut poll, mut conns) = (poll?, conns?);
+    let deadline = Instant::now() + config.duration;
+    let mut tally = Tally::default();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        if let Err(e) = conn.drive(config.depth, deadline, &mut tally) {
+            tally.error(format!("connection {}: {e}", i + 1));
+            conn.alive = false;
+        }
+    }
+    let mut events = Events::with_capacity(1024);
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        match poll.poll(&mut events, Some(deadline - now)) {
+            Ok(()) => {}
+            Err(e) if interrupted(&e) => continue,
+            Err(e) => return Err(io_err("poll", e)),
+        }
+        for event in events.iter() {
+            let i = event.token().0;
+            let Some(conn) = conns.get_mut(i).filter(|c| c.alive) else {
+                continue;
+            };
+            if let Err(e) = conn.drive(config.depth, deadline, &mut tally) {
+                tally.error(format!("connection {}: {e}", i + 1));
+                conn.alive = false;
+                let _ = poll.registry().deregister(&mut conn.stream);
+            }
+        }
+    }
+    Ok(tally)
+}
+
+fn run(config: &Config) -> Result<Tally, String> {
+    let start = Arc::new(Barrier::new(config.threads));
+    let tallies: Vec<Result<Tally, String>> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..config.threads)
+            .map(|t| {
+                let share = config.connections / config.threads
+                    + usize::from(t < config.connections % config.threads);
+                let start = Arc::clone(&start);
+                scope.spawn(move || worker(config, t, share, &start))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a load thread panicked".into()))
+            })
+            .collect()
+    });
+    let mut total = Tally::default();
+    for tally in tallies {
+        total.merge(tally?);
+    }
+    Ok(total)
+}
+
+/// `850ns`, `312us`, `4.20ms`, `1.50s`.
+fn fmt_ns(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{}us", ns / 1_000),
+        1_000_000..1_000_000_000 => format!("{:.2}ms", ns as f64 / 1e6),
+        _ => format!("{:.2}s", ns as f64 / 1e9),
+    }
+}
+
+fn report(config: &Config, tally: &Tally, window: Duration) -> String {
+    let answers = tally.ack + tally.nak;
+    let rate = answers as f64 / window.as_secs_f64();
+    let h = &tally.latency;
+    let us = |q: f64| h.quantile(q) as f64 / 1_000.0;
+    if config.json {
+        return serde_json::json!({
+            "target": config.target_spec,
+            "connections": config.connections,
+            "depth": config.depth,
+            "duration_secs": window.as_secs_f64(),
+            "size": config.size,
+            "threads": config.threads,
+            "requests_per_sec": rate.round(),
+            "answers": answers,
+            "ack": tally.ack,
+            "nak": tally.nak,
+            "errors": tally.errors,
+            "first_error": tally.first_error,
+            "latency_us": {
+                "p50": us(0.5),
+                "p90": us(0.9),
+                "p99": us(0.99),
+                "p99_9": us(0.999),
+                "max": h.max() as f64 / 1_000.0,
+            },
+        })
+        .to_string();
+    }
+    let mut text = format!(
+        "target       {} ({} connections x depth {}, {}-byte data, {} thread(s), {:?})\n\
+         requests/s   {:.0}\n\
+         answers      {} (ACK {}, NAK {})\n\
+         errors       {}\n\
+         latency      p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        config.target_spec,
+        config.connections,
+        config.depth,
+        config.size,
+        config.threads,
+        window,
+        rate,
+        answers,
+        tally.ack,
+        tally.nak,
+        tally.errors,
+        fmt_ns(h.quantile(0.5)),
+        fmt_ns(h.quantile(0.9)),
+        fmt_ns(h.quantile(0.99)),
+        fmt_ns(h.quantile(0.999)),
+        fmt_ns(h.max()),
+    );
+    if let Some(e) = &tally.first_error {
+        text.push_str(&format!("\nfirst error  {e}"));
+    }
+    text
+}
+
+fn main() -> ExitCode {
+    let config = match parse_args(std::env::args_os().skip(1).collect()) {
+        Ok(Some(config)) => config,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("foo-load: {e} (see foo-load -h)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&config) {
+        Ok(tally) => {
+            println!("{}", report(&config, &tally, config.duration));
+            if tally.errors == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("foo-load: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! foo-server: a Foo server for trying the proxy, after the reference driver.
+//! Answers every line, splits its writes at random points, and closes its
+//! side once the client has closed and every answer is out.
+
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::ffi::OsString;
+use std::io;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use foo_proxy::cli::{self, CliError};
+use foo_proxy::driver::proto::push_answer;
+use foo_proxy::driver::rng::{Rng, seed_from_clock};
+use foo_proxy::driver::wire::{Filled, LineReader, Outbox};
+use foo_proxy::log::{self, Level};
+use foo_proxy::pipe::{interrupted, would_block};
+use foo_proxy::server::describe;
+use foo_proxy::{debug, error, info, warn};
+
+const USAGE: &str = "\
+foo-server: a Foo server for trying foo-proxy
+
+USAGE:
+    foo-server [FLAGS]
+
+    -listen ADDR        where clients connect              [default :8001]
+    --seed N            seed for NAKs, data and split points [default: clock]
+    --no-fragment       write each batch of answers whole
+    --delay-ms MS       hold every answer this long        [default 0]
+    --log-level LEVEL   error, warn, info or debug         [default info]
+    -h, --help          print this help
+
+Every well-formed REQ gets ACK (or NAK, about 1 in 8) with its seq and 32 hex
+characters; any other line gets `NAK 0 ERRDECODE`.
+";
+
+const LISTENER: Token = Token(0);
+const CONN_BASE: usize = 1;
+/// Stop reading from a client whose unsent answers exceed this.
+const OUT_HIGH: usize = 1 << 20;
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+struct Config {
+    listen: SocketAddr,
+    seed: u64,
+    fragment: bool,
+    delay: Duration,
+    log_level: Level,
+}
+
+fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
+    let args = cli::normalise_go_flags(
+        args,
+        &["listen", "seed", "delay-ms", "log-level"],
+        &["no-fragment"],
+    )?;
+    let mut pargs = pico_args::Arguments::from_vec(args);
+    if pargs.contains("--help") {
+        return Ok(None);
+    }
+    let fragment = !pargs.contains("--no-fragment");
+    let listen = cli::last_value(&mut pargs, "--listen")?.unwrap_or_else(|| ":8001".into());
+    let seed = cli::last_value(&mut pargs, "--seed")?;
+    let delay = cli::last_value(&mut pargs, "--delay-ms")?;
+    let level = cli::last_value(&mut pargs, "--log-level")?;
+    cli::reject_rest(pargs)?;
+    let bad = |flag: &str, v: &str, why: &str| {
+        CliError(format!("invalid value {v:?} for -{flag}: {why}"))
+    };
+    let listen_addr = cli::resolve(&listen, "0.0.0.0")
+        .map_err(|why| bad("listen", &listen, &why))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("listen", &listen, "resolves to no address"))?;
+    let seed = match seed {
+        Some(s) => s
+            .parse()
+            .map_err(|_| bad("seed", &s, "expected an unsigned integer"))?,
+        None => seed_from_clock(),
+    };
+    let delay = match delay {
+        Some(d) => Duration::from_millis(
+            d.parse()
+                .map_err(|_| bad("delay-ms", &d, "expected milliseconds"))?,
+        ),
+        None => Duration::ZERO,
+    };
+    let log_level = match level {
+        Some(l) => Level::parse(&l)
+            .ok_or_else(|| bad("log-level", &l, "expected error, warn, info or debug"))?,
+        None => Level::Info,
+    };
+    Ok(Some(Config {
+        listen: listen_addr,
+        seed,
+        fragment,
+        delay,
+        log_level,
+    }))
+}
+
+struct Conn {
+    stream: TcpStream,
+    lines: LineReader,
+    out: Outbox,
+    rng: Rng,
+    /// Answers held back by `--delay-ms`, with the time they are due.
+    held: VecDeque<(Instant, Vec<u8>)>,
+    read_closed: bool,
+}
+
+/// Whether a connection lives on after being driven.
+enum Drive {
+    Continue,
+    Close,
+}
+
+struct Server {
+    config: Config,
+    poll: Poll,
+    listener: TcpListener,
+    conns: Slab<Conn>,
+    /// Due times of held answers, by connection key (may be stale).
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    accepted: u64,
+    accept_paused_until: Option<Instant>,
+}
+
+impl Server {
+    fn bind(config: Config) -> Result<Server, String> {
+        let poll = Poll::new().map_err(|e| format!("cannot create poll: {}", describe(&e)))?;
+        let mut listener = TcpListener::bind(config.listen)
+            .map_err(|e| format!("cannot listen on {}: {}", config.listen, describe(&e)))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(|e| format!("cannot register listener: {}", describe(&e)))?;
+        Ok(Server {
+            config,
+            poll,
+            listener,
+            conns: Slab::new(),
+            timers: BinaryHeap::new(),
+            accepted: 0,
+            accept_paused_until: None,
+        })
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        info!(
+            "foo-server listening on {} (seed {}{}{})",
+            self.listener.local_addr()?,
+            self.config.seed,
+            if self.config.fragment {
+                ""
+            } else {
+                ", no fragmenting"
+            },
+            if self.config.delay.is_zero() {
+                String::new()
+            } else {
+                format!(", delay {:?}", self.config.delay)
+            }
+        );
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            let next = [
+                self.timers.peek().map(|Reverse((t, _))| *t),
+                self.accept_paused_until,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1));
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if interrupted(&e) => continue,
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            let mut accept = self.accept_paused_until.is_some_and(|t| t <= now);
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => accept = true,
+                    Token(t) => self.drive(t.wrapping_sub(CONN_BASE), now),
+                }
+            }
+            while let Some(Reverse((due, key))) = self.timers.peek().copied() {
+                if due > now {
+                    break;
+                }
+                self.timers.pop();
+                self.drive(key, now);
+            }
+            if accept {
+                self.accept(now);
+            }
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        self.accept_paused_until = None;
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, peer)) => {
+                    // Split writes should reach the peer as separate segments.
+                    let _ = stream.set_nodelay(true);
+                    let entry = self.conns.vacant_entry();
+                    let token = Token(CONN_BASE + entry.key());
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        warn!("cannot register connection from {peer}: {}", describe(&e));
+                        continue;
+                    }
+                    self.accepted += 1;
+                    debug!("connection {} from {peer}", self.accepted);
+                    entry.insert(Conn {
+                        stream,
+                        lines: LineReader::new(4096),
+                        out: Outbox::default(),
+                        rng: Rng::stream(self.config.seed, self.accepted),
+                        held: VecDeque::new(),
+                        read_closed: false,
+                    });
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if interrupted(&e) => {}
+                Err(e) => {
+                    warn!("cannot accept: {}; pausing accepts briefly", describe(&e));
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drive(&mut self, key: usize, now: Instant) {
+        let delay = self.config.delay;
+        let fragment = self.config.fragment;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let result = conn.drive(now, delay, fragment);
+        if let Some(due) = conn.held.front().map(|(t, _)| *t) {
+            if due > now {
+                self.timers.push(Reverse((due, key)));
+            }
+        }
+        match result {
+            Ok(Drive::Continue) => {}
+            Ok(Drive::Close) => self.close(key, None),
+            Err(e) => self.close(key, Some(e)),
+        }
+    }
+
+    fn close(&mut self, key: usize, err: Option<io::Error>) {
+        if let Some(mut conn) = self.conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            match err {
+                Some(e) => debug!("connection closed on error: {}", describe(&e)),
+                None => debug!("connection closed after the client closed"),
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Reads, answers and writes until the socket blocks both ways.
+    fn drive(&mut self, now: Instant, delay: Duration, fragment: bool) -> io::Result<Drive> {
+        loop {
+            let mut progressed = false;
+            if !self.read_closed && self.out.pending() < OUT_HIGH {
+                match self.lines.fill(&mut self.stream)? {
+                    Filled::Bytes(_) => progressed = true,
+                    Filled::Eof => self.read_closed = true,
+                    Filled::WouldBlock => {}
+                }
+                while let Some(line) = self.lines.next_line() {
+                    if delay.is_zero() {
+                        push_answer(&mut self.out.buf, line, &mut self.rng);
+                    } else {
+                        let mut answer = Vec::with_capacity(48);
+                        push_answer(&mut answer, line, &mut self.rng);
+                        self.held.push_back((now + delay, answer));
+                    }
+                }
+            }
+            while let Some((due, answer)) = self.held.front() {
+                if *due > now {
+                    break;
+                }
+                self.out.buf.extend_from_slice(answer);
+                self.held.pop_front();
+            }
+            let rng = fragment.then_some(&mut self.rng);
+            let drained = self.out.flush(&mut self.stream, rng)?;
+            if self.read_closed && drained && self.held.is_empty() {
+                return Ok(Drive::Close);
+            }
+            if !progressed {
+                return Ok(Drive::Continue);
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let config = match parse_args(std::env::args_os().skip(1).collect()) {
+        Ok(Some(config)) => config,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("foo-server: {e} (see foo-server -h)");
+            return ExitCode::from(2);
+        }
+    };
+    log::set_level(config.log_level);
+    let mut server = match Server::bind(config) {
+        Ok(server) => server,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("event loop failed: {}", describe(&e));
+            ExitCode::from(1)
+        }
+    }
+}
