@@ -328,16 +328,9 @@ fn run(config: &Config, progress: &mut Progress) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let config = match parse_args(std::env::args_os().skip(1).collect()) {
-        Ok(Some(config)) => config,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("foo-client: {e} (see foo-client -h)");
-            return ExitCode::from(2);
-        }
+    let config = match foo_proxy::driver::parse_or_exit("foo-client", USAGE, parse_args) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let mut progress = Progress {
         answered: 0,

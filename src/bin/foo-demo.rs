@@ -163,16 +163,9 @@ fn demo(dir: &Path) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let build = match parse_args(std::env::args_os().skip(1).collect()) {
-        Ok(Some(build)) => build,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("foo-demo: {e} (see foo-demo -h)");
-            return ExitCode::from(2);
-        }
+    let build = match foo_proxy::driver::parse_or_exit("foo-demo", USAGE, parse_args) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let dir: Result<PathBuf, String> = std::env::current_exe()
         .map_err(|e| format!("cannot find this executable: {e}"))

@@ -387,16 +387,9 @@ fn report(config: &Config, tally: &Tally, window: Duration) -> String {
 }
 
 fn main() -> ExitCode {
-    let config = match parse_args(std::env::args_os().skip(1).collect()) {
-        Ok(Some(config)) => config,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("foo-load: {e} (see foo-load -h)");
-            return ExitCode::from(2);
-        }
+    let config = match foo_proxy::driver::parse_or_exit("foo-load", USAGE, parse_args) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     match run(&config) {
         Ok(tally) => {

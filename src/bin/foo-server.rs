@@ -317,16 +317,9 @@ impl Conn {
 }
 
 fn main() -> ExitCode {
-    let config = match parse_args(std::env::args_os().skip(1).collect()) {
-        Ok(Some(config)) => config,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("foo-server: {e} (see foo-server -h)");
-            return ExitCode::from(2);
-        }
+    let config = match foo_proxy::driver::parse_or_exit("foo-server", USAGE, parse_args) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     log::set_level(config.log_level);
     let mut server = match Server::bind(config) {

@@ -11,3 +11,28 @@ pub mod hist;
 pub mod proto;
 pub mod rng;
 pub mod wire;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use crate::cli::CliError;
+
+/// Parses a driver's command line. `Err` carries the exit code after the
+/// usage (`-h`, exit 0) or a one-line error (exit 2) has been printed.
+pub fn parse_or_exit<T>(
+    name: &str,
+    usage: &str,
+    parse: impl FnOnce(Vec<OsString>) -> Result<Option<T>, CliError>,
+) -> Result<T, ExitCode> {
+    match parse(std::env::args_os().skip(1).collect()) {
+        Ok(Some(config)) => Ok(config),
+        Ok(None) => {
+            print!("{usage}");
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{name}: {e} (see {name} -h)");
+            Err(ExitCode::from(2))
+        }
+    }
+}
