@@ -21,7 +21,8 @@ USAGE:
 Flags take one dash or two, and their value after a space or '=':
     -listen ADDR           where clients connect            [default :8002]
     -forward ADDR          the Foo server to relay to       [default :8001]
-    -http ADDR             admin HTTP address; accepted, not served yet
+    -http ADDR             admin HTTP address for /stats, /metrics, /health,
+                           /ready; 'off' or '' disables [default 127.0.0.1:8088]
     -recovery-path PATH    recovery file; accepted, not written yet
                                                   [default .data/recovery.json]
     --buffer-size BYTES    unsent bytes held per direction  [default 64KiB]
@@ -34,8 +35,9 @@ Flags take one dash or two, and their value after a space or '=':
     -h, --help             print this help
     --version              print the version
 
-ADDR is HOST:PORT; ':PORT' means every interface for -listen and this host
-for -forward. DUR is a number of seconds or a number with ms, s or m.
+ADDR is HOST:PORT; ':PORT' means every interface for -listen and -http and
+this host for -forward. The admin socket serves statistics to anyone who can
+reach it: open it to the network deliberately, e.g. -http 0.0.0.0:8088. DUR is a number of seconds or a number with ms, s or m.
 SIGUSR2 (or SIGUSR1) prints the statistics as one JSON line on stdout.
 ";
 
@@ -47,7 +49,8 @@ pub struct Config {
     pub forward: Vec<SocketAddr>,
     /// The forward address as the user wrote it, for messages.
     pub forward_spec: String,
-    pub http: Option<String>,
+    /// The admin HTTP address; `None` when disabled.
+    pub http: Option<SocketAddr>,
     pub recovery_path: Option<PathBuf>,
     pub buffer_size: usize,
     pub connect_timeout: Duration,
@@ -191,7 +194,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, CliError> {
     }
     let listen_spec = last_value(&mut pargs, "--listen")?.unwrap_or_else(|| ":8002".into());
     let forward_spec = last_value(&mut pargs, "--forward")?.unwrap_or_else(|| ":8001".into());
-    let http = last_value(&mut pargs, "--http")?;
+    let http_spec = last_value(&mut pargs, "--http")?.unwrap_or_else(|| "127.0.0.1:8088".into());
     let recovery = last_value(&mut pargs, "--recovery-path")?;
     let mut values = Vec::new();
     for name in [
@@ -236,6 +239,16 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, CliError> {
         .into_iter()
         .next()
         .ok_or_else(|| bad("listen", &listen_spec, "resolves to no address".into()))?;
+    let http = match http_spec.as_str() {
+        "" | "off" => None,
+        spec => Some(
+            resolve(spec, "0.0.0.0")
+                .map_err(|why| bad("http", spec, why))?
+                .into_iter()
+                .next()
+                .ok_or_else(|| bad("http", spec, "resolves to no address".into()))?,
+        ),
+    };
     let forward =
         resolve(&forward_spec, "localhost").map_err(|why| bad("forward", &forward_spec, why))?;
     let secs = Duration::from_secs;
@@ -390,6 +403,22 @@ mod tests {
     }
 
     #[test]
+    fn admin_http_is_loopback_by_default_and_can_be_turned_off() {
+        assert_eq!(
+            run(&[]).unwrap().http,
+            Some("127.0.0.1:8088".parse().unwrap())
+        );
+        assert_eq!(run(&["-http=off"]).unwrap().http, None);
+        assert_eq!(run(&["-http="]).unwrap().http, None);
+        assert_eq!(
+            run(&["-http", ":9"]).unwrap().http,
+            Some("0.0.0.0:9".parse().unwrap())
+        );
+        let e = run(&["-http", "8088"]).unwrap_err();
+        assert!(e.0.contains("-http"), "{e}");
+    }
+
+    #[test]
     fn reference_command_lines_are_accepted() {
         let c = run(&[
             "-listen=:8002",
@@ -399,7 +428,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.forward[0], "127.0.0.1:8001".parse().unwrap());
-        assert_eq!(c.http.as_deref(), Some("0.0.0.0:8088"));
+        assert_eq!(c.http, Some("0.0.0.0:8088".parse().unwrap()));
         assert!(run(&["-recovery-path="]).unwrap().recovery_path.is_none());
     }
 
