@@ -14,12 +14,16 @@
 //! 4. **count**: frame counts go into [`stats::Stats`] in place; the moving
 //!    windows ([`rates`]) take them once per loop iteration.
 //! 5. **report**: SIGUSR2 (or SIGUSR1) prints [`stats::Report`] as one JSON
-//!    line on stdout.
+//!    line on stdout; the admin HTTP socket ([`admin`], same loop, after the
+//!    data path each iteration) serves the same report as JSON or Prometheus
+//!    text, plus liveness and readiness.
 //!
 //! Modules: [`cli`] (Go-compatible flags), [`log`] (stderr lines),
 //! [`scanner`], [`rates`] and [`stats`] (pure logic, clock passed in),
-//! [`pool`], [`pipe`] and [`server`] (I/O). [`driver`] holds what the test
-//! binaries in `src/bin/` share (foo-server, foo-client, foo-load, foo-demo).
+//! [`pool`], [`pipe`] and [`server`] (I/O), [`admin`] (a pure request to
+//! response function and the connections the loop drives). [`driver`] holds
+//! what the test binaries in `src/bin/` share (foo-server, foo-client,
+//! foo-load, foo-demo).
 
 #![forbid(unsafe_code)]
 // Input from the network, a file or the command line must never panic.
@@ -28,6 +32,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+pub mod admin;
 pub mod cli;
 pub mod driver;
 pub mod log;

@@ -12,6 +12,7 @@ use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::admin::{self, Admin};
 use crate::cli::Config;
 use crate::pipe::{Ctx, Fault, Pipe, Side, interrupted, would_block};
 use crate::pool::Pool;
@@ -21,6 +22,7 @@ use crate::{debug, info, warn};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
+const ADMIN: Token = Token(2);
 /// Pair tokens start here: `PAIR_BASE + 2 * key` is the client, `+ 1` the server.
 const PAIR_BASE: usize = 16;
 
@@ -46,6 +48,18 @@ fn pair_of(token: Token) -> Option<(usize, bool)> {
     let n = token.0.checked_sub(PAIR_BASE)?;
     Some((n / 2, n % 2 == 0))
 }
+
+/// What a deadline in [`Timers`] is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Timer {
+    /// A pair, by slab key.
+    Pair(usize),
+    /// An admin connection, by its slab key in [`Admin`].
+    Admin(usize),
+}
+
+/// Every deadline of the loop, soonest first: `(when, owner id, what)`.
+pub(crate) type Timers = BTreeSet<(Instant, u64, Timer)>;
 
 /// `Address already in use (os error 98)` → `address already in use`.
 pub fn describe(err: &io::Error) -> String {
@@ -260,8 +274,9 @@ pub struct Server {
     pool: Pool,
     scratch: Box<[u8]>,
     stats: Stats,
-    /// Every pair deadline, soonest first: `(when, pair id, slab key)`.
-    timers: BTreeSet<(Instant, u64, usize)>,
+    timers: Timers,
+    /// The admin HTTP socket, unless `-http off`.
+    admin: Option<Admin>,
     start: Instant,
     next_id: u64,
     /// Pairs to drive in this iteration, and those that used their budget.
@@ -296,6 +311,10 @@ impl Server {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(|e| format!("cannot poll signals: {}", describe(&e)))?;
+        let admin = match config.http {
+            Some(addr) => Some(Admin::bind(addr, poll.registry(), ADMIN)?),
+            None => None,
+        };
         let buffer_size = config.buffer_size;
         Ok(Server {
             poll,
@@ -307,7 +326,8 @@ impl Server {
             pool: Pool::new(buffer_size, POOL_CAP),
             scratch: vec![0u8; buffer_size].into_boxed_slice(),
             stats: Stats::default(),
-            timers: BTreeSet::new(),
+            timers: Timers::new(),
+            admin,
             start: Instant::now(),
             next_id: 0,
             work: Vec::new(),
@@ -325,20 +345,29 @@ impl Server {
         self.local_addr
     }
 
+    /// Where the admin HTTP socket listens, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(Admin::local_addr)
+    }
+
     /// Ready for new clients: not draining, not stopping.
     pub fn ready(&self) -> bool {
         self.listener.is_some() && !self.stopping
     }
 
     fn now_ms(&self, now: Instant) -> u64 {
-        u64::try_from(now.duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
+        ms_since(self.start, now)
     }
 
     /// Runs until SIGTERM or SIGINT.
     pub fn run(&mut self) -> io::Result<()> {
         let forward: Vec<String> = self.config.forward.iter().map(|a| a.to_string()).collect();
+        let admin = match self.admin_addr() {
+            Some(addr) => format!("; admin listening on {addr}"),
+            None => String::new(),
+        };
         info!(
-            "foo-proxy {} listening on {}, forwarding to {} ({})",
+            "foo-proxy {} listening on {}, forwarding to {} ({}){admin}",
             env!("CARGO_PKG_VERSION"),
             self.local_addr,
             self.config.forward_spec,
@@ -359,13 +388,22 @@ impl Server {
                 match event.token() {
                     LISTENER => accept = true,
                     SIGNALS => self.handle_signals(now),
-                    token => self.note_event(token, event, now),
+                    ADMIN => {
+                        if let Some(admin) = self.admin.as_mut() {
+                            admin.accept(self.poll.registry(), &mut self.timers, now);
+                        }
+                    }
+                    token => match (admin::key_of(token), self.admin.as_mut()) {
+                        (Some(key), Some(admin)) => admin.note_event(key),
+                        _ => self.note_event(token, event, now),
+                    },
                 }
             }
             if accept || self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_clients(now);
             }
             self.drive_work(now);
+            self.drive_admin(now);
             self.fire_timers(now);
             if std::mem::take(&mut self.accept_again) {
                 self.accept_clients(now);
@@ -389,7 +427,7 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.work.is_empty() {
+        if !self.work.is_empty() || self.admin.as_ref().is_some_and(Admin::has_work) {
             return Some(Duration::ZERO);
         }
         let next = [
@@ -450,9 +488,24 @@ impl Server {
 
     /// The report as the admin socket and the signals show it.
     pub fn report(&mut self, now: Instant) -> Report {
-        self.stats.buffered_bytes = self.pairs.iter().map(|(_, p)| p.buffered() as u64).sum();
-        let now_ms = self.now_ms(now);
-        self.stats.report(now_ms)
+        report(&mut self.stats, &self.pairs, self.start, now)
+    }
+
+    /// Serves admin connections after the data path had its turn.
+    fn drive_admin(&mut self, now: Instant) {
+        let ready = self.ready();
+        let Some(admin) = self.admin.as_mut() else {
+            return;
+        };
+        let (stats, pairs, start) = (&mut self.stats, &self.pairs, self.start);
+        let mut report = || report(stats, pairs, start, now);
+        admin.drive(
+            self.poll.registry(),
+            &mut self.timers,
+            now,
+            ready,
+            &mut report,
+        );
     }
 
     fn print_report(&mut self, now: Instant) {
@@ -687,20 +740,29 @@ impl Server {
             return;
         };
         if let Some(old) = pair.deadline.take() {
-            self.timers.remove(&(old, pair.id, key));
+            self.timers.remove(&(old, pair.id, Timer::Pair(key)));
         }
         if let Some(when) = when {
             pair.deadline = Some(when);
-            self.timers.insert((when, pair.id, key));
+            self.timers.insert((when, pair.id, Timer::Pair(key)));
         }
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some(&(when, id, key)) = self.timers.first() {
+        while let Some(&(when, id, timer)) = self.timers.first() {
             if when > now {
                 break;
             }
             self.timers.pop_first();
+            let key = match timer {
+                Timer::Pair(key) => key,
+                Timer::Admin(key) => {
+                    if let Some(admin) = self.admin.as_mut() {
+                        admin.expire(key, id, self.poll.registry(), &mut self.timers, now);
+                    }
+                    continue;
+                }
+            };
             let Some(pair) = self.pairs.get_mut(key) else {
                 continue;
             };
@@ -734,7 +796,7 @@ impl Server {
             return;
         };
         if let Some(when) = pair.deadline.take() {
-            self.timers.remove(&(when, pair.id, key));
+            self.timers.remove(&(when, pair.id, Timer::Pair(key)));
         }
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut pair.client.stream);
@@ -759,4 +821,14 @@ impl Server {
             self.accept_again = true;
         }
     }
+}
+
+fn ms_since(start: Instant, now: Instant) -> u64 {
+    u64::try_from(now.duration_since(start).as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The report SIGUSR2 prints and the admin socket serves.
+fn report(stats: &mut Stats, pairs: &Slab<Pair>, start: Instant, now: Instant) -> Report {
+    stats.buffered_bytes = pairs.iter().map(|(_, p)| p.buffered() as u64).sum();
+    stats.report(ms_since(start, now))
 }

@@ -1,0 +1,944 @@
+//! The admin HTTP socket: statistics as JSON or Prometheus text, liveness
+//! and readiness, served by the proxy's own event loop.
+//!
+//! Two halves. [`respond`] is pure: request bytes in, response bytes out,
+//! with the report, readiness and clock passed in, so unit tests and the fuzz
+//! target ([`handle_request`]) drive it directly. [`Admin`] owns the listener
+//! and at most [`MAX_CONNS`] connections; the loop hands it events and
+//! deadlines. Each connection carries one request (`Connection: close`),
+//! whose head must arrive within [`DEADLINE`] of accept and fit in
+//! [`MAX_HEAD`] bytes; every drive of a connection does bounded work.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+use crate::log::civil_from_days;
+use crate::pipe::{interrupted, would_block};
+use crate::server::{Timer, Timers, describe};
+use crate::stats::{Report, Stats};
+use crate::{debug, info};
+
+/// Longest request head; a longer one gets 431.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Admin connections open at once; more wait in the listen backlog.
+pub const MAX_CONNS: usize = 64;
+/// From accept to the end of the exchange, whatever the client does.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+/// After the answer, how long unread input is drained before closing.
+const LINGER: Duration = Duration::from_secs(1);
+const MAX_HEADERS: usize = 32;
+const READ_CHUNK: usize = 4096;
+/// Reads of discarded input per drive, so one client cannot hog the loop.
+const DISCARD_READS_PER_TURN: usize = 4;
+/// Connection tokens: `TOKEN_BASE + key`, far above any pair token.
+const TOKEN_BASE: usize = 1 << (usize::BITS - 2);
+
+const JSON: &str = "application/json";
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+const ALLOWED: &str = "GET, HEAD";
+
+// ---------------------------------------------------------------------------
+// Pure part: parse, route, render.
+
+/// What the answer depends on besides the request and the report.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts {
+    /// Whether the proxy accepts clients (`/ready`).
+    pub ready: bool,
+    /// `process_start_time_seconds`: the start, in seconds since the epoch.
+    pub start_unix: f64,
+    /// The wall clock, for the `Date` header and the access log.
+    pub now: SystemTime,
+}
+
+/// What to do with the bytes received so far.
+#[derive(Debug)]
+pub enum Reply {
+    /// The request head is incomplete: read more.
+    Partial,
+    /// Send this, then close.
+    Done(Answer),
+}
+
+/// A rendered response and what the access log says about it.
+#[derive(Debug)]
+pub struct Answer {
+    pub bytes: Vec<u8>,
+    pub status: u16,
+    /// Body bytes sent (0 for HEAD).
+    pub body_len: usize,
+    /// `GET /stats HTTP/1.1`, escaped for the log, or `-` when unparsable.
+    pub request_line: String,
+}
+
+/// Answers one request as a fresh, ready proxy with zero counters would:
+/// request bytes in, response bytes out; empty while the head is incomplete.
+/// The entry point for fuzzing.
+pub fn handle_request(bytes: &[u8]) -> Vec<u8> {
+    let facts = Facts {
+        ready: true,
+        start_unix: 0.0,
+        now: UNIX_EPOCH,
+    };
+    match respond(bytes, &facts, &mut || Stats::default().report(0)) {
+        Reply::Partial => Vec::new(),
+        Reply::Done(answer) => answer.bytes,
+    }
+}
+
+/// Parses the head in `buf` (only its first [`MAX_HEAD`] bytes count) and
+/// renders the answer. `report` is called only for routes that show it.
+pub fn respond(buf: &[u8], facts: &Facts, report: &mut dyn FnMut() -> Report) -> Reply {
+    let full = buf.len() >= MAX_HEAD;
+    let buf = buf.get(..MAX_HEAD).unwrap_or(buf);
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) if !full => return Reply::Partial,
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            return Reply::Done(error(431, "request head too large", &[], false, facts));
+        }
+        Err(_) => return Reply::Done(error(400, "malformed request", &[], false, facts)),
+    }
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Reply::Done(error(400, "malformed request", &[], false, facts));
+    };
+    let request_line = escape(&format!("{method} {target} HTTP/1.{minor}"));
+    let mut answer = route(method, target, req.headers, facts, report);
+    answer.request_line = request_line;
+    Reply::Done(answer)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Route {
+    Stats,
+    Metrics,
+    Live,
+    Ready,
+}
+
+fn route(
+    method: &str,
+    target: &str,
+    headers: &[httparse::Header<'_>],
+    facts: &Facts,
+    report: &mut dyn FnMut() -> Report,
+) -> Answer {
+    let head_only = method == "HEAD";
+    if !target.starts_with('/') {
+        return error(400, "request target must be a path", &[], head_only, facts);
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let route = match path {
+        "/stats" => Route::Stats,
+        "/metrics" => Route::Metrics,
+        "/health" | "/heartbeat" | "/status" => Route::Live,
+        "/ready" => Route::Ready,
+        _ => return error(404, "not found", &[], head_only, facts),
+    };
+    if !matches!(method, "GET" | "HEAD") {
+        return error(
+            405,
+            "method not allowed",
+            &[("Allow", ALLOWED)],
+            false,
+            facts,
+        );
+    }
+    let (status, content_type, body) = match route {
+        Route::Live => (200, JSON, String::from("{\"status\":\"OK\"}\n")),
+        Route::Ready if facts.ready => (200, JSON, String::from("{\"status\":\"OK\"}\n")),
+        Route::Ready => (503, JSON, String::from("{\"status\":\"unavailable\"}\n")),
+        Route::Metrics if wants_prometheus(query, headers) => {
+            (200, PROMETHEUS, prometheus(&report(), facts.start_unix))
+        }
+        Route::Stats | Route::Metrics => (200, JSON, report().to_json() + "\n"),
+    };
+    Answer {
+        bytes: render(
+            status,
+            content_type,
+            &[],
+            body.as_bytes(),
+            head_only,
+            facts.now,
+        ),
+        status,
+        body_len: if head_only { 0 } else { body.len() },
+        request_line: String::new(),
+    }
+}
+
+/// An error answer with a small JSON body.
+fn error(status: u16, why: &str, extra: &[(&str, &str)], head_only: bool, facts: &Facts) -> Answer {
+    let body = format!("{{\"error\":\"{why}\"}}\n");
+    Answer {
+        bytes: render(status, JSON, extra, body.as_bytes(), head_only, facts.now),
+        status,
+        body_len: if head_only { 0 } else { body.len() },
+        request_line: String::from("-"),
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// The whole response. HEAD gets GET's headers, `Content-Length` included.
+fn render(
+    status: u16,
+    content_type: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+    head_only: bool,
+    now: SystemTime,
+) -> Vec<u8> {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nAccess-Control-Allow-Origin: *\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n",
+        reason(status),
+        http_date(now),
+        body.len()
+    );
+    for (name, value) in extra {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// `?format=prometheus` (or `json`) decides; otherwise the Accept header
+/// must rank text/plain or OpenMetrics above JSON. `*/*` ties, so JSON.
+fn wants_prometheus(query: &str, headers: &[httparse::Header<'_>]) -> bool {
+    for pair in query.split('&') {
+        match pair {
+            "format=prometheus" => return true,
+            "format=json" => return false,
+            _ => {}
+        }
+    }
+    let accept: Vec<&str> = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("accept"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .collect();
+    if accept.is_empty() {
+        return false;
+    }
+    let q = |t: &str, s: &str| quality(&accept, t, s);
+    let text = q("text", "plain").max(q("application", "openmetrics-text"));
+    text > q("application", "json")
+}
+
+/// The q of the most specific media range in `accept` matching `t/s`
+/// (RFC 9110 12.5.1), or 0 when none matches.
+fn quality(accept: &[&str], t: &str, s: &str) -> f32 {
+    let mut best: Option<(u8, f32)> = None;
+    for item in accept.iter().flat_map(|v| v.split(',')) {
+        let mut parts = item.split(';');
+        let range = parts.next().unwrap_or("").trim();
+        let Some((rt, rs)) = range.split_once('/') else {
+            continue;
+        };
+        let specificity = if rt == "*" && rs == "*" {
+            0
+        } else if rt.eq_ignore_ascii_case(t) && rs == "*" {
+            1
+        } else if rt.eq_ignore_ascii_case(t) && rs.eq_ignore_ascii_case(s) {
+            2
+        } else {
+            continue;
+        };
+        let mut q = 1.0f32;
+        for param in parts {
+            if let Some((k, v)) = param.split_once('=')
+                && k.trim().eq_ignore_ascii_case("q")
+            {
+                q = match v.trim().parse::<f32>() {
+                    Ok(q) if (0.0..=1.0).contains(&q) => q,
+                    _ => 0.0,
+                };
+            }
+        }
+        best = match best {
+            Some((bs, bq)) if bs > specificity || (bs == specificity && bq >= q) => Some((bs, bq)),
+            _ => Some((specificity, q)),
+        };
+    }
+    best.map_or(0.0, |(_, q)| q)
+}
+
+/// Text exposition format 0.0.4: HELP and TYPE once per metric, samples of a
+/// metric together, counters ending in `_total`, no rates.
+pub fn prometheus(r: &Report, start_unix: f64) -> String {
+    let mut out = String::with_capacity(2048);
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    metric(
+        "foo_messages_total",
+        "counter",
+        "Well-formed Foo messages relayed: REQ from clients, ACK and NAK from the server.",
+        &[
+            ("{type=\"req\"}", r.msg_req),
+            ("{type=\"ack\"}", r.msg_ack),
+            ("{type=\"nak\"}", r.msg_nak),
+        ],
+    );
+    metric(
+        "foo_invalid_messages_total",
+        "counter",
+        "Malformed or wrong-direction frames, relayed unchanged.",
+        &[
+            (
+                "{direction=\"client_to_server\"}",
+                r.msg_invalid_client_to_server,
+            ),
+            (
+                "{direction=\"server_to_client\"}",
+                r.msg_invalid_server_to_client,
+            ),
+        ],
+    );
+    metric(
+        "foo_connections_total",
+        "counter",
+        "Client connections accepted.",
+        &[("", r.connections_total)],
+    );
+    metric(
+        "foo_upstream_errors_total",
+        "counter",
+        "Upstream connections that could not be made.",
+        &[("", r.upstream_errors)],
+    );
+    metric(
+        "foo_bytes_total",
+        "counter",
+        "Bytes relayed.",
+        &[
+            ("{direction=\"client_to_server\"}", r.bytes_client_to_server),
+            ("{direction=\"server_to_client\"}", r.bytes_server_to_client),
+        ],
+    );
+    metric(
+        "foo_connections_active",
+        "gauge",
+        "Client connections open now.",
+        &[("", r.connections_active)],
+    );
+    metric(
+        "foo_buffered_bytes",
+        "gauge",
+        "Bytes read but not yet written, over all connections.",
+        &[("", r.buffered_bytes)],
+    );
+    let _ = write!(
+        out,
+        "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\
+         # TYPE process_start_time_seconds gauge\n\
+         process_start_time_seconds {start_unix}\n\
+         # HELP foo_build_info The version of foo-proxy running; always 1.\n\
+         # TYPE foo_build_info gauge\n\
+         foo_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    out
+}
+
+/// Quotes, backslashes and bytes outside printable ASCII become `\xNN`, so a
+/// request cannot forge or split log lines.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+
+/// UTC calendar parts of `t`: (days since epoch, year, month, day, secs of day).
+fn civil(t: SystemTime) -> (u64, i64, &'static str, u32, u64) {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let days = secs / 86_400;
+    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    let month = MONTHS
+        .get(usize::try_from(m).unwrap_or(0).wrapping_sub(1))
+        .copied()
+        .unwrap_or("Jan");
+    (days, y, month, d, secs % 86_400)
+}
+
+/// IMF-fixdate for the `Date` header: `Fri, 27 Nov 2026 22:10:11 GMT`.
+pub fn http_date(t: SystemTime) -> String {
+    let (days, y, month, d, rem) = civil(t);
+    let weekday = WEEKDAYS
+        .get(usize::try_from(days % 7).unwrap_or(0))
+        .copied()
+        .unwrap_or("Thu");
+    format!(
+        "{weekday}, {d:02} {month} {y:04} {:02}:{:02}:{:02} GMT",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Common Log Format, as Go's gorilla/handlers writes it:
+/// `127.0.0.1 - - [27/Nov/2026:22:10:11 +0000] "GET /stats HTTP/1.1" 200 512`.
+pub fn access_line(peer: IpAddr, t: SystemTime, answer: &Answer) -> String {
+    let (_, y, month, d, rem) = civil(t);
+    format!(
+        "{peer} - - [{d:02}/{month}/{y:04}:{:02}:{:02}:{:02} +0000] \"{}\" {} {}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        answer.request_line,
+        answer.status,
+        answer.body_len
+    )
+}
+
+// ---------------------------------------------------------------------------
+// I/O part: the listener and its connections, driven by the server's loop.
+
+pub fn token(key: usize) -> Token {
+    Token(TOKEN_BASE + key)
+}
+
+/// The connection key an admin token names, if it is one.
+pub fn key_of(token: Token) -> Option<usize> {
+    token.0.checked_sub(TOKEN_BASE).filter(|k| *k < MAX_CONNS)
+}
+
+enum Phase {
+    /// Collecting the request head.
+    Reading,
+    /// Sending `out[sent..]`.
+    Writing,
+    /// Answer sent and write side shut: discarding input until EOF, so the
+    /// close does not turn into a reset that could destroy the answer.
+    Lingering,
+}
+
+struct Conn {
+    /// Unique for the process lifetime; slab keys are reused.
+    id: u64,
+    stream: TcpStream,
+    peer: SocketAddr,
+    phase: Phase,
+    head: Vec<u8>,
+    out: Vec<u8>,
+    sent: usize,
+    deadline: Instant,
+    scheduled: bool,
+}
+
+enum Step {
+    Continue,
+    Requeue,
+    Close,
+}
+
+impl Conn {
+    fn drive(&mut self, answer: &mut dyn FnMut(&[u8], IpAddr) -> Reply) -> Step {
+        if let Phase::Reading = self.phase {
+            match self.read_head(answer) {
+                Ok(Some(bytes)) => {
+                    self.out = bytes;
+                    self.head = Vec::new();
+                    self.phase = Phase::Writing;
+                }
+                Ok(None) => return Step::Continue,
+                Err(()) => return Step::Close,
+            }
+        }
+        if let Phase::Writing = self.phase {
+            while let Some(rest) = self.out.get(self.sent..).filter(|r| !r.is_empty()) {
+                match self.stream.write(rest) {
+                    Ok(0) => return Step::Close,
+                    Ok(n) => self.sent += n,
+                    Err(e) if would_block(&e) => return Step::Continue,
+                    Err(e) if interrupted(&e) => {}
+                    Err(_) => return Step::Close,
+                }
+            }
+            self.out = Vec::new();
+            if self.stream.shutdown(Shutdown::Write).is_err() {
+                return Step::Close;
+            }
+            self.phase = Phase::Lingering;
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        for _ in 0..DISCARD_READS_PER_TURN {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Step::Close,
+                Ok(_) => {}
+                Err(e) if would_block(&e) => return Step::Continue,
+                Err(e) if interrupted(&e) => {}
+                Err(_) => return Step::Close,
+            }
+        }
+        Step::Requeue
+    }
+
+    /// Reads until the head is answerable, the socket is drained, or the
+    /// head limit is reached. `Err` means the client went away.
+    fn read_head(
+        &mut self,
+        answer: &mut dyn FnMut(&[u8], IpAddr) -> Reply,
+    ) -> Result<Option<Vec<u8>>, ()> {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            let room = MAX_HEAD.saturating_sub(self.head.len());
+            let n = match Read::by_ref(&mut self.stream)
+                .take(room as u64)
+                .read(&mut chunk)
+            {
+                Ok(0) if room > 0 => return Err(()),
+                Ok(n) => n,
+                Err(e) if would_block(&e) => return Ok(None),
+                Err(e) if interrupted(&e) => continue,
+                Err(_) => return Err(()),
+            };
+            let new = chunk.get(..n).unwrap_or_default();
+            self.head.extend_from_slice(new);
+            // A head ends with a line break: parse only when one arrives.
+            if new.contains(&b'\n') || self.head.len() >= MAX_HEAD {
+                if let Reply::Done(a) = answer(&self.head, self.peer.ip()) {
+                    return Ok(Some(a.bytes));
+                }
+            }
+        }
+    }
+}
+
+/// The admin listener and its connections.
+pub struct Admin {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    conns: Slab<Conn>,
+    /// Connections to drive in this iteration.
+    work: Vec<usize>,
+    /// Accepting stopped at [`MAX_CONNS`]; it resumes when one closes.
+    full: bool,
+    next_id: u64,
+    start_unix: f64,
+}
+
+impl Admin {
+    /// Binds `addr` and registers the listener under `listener_token`.
+    pub fn bind(
+        addr: SocketAddr,
+        registry: &Registry,
+        listener_token: Token,
+    ) -> Result<Admin, String> {
+        let cannot = |e: io::Error| format!("cannot listen for HTTP on {addr}: {}", describe(&e));
+        let mut listener = TcpListener::bind(addr).map_err(cannot)?;
+        let local_addr = listener.local_addr().map_err(cannot)?;
+        registry
+            .register(&mut listener, listener_token, Interest::READABLE)
+            .map_err(cannot)?;
+        let start_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        Ok(Admin {
+            listener,
+            local_addr,
+            conns: Slab::with_capacity(MAX_CONNS),
+            work: Vec::new(),
+            full: false,
+            next_id: 0,
+            start_unix,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.work.is_empty()
+    }
+
+    /// Accepts while there is room.
+    pub(crate) fn accept(&mut self, registry: &Registry, timers: &mut Timers, now: Instant) {
+        while self.conns.len() < MAX_CONNS {
+            let (mut stream, peer) = match self.listener.accept() {
+                Ok(ok) => ok,
+                Err(e) if would_block(&e) => {
+                    self.full = false;
+                    return;
+                }
+                Err(e) if interrupted(&e) => continue,
+                Err(e) => {
+                    // Out of descriptors, most likely: the pending
+                    // connections are retried when one of ours closes.
+                    debug!("admin accept failed: {}", describe(&e));
+                    self.full = true;
+                    return;
+                }
+            };
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if let Err(e) = registry.register(
+                &mut stream,
+                token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                debug!("cannot poll admin client {peer}: {}", describe(&e));
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            self.next_id += 1;
+            let deadline = now + DEADLINE;
+            timers.insert((deadline, self.next_id, Timer::Admin(key)));
+            entry.insert(Conn {
+                id: self.next_id,
+                stream,
+                peer,
+                phase: Phase::Reading,
+                head: Vec::new(),
+                out: Vec::new(),
+                sent: 0,
+                deadline,
+                scheduled: false,
+            });
+        }
+        self.full = true;
+    }
+
+    /// Notes an event for a connection token; it is driven later.
+    pub(crate) fn note_event(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key)
+            && !conn.scheduled
+        {
+            conn.scheduled = true;
+            self.work.push(key);
+        }
+    }
+
+    /// Drives every connection that had an event, each a bounded amount.
+    /// `report` is called at most once.
+    pub(crate) fn drive(
+        &mut self,
+        registry: &Registry,
+        timers: &mut Timers,
+        now: Instant,
+        ready: bool,
+        report: &mut dyn FnMut() -> Report,
+    ) {
+        let facts = Facts {
+            ready,
+            start_unix: self.start_unix,
+            now: SystemTime::now(),
+        };
+        let mut cached: Option<Report> = None;
+        let mut answer = |head: &[u8], peer: IpAddr| {
+            let mut get = || cached.get_or_insert_with(&mut *report).clone();
+            let reply = respond(head, &facts, &mut get);
+            if let Reply::Done(a) = &reply {
+                info!("{}", access_line(peer, facts.now, a));
+            }
+            reply
+        };
+        for key in std::mem::take(&mut self.work) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.scheduled = false;
+            match conn.drive(&mut answer) {
+                Step::Continue => {}
+                Step::Requeue => {
+                    conn.scheduled = true;
+                    self.work.push(key);
+                }
+                Step::Close => {
+                    self.close(key, registry, timers, now);
+                    continue;
+                }
+            }
+            // Once answered, a client gets a short grace to read and close.
+            if let Phase::Lingering = conn.phase
+                && conn.deadline > now + LINGER
+            {
+                timers.remove(&(conn.deadline, conn.id, Timer::Admin(key)));
+                conn.deadline = now + LINGER;
+                timers.insert((conn.deadline, conn.id, Timer::Admin(key)));
+            }
+        }
+    }
+
+    /// A deadline fired: close the connection if it is still the same one.
+    pub(crate) fn expire(
+        &mut self,
+        key: usize,
+        id: u64,
+        registry: &Registry,
+        timers: &mut Timers,
+        now: Instant,
+    ) {
+        if self.conns.get(key).is_some_and(|c| c.id == id) {
+            debug!("admin client {key}: deadline reached, closing");
+            self.close(key, registry, timers, now);
+        }
+    }
+
+    fn close(&mut self, key: usize, registry: &Registry, timers: &mut Timers, now: Instant) {
+        let Some(mut conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        timers.remove(&(conn.deadline, conn.id, Timer::Admin(key)));
+        let _ = registry.deregister(&mut conn.stream);
+        if self.full {
+            self.accept(registry, timers, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> Facts {
+        Facts {
+            ready: true,
+            start_unix: 1_795_817_411.5,
+            now: UNIX_EPOCH + Duration::from_secs(1_795_817_411),
+        }
+    }
+
+    fn sample() -> Report {
+        let mut stats = Stats::default();
+        stats.msg_req = 7;
+        stats.msg_ack = 5;
+        stats.msg_nak = 2;
+        stats.connections_total = 3;
+        stats.bytes_client_to_server = 100;
+        stats.report(1000)
+    }
+
+    fn ask(req: &str) -> (Answer, String) {
+        let mut calls = 0;
+        let reply = respond(req.as_bytes(), &facts(), &mut || {
+            calls += 1;
+            sample()
+        });
+        assert!(calls <= 1);
+        match reply {
+            Reply::Done(a) => {
+                let text = String::from_utf8(a.bytes.clone()).unwrap();
+                (a, text)
+            }
+            Reply::Partial => panic!("partial: {req:?}"),
+        }
+    }
+
+    fn body(text: &str) -> &str {
+        text.split_once("\r\n\r\n").unwrap().1
+    }
+
+    #[test]
+    fn stats_is_the_report_json() {
+        let (a, text) = ask("GET /stats HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(a.status, 200);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(text.contains("\r\nContent-Type: application/json\r\n"));
+        assert!(text.contains("\r\nAccess-Control-Allow-Origin: *\r\n"));
+        assert_eq!(body(&text), sample().to_json() + "\n");
+        assert_eq!(a.request_line, "GET /stats HTTP/1.1");
+    }
+
+    #[test]
+    fn metrics_negotiates_prometheus() {
+        let prom = "text/plain; version=0.0.4; charset=utf-8";
+        let scraper = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        for (accept, want_prom) in [
+            ("*/*", false),
+            ("application/json", false),
+            ("text/plain", true),
+            ("text/*", true),
+            (scraper, true),
+            ("application/json, text/plain;q=0.5", false),
+            ("text/plain;q=0.9, application/json;q=0.1", true),
+            ("text/html", false),
+            ("text/plain;q=bogus", false),
+        ] {
+            let (_, text) = ask(&format!(
+                "GET /metrics HTTP/1.1\r\nAccept: {accept}\r\n\r\n"
+            ));
+            assert_eq!(text.contains(prom), want_prom, "{accept}");
+        }
+        let (_, text) = ask("GET /metrics?format=prometheus HTTP/1.1\r\n\r\n");
+        assert!(text.contains(prom));
+        assert!(body(&text).contains("foo_messages_total{type=\"req\"} 7\n"));
+        let (_, text) = ask("GET /metrics?x=1&format=json HTTP/1.1\r\nAccept: text/plain\r\n\r\n");
+        assert!(text.contains("application/json"));
+        let (_, text) = ask("GET /stats?format=prometheus HTTP/1.1\r\n\r\n");
+        assert!(text.contains("application/json"), "/stats is JSON only");
+    }
+
+    #[test]
+    fn prometheus_names_each_metric_once() {
+        let text = prometheus(&sample(), 12.5);
+        for name in [
+            "foo_messages_total",
+            "foo_invalid_messages_total",
+            "foo_connections_total",
+            "foo_upstream_errors_total",
+            "foo_bytes_total",
+            "foo_connections_active",
+            "foo_buffered_bytes",
+            "process_start_time_seconds",
+            "foo_build_info",
+        ] {
+            assert_eq!(
+                text.matches(&format!("# TYPE {name} ")).count(),
+                1,
+                "{name}"
+            );
+            assert_eq!(
+                text.matches(&format!("# HELP {name} ")).count(),
+                1,
+                "{name}"
+            );
+        }
+        assert!(!text.contains("rate"));
+        assert!(text.contains("process_start_time_seconds 12.5\n"));
+        assert!(text.contains("foo_bytes_total{direction=\"client_to_server\"} 100\n"));
+    }
+
+    #[test]
+    fn liveness_readiness_and_errors() {
+        for path in ["/health", "/heartbeat", "/status", "/ready"] {
+            let (a, text) = ask(&format!("GET {path} HTTP/1.0\r\n\r\n"));
+            assert_eq!(a.status, 200, "{path}");
+            assert_eq!(body(&text), "{\"status\":\"OK\"}\n");
+        }
+        let draining = Facts {
+            ready: false,
+            ..facts()
+        };
+        let Reply::Done(a) = respond(b"GET /ready HTTP/1.1\r\n\r\n", &draining, &mut sample) else {
+            panic!()
+        };
+        assert_eq!(a.status, 503);
+        let Reply::Done(a) = respond(b"GET /health HTTP/1.1\r\n\r\n", &draining, &mut sample)
+        else {
+            panic!()
+        };
+        assert_eq!(a.status, 200, "liveness holds while draining");
+
+        let (a, text) = ask("POST /stats HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
+        assert_eq!(a.status, 405);
+        assert!(text.contains("\r\nAllow: GET, HEAD\r\n"));
+        assert_eq!(ask("GET /nope HTTP/1.1\r\n\r\n").0.status, 404);
+        let (a, text) = ask("HEAD /nope HTTP/1.1\r\n\r\n");
+        assert_eq!((a.status, body(&text)), (404, ""));
+        assert_eq!(ask("DELETE /nope HTTP/1.1\r\n\r\n").0.status, 404);
+        assert_eq!(ask("GET http://x/stats HTTP/1.1\r\n\r\n").0.status, 400);
+        assert_eq!(ask("\x00\x01garbage\r\n\r\n").0.status, 400);
+        assert_eq!(
+            ask("GET /stats HTTP/1.1\r\nBad Header\r\n\r\n").0.status,
+            400
+        );
+        let many: String = (0..40).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert_eq!(
+            ask(&format!("GET /stats HTTP/1.1\r\n{many}\r\n")).0.status,
+            431
+        );
+    }
+
+    #[test]
+    fn head_sends_get_headers_without_body() {
+        let (get, get_text) = ask("GET /stats HTTP/1.1\r\n\r\n");
+        let (head, head_text) = ask("HEAD /stats HTTP/1.1\r\n\r\n");
+        assert_eq!(head.status, 200);
+        assert_eq!(head.body_len, 0);
+        assert_eq!(body(&head_text), "");
+        let length = |t: &str| {
+            t.lines()
+                .find(|l| l.starts_with("Content-Length"))
+                .map(str::to_owned)
+        };
+        assert_eq!(length(&head_text), length(&get_text));
+        assert!(get.body_len > 0);
+    }
+
+    #[test]
+    fn a_head_is_partial_until_complete_and_431_when_full() {
+        let mut never = || -> Report { panic!("no report for a partial head") };
+        assert!(matches!(
+            respond(b"GET /stats HTTP/1.1\r\n", &facts(), &mut never),
+            Reply::Partial
+        ));
+        let mut big = b"GET /stats HTTP/1.1\r\nX: ".to_vec();
+        big.resize(MAX_HEAD, b'a');
+        let Reply::Done(a) = respond(&big, &facts(), &mut never) else {
+            panic!()
+        };
+        assert_eq!(a.status, 431);
+        big.resize(100 * 1024, b'a');
+        assert!(
+            String::from_utf8(handle_request(&big))
+                .unwrap()
+                .starts_with("HTTP/1.1 431 ")
+        );
+        assert!(handle_request(b"GET / HT").is_empty());
+    }
+
+    #[test]
+    fn access_log_is_common_log_format_and_escaped() {
+        let (a, _) = ask("GET /stats?\"x\\ HTTP/1.1\r\n\r\n");
+        let line = access_line("127.0.0.1".parse().unwrap(), facts().now, &a);
+        assert_eq!(
+            line,
+            format!(
+                "127.0.0.1 - - [27/Nov/2026:22:10:11 +0000] \"GET /stats?\\x22x\\x5c HTTP/1.1\" 200 {}",
+                a.body_len
+            )
+        );
+        assert_eq!(http_date(facts().now), "Fri, 27 Nov 2026 22:10:11 GMT");
+        assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
+    }
+
+    #[test]
+    fn tokens_round_trip_and_stay_clear_of_pairs() {
+        assert_eq!(key_of(token(0)), Some(0));
+        assert_eq!(key_of(token(MAX_CONNS - 1)), Some(MAX_CONNS - 1));
+        assert_eq!(key_of(token(MAX_CONNS)), None);
+        assert_eq!(key_of(Token(16)), None);
+    }
+}
