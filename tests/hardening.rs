@@ -73,7 +73,7 @@ fn descriptor_exhaustion_pauses_accepting_without_spinning_and_recovers() {
     let upstream = server.addr.to_string();
     // A low descriptor limit: a handful of pairs exhaust it.
     let script = format!(
-        "ulimit -n 32 && exec {bin} -listen 127.0.0.1:0 -forward {upstream} -recovery-path="
+        "ulimit -n 32 && exec {bin} -listen 127.0.0.1:0 -forward {upstream} -recovery-path= -http 127.0.0.1:0"
     );
     let mut proxy = Proxy::spawn(Command::new("sh").args(["-c", &script]));
     let mut clients = Vec::new();

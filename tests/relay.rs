@@ -368,7 +368,7 @@ fn go_style_listen_and_forward_flags_work() {
     let port = dead_port();
     let listen = format!("-listen=:{port}");
     let forward = format!("-forward=localhost:{}", server.port());
-    let proxy = Proxy::start_with_args(&[&listen, &forward, "-recovery-path="]);
+    let proxy = Proxy::start_with_args(&[&listen, &forward, "-recovery-path=", "-http=off"]);
     assert_eq!(proxy.addr.port(), port);
     assert!(
         proxy.addr.ip().is_unspecified(),

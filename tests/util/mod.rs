@@ -19,17 +19,23 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Proxy {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Where the admin HTTP socket listens, unless `-http off`.
+    pub admin: Option<SocketAddr>,
     stdout: Receiver<String>,
     stderr: Arc<Mutex<String>>,
 }
 
 impl Proxy {
     /// Starts foo-proxy listening on 127.0.0.1:0 in front of `upstream`,
-    /// with extra flags, and waits for its start line.
+    /// with extra flags, and waits for its start line. The admin socket
+    /// takes a free loopback port unless `extra` sets `-http`.
     pub fn start(upstream: &str, extra: &[&str]) -> Proxy {
         let mut args = vec!["-listen", "127.0.0.1:0", "-forward", upstream];
         if !extra.iter().any(|a| a.contains("recovery-path")) {
             args.push("-recovery-path=");
+        }
+        if http_flag(extra).is_none() {
+            args.extend_from_slice(&["-http", "127.0.0.1:0"]);
         }
         args.extend_from_slice(extra);
         Proxy::start_with_args(&args)
@@ -70,36 +76,59 @@ impl Proxy {
         let err = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
         thread::spawn(move || {
-            let mut addr_tx = Some(addr_tx);
             for line in BufReader::new(err).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split([',', ' ']).next().unwrap_or("").to_string();
-                    if let Some(tx) = addr_tx.take() {
-                        let _ = tx.send(addr);
-                    }
+                // `listening on ADDR, ...` and `admin listening on ADDR`,
+                // on one line or two.
+                for (at, _) in line.match_indices("listening on ") {
+                    let before = line.get(..at).unwrap_or("");
+                    let rest = line.get(at + "listening on ".len()..).unwrap_or("");
+                    let addr = rest.split([',', ' ', ';']).next().unwrap_or("").to_string();
+                    let _ = addr_tx.send((before.ends_with("admin "), addr));
                 }
                 let mut s = sink.lock().unwrap();
                 s.push_str(&line);
                 s.push('\n');
             }
         });
-        let addr = match addr_rx.recv_timeout(WAIT) {
-            Ok(a) => a.parse().expect("listen address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "foo-proxy did not start: {}",
-                    stderr.lock().unwrap().as_str()
-                );
+        // A wrapper (`sh -c "... exec foo-proxy ..."`) has its flags inside
+        // one argument: look at every word.
+        let words: Vec<String> = cmd
+            .get_args()
+            .filter_map(|a| a.to_str())
+            .flat_map(str::split_whitespace)
+            .map(str::to_owned)
+            .collect();
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let want_admin = !matches!(http_flag(&words), Some("" | "off"));
+        let deadline = Instant::now() + WAIT;
+        let (mut addr, mut admin) = (None, None);
+        while addr.is_none() || (want_admin && admin.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match addr_rx.recv_timeout(left) {
+                Ok((true, a)) => admin = Some(a.parse().expect("admin address")),
+                Ok((false, a)) => addr = Some(a.parse().expect("listen address")),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "foo-proxy did not start: {}",
+                        stderr.lock().unwrap().as_str()
+                    );
+                }
             }
-        };
+        }
         Proxy {
             child,
-            addr,
+            addr: addr.expect("listen address"),
+            admin,
             stdout,
             stderr,
         }
+    }
+
+    /// `http://ADMIN/path`; panics when the admin socket is off.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.expect("admin socket on"))
     }
 
     pub fn pid(&self) -> u32 {
@@ -191,6 +220,24 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of the last `-http` flag in `args`, in any of Go's forms.
+pub fn http_flag<'a>(args: &[&'a str]) -> Option<&'a str> {
+    let mut found = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let bare = arg.trim_start_matches('-');
+        if bare.len() == arg.len() {
+            continue;
+        }
+        if bare == "http" {
+            found = iter.next().copied();
+        } else if let Some(v) = bare.strip_prefix("http=") {
+            found = Some(v);
+        }
+    }
+    found
 }
 
 pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
