@@ -1,0 +1,678 @@
+//! The admin HTTP socket, end to end, through a real HTTP client (ureq)
+//! and, where a test needs bytes no client would send, a raw socket.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use openmetrics_parser::prometheus::parse_prometheus;
+use openmetrics_parser::{PrometheusType, PrometheusValue};
+use util::{FooServer, Proxy, ServerOpts, WAIT, read_exact_timeout, read_to_eof, requests};
+
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// What Prometheus's scraper sends.
+const SCRAPER_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+struct Got {
+    status: u16,
+    content_type: String,
+    headers: ureq::http::HeaderMap,
+    body: String,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(WAIT))
+        .build()
+        .into()
+}
+
+fn got(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Got {
+    let mut resp = resp.expect("an HTTP answer");
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = resp.body_mut().read_to_string().expect("a body");
+    Got {
+        status: resp.status().as_u16(),
+        content_type,
+        headers: resp.headers().clone(),
+        body,
+    }
+}
+
+fn get(proxy: &Proxy, path: &str) -> Got {
+    got(agent().get(proxy.admin_url(path)).call())
+}
+
+fn get_accept(proxy: &Proxy, path: &str, accept: &str) -> Got {
+    got(agent()
+        .get(proxy.admin_url(path))
+        .header("Accept", accept)
+        .call())
+}
+
+/// Sends raw bytes to the admin socket and reads the answer to EOF.
+fn raw(proxy: &Proxy, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect_timeout(&proxy.admin.expect("admin on"), WAIT).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    // The proxy may answer and stop reading before all is written.
+    let _ = s.write_all(bytes);
+    let (answer, _) = read_to_eof(&mut s);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn upstream(server: &FooServer) -> String {
+    server.addr.to_string()
+}
+
+/// Runs `n` REQ/answer round trips on one data-path connection.
+fn exchange(proxy: &Proxy, n: u64) {
+    let mut c = proxy.connect();
+    c.write_all(&requests(1..=n)).unwrap();
+    let want = util::answers(1..=n);
+    assert_eq!(read_exact_timeout(&mut c, want.len()), want);
+}
+
+/// The data path still relays exactly.
+fn assert_data_path_works(proxy: &Proxy) {
+    exchange(proxy, 3);
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("bad JSON {text:?}: {e}"))
+}
+
+/// The integer fields of a report: everything but rates and uptime, which
+/// move with the clock.
+fn counts(report: &serde_json::Value) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = report
+        .as_object()
+        .expect("a JSON object")
+        .iter()
+        .filter_map(|(k, v)| v.as_u64().map(|n| (k.clone(), n)))
+        .collect();
+    out.sort();
+    out
+}
+
+fn sample(text: &str, family: &str, label_values: &[&str]) -> (PrometheusType, f64) {
+    let exposition = parse_prometheus(text).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    let fam = exposition
+        .families
+        .get(family)
+        .unwrap_or_else(|| panic!("no family {family} in\n{text}"));
+    let values: Vec<String> = label_values.iter().map(|s| s.to_string()).collect();
+    let s = fam
+        .get_sample_by_label_values(&values)
+        .unwrap_or_else(|| panic!("no sample {family}{label_values:?}"));
+    let value = match &s.value {
+        PrometheusValue::Gauge(n) | PrometheusValue::Unknown(n) => n.as_f64(),
+        PrometheusValue::Counter(c) => c.value.as_f64(),
+        other => panic!("unexpected value {other:?}"),
+    };
+    (fam.family_type.clone(), value)
+}
+
+#[test]
+fn stats_and_metrics_serve_the_sigusr2_json_with_cors() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(&upstream(&server), &[]);
+    exchange(&proxy, 40);
+    let signal = proxy.report_until(|r| r["connections_active"] == 0 && r["msg_total"] == 80);
+    for path in ["/stats", "/metrics"] {
+        let g = get(&proxy, path);
+        assert_eq!(g.status, 200, "{path}");
+        assert_eq!(g.content_type, "application/json", "{path}");
+        assert_eq!(
+            g.headers
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap()),
+            Some("*"),
+            "{path}"
+        );
+        let http = json(&g.body);
+        assert_eq!(counts(&http), counts(&signal), "{path}");
+        let keys: Vec<&String> = http.as_object().unwrap().keys().collect();
+        let signal_keys: Vec<&String> = signal.as_object().unwrap().keys().collect();
+        assert_eq!(keys, signal_keys, "same fields in the same order");
+    }
+}
+
+#[test]
+fn http_counts_equal_sigusr2_counts_under_every_format() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(&upstream(&server), &[]);
+    exchange(&proxy, 17);
+    let mut bad = proxy.connect();
+    bad.write_all(b"HELLO\nACK 1 wrong way\n").unwrap();
+    read_exact_timeout(&mut bad, 2 * "NAK 0 ERRDECODE\n".len());
+    drop(bad);
+    let r = proxy.report_until(|r| r["connections_active"] == 0 && r["msg_invalid"] == 2);
+    assert_eq!(counts(&json(&get(&proxy, "/stats").body)), counts(&r));
+    let text = get(&proxy, "/metrics?format=prometheus").body;
+    let n = |k: &str| r[k].as_u64().unwrap() as f64;
+    for (family, labels, key) in [
+        ("foo_messages_total", &["req"][..], "msg_req"),
+        ("foo_messages_total", &["ack"], "msg_ack"),
+        ("foo_messages_total", &["nak"], "msg_nak"),
+        (
+            "foo_invalid_messages_total",
+            &["client_to_server"],
+            "msg_invalid_client_to_server",
+        ),
+        (
+            "foo_invalid_messages_total",
+            &["server_to_client"],
+            "msg_invalid_server_to_client",
+        ),
+        ("foo_connections_total", &[], "connections_total"),
+        ("foo_upstream_errors_total", &[], "upstream_errors"),
+        (
+            "foo_bytes_total",
+            &["client_to_server"],
+            "bytes_client_to_server",
+        ),
+        (
+            "foo_bytes_total",
+            &["server_to_client"],
+            "bytes_server_to_client",
+        ),
+        ("foo_connections_active", &[], "connections_active"),
+        ("foo_buffered_bytes", &[], "buffered_bytes"),
+    ] {
+        assert_eq!(
+            sample(&text, family, labels).1,
+            n(key),
+            "{family}{labels:?}"
+        );
+    }
+    assert_eq!(n("msg_req"), 17.0);
+}
+
+#[test]
+fn metrics_speaks_prometheus_to_a_scraper_and_json_to_curl() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(&upstream(&server), &[]);
+    exchange(&proxy, 5);
+    for accept in [SCRAPER_ACCEPT, "text/plain", "application/openmetrics-text"] {
+        let g = get_accept(&proxy, "/metrics", accept);
+        assert_eq!(
+            (g.status, g.content_type.as_str()),
+            (200, PROMETHEUS),
+            "{accept}"
+        );
+    }
+    let g = get(&proxy, "/metrics?format=prometheus");
+    assert_eq!(g.content_type, PROMETHEUS);
+    for accept in [
+        "*/*",
+        "application/json",
+        "application/json, text/plain;q=0.5",
+    ] {
+        let g = get_accept(&proxy, "/metrics", accept);
+        assert_eq!(g.content_type, "application/json", "{accept}");
+        json(&g.body);
+    }
+
+    let text = get_accept(&proxy, "/metrics", SCRAPER_ACCEPT).body;
+    let exposition = parse_prometheus(&text).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    for (family, kind) in [
+        ("foo_messages_total", PrometheusType::Counter),
+        ("foo_invalid_messages_total", PrometheusType::Counter),
+        ("foo_connections_total", PrometheusType::Counter),
+        ("foo_upstream_errors_total", PrometheusType::Counter),
+        ("foo_bytes_total", PrometheusType::Counter),
+        ("foo_connections_active", PrometheusType::Gauge),
+        ("foo_buffered_bytes", PrometheusType::Gauge),
+        ("process_start_time_seconds", PrometheusType::Gauge),
+        ("foo_build_info", PrometheusType::Gauge),
+    ] {
+        let fam = exposition
+            .families
+            .get(family)
+            .unwrap_or_else(|| panic!("{family} missing\n{text}"));
+        assert_eq!(fam.family_type, kind, "{family}");
+        assert!(!fam.help.is_empty(), "{family} has HELP");
+        assert_eq!(text.matches(&format!("# HELP {family} ")).count(), 1);
+        assert_eq!(text.matches(&format!("# TYPE {family} ")).count(), 1);
+    }
+    assert_eq!(exposition.families.len(), 9, "{text}");
+    assert!(!text.contains("rate"), "no precomputed rates: {text}");
+    assert_eq!(sample(&text, "foo_messages_total", &["req"]).1, 5.0);
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(sample(&text, "foo_build_info", &[version]).1, 1.0);
+    let start = sample(&text, "process_start_time_seconds", &[]).1;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        start <= now && now - start < 60.0,
+        "start {start}, now {now}"
+    );
+}
+
+/// `promtool check metrics` lints what the crate parser accepts (naming,
+/// units, HELP). CI installs it with `apt-get install -y prometheus`.
+#[test]
+fn prometheus_output_passes_promtool_check_metrics() {
+    let Ok(out) = Command::new("promtool").arg("--version").output() else {
+        eprintln!(
+            "SKIPPED prometheus_output_passes_promtool_check_metrics: promtool not \
+             found (apt-get install -y prometheus)"
+        );
+        return;
+    };
+    assert!(out.status.success());
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(&upstream(&server), &[]);
+    exchange(&proxy, 3);
+    let text = get_accept(&proxy, "/metrics", SCRAPER_ACCEPT).body;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn liveness_and_readiness_answer_ok() {
+    let proxy = Proxy::start("127.0.0.1:1", &[]);
+    for path in ["/health", "/heartbeat", "/status", "/ready"] {
+        let g = get(&proxy, path);
+        assert_eq!(g.status, 200, "{path}");
+        assert_eq!(g.content_type, "application/json", "{path}");
+        assert_eq!(json(&g.body), json("{\"status\":\"OK\"}"), "{path}");
+    }
+}
+
+#[test]
+fn head_gets_the_get_headers_and_no_body() {
+    let proxy = Proxy::start("127.0.0.1:1", &[]);
+    let agent = agent();
+    for path in ["/stats", "/metrics", "/health", "/ready"] {
+        let head = got(agent.head(proxy.admin_url(path)).call());
+        let get = got(agent.get(proxy.admin_url(path)).call());
+        assert_eq!(head.status, 200, "{path}");
+        assert_eq!(head.body, "", "{path}");
+        assert_eq!(head.content_type, get.content_type, "{path}");
+        let length = |g: &Got| g.headers.get("content-length").cloned();
+        if path != "/stats" && path != "/metrics" {
+            // The report's uptime changes between the two requests.
+            assert_eq!(length(&head), length(&get), "{path}");
+        }
+        assert!(length(&head).is_some(), "{path}");
+    }
+    let raw_head = raw(&proxy, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        raw_head.ends_with("\r\n\r\n"),
+        "no body after HEAD: {raw_head:?}"
+    );
+}
+
+#[test]
+fn other_methods_get_405_with_allow() {
+    let proxy = Proxy::start("127.0.0.1:1", &[]);
+    let agent = agent();
+    let url = proxy.admin_url("/stats");
+    for g in [
+        got(agent.post(&url).send("x=1")),
+        got(agent.put(&url).send("x")),
+        got(agent.delete(&url).call()),
+        got(agent.options(&url).call()),
+        got(agent.patch(proxy.admin_url("/health")).send("x")),
+    ] {
+        assert_eq!(g.status, 405);
+        assert_eq!(
+            g.headers.get("allow").map(|v| v.to_str().unwrap()),
+            Some("GET, HEAD")
+        );
+    }
+}
+
+#[test]
+fn unknown_paths_get_404() {
+    let proxy = Proxy::start("127.0.0.1:1", &[]);
+    for path in ["/", "/stats/", "/statsx", "/metric", "/favicon.ico"] {
+        assert_eq!(get(&proxy, path).status, 404, "{path}");
+    }
+}
+
+#[test]
+fn garbage_requests_get_400_and_the_proxy_is_unaffected() {
+    let server = FooServer::start(ServerOpts::default());
+    let mut proxy = Proxy::start(&upstream(&server), &[]);
+    for garbage in [
+        &b"\x00\x01\x02\xff\xfe\r\n\r\n"[..],
+        b"GET\r\n\r\n",
+        b"GET /stats HTTP/9.9\r\n\r\n",
+        b"GET /stats HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"GET http://example/stats HTTP/1.1\r\n\r\n",
+        b"REQ 1 hello\n\n",
+    ] {
+        let answer = raw(&proxy, garbage);
+        assert!(
+            answer.starts_with("HTTP/1.1 400 "),
+            "{garbage:?} -> {answer:?}"
+        );
+    }
+    assert!(proxy.alive());
+    assert_data_path_works(&proxy);
+    assert_eq!(get(&proxy, "/health").status, 200);
+}
+
+#[test]
+fn a_100_kib_header_gets_431_and_the_proxy_is_unaffected() {
+    let server = FooServer::start(ServerOpts::default());
+    let mut proxy = Proxy::start(&upstream(&server), &[]);
+    let big = "a".repeat(100 * 1024);
+    let g = got(agent()
+        .get(proxy.admin_url("/stats"))
+        .header("X-Big", big.as_str())
+        .call());
+    assert_eq!(g.status, 431);
+    let request = format!("GET /stats HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let answer = raw(&proxy, request.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:?}");
+    // Just over the limit also counts; just under does not.
+    let over = format!("GET /stats HTTP/1.1\r\nX: {}\r\n\r\n", "b".repeat(8 * 1024));
+    assert!(raw(&proxy, over.as_bytes()).starts_with("HTTP/1.1 431 "));
+    let under = format!(
+        "GET /health HTTP/1.1\r\nX: {}\r\n\r\n",
+        "b".repeat(7 * 1024)
+    );
+    assert!(raw(&proxy, under.as_bytes()).starts_with("HTTP/1.1 200 "));
+    assert!(proxy.alive());
+    assert_data_path_works(&proxy);
+}
+
+#[test]
+fn a_request_body_is_ignored() {
+    let proxy = Proxy::start("127.0.0.1:1", &[]);
+    let answer = raw(
+        &proxy,
+        b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    assert!(answer.ends_with("{\"status\":\"OK\"}\n"), "{answer:?}");
+}
+
+#[test]
+fn one_request_per_connection_with_connection_close() {
+    let proxy = Proxy::start("127.0.0.1:1", &[]);
+    let g = get(&proxy, "/health");
+    assert_eq!(
+        g.headers.get("connection").map(|v| v.to_str().unwrap()),
+        Some("close")
+    );
+    // A pipelined second request is not answered: one answer, then EOF.
+    let answer = raw(
+        &proxy,
+        b"GET /health HTTP/1.1\r\n\r\nGET /ready HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer:?}");
+    // A client that keeps its pool still gets every answer.
+    let agent = agent();
+    for _ in 0..5 {
+        assert_eq!(got(agent.get(proxy.admin_url("/ready")).call()).status, 200);
+    }
+}
+
+#[test]
+fn a_silent_or_dribbling_admin_client_is_closed_after_five_seconds() {
+    let proxy = Proxy::start("127.0.0.1:1", &[]);
+    let admin = proxy.admin.unwrap();
+    let start = Instant::now();
+    let mut silent = TcpStream::connect_timeout(&admin, WAIT).unwrap();
+    let mut dribbler = TcpStream::connect_timeout(&admin, WAIT).unwrap();
+    let dribbling = thread::spawn(move || {
+        dribbler
+            .set_read_timeout(Some(Duration::from_millis(900)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        for b in b"GET /health HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa"
+            .iter()
+            .cycle()
+        {
+            if start.elapsed() > WAIT || dribbler.write_all(&[*b]).is_err() {
+                break;
+            }
+            match dribbler.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => panic!("an answer to an incomplete request"),
+                Err(_) => {}
+            }
+        }
+        start.elapsed()
+    });
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    let (got, eof) = read_to_eof(&mut silent);
+    let silent_closed = start.elapsed();
+    assert!(got.is_empty() && eof, "closed without an answer");
+    assert!(
+        silent_closed >= Duration::from_millis(4900) && silent_closed < Duration::from_secs(7),
+        "silent client closed after {silent_closed:?}"
+    );
+    let dribbler_closed = dribbling.join().unwrap();
+    assert!(
+        dribbler_closed >= Duration::from_millis(4900) && dribbler_closed < Duration::from_secs(8),
+        "dribbler closed after {dribbler_closed:?}"
+    );
+}
+
+#[test]
+fn at_most_64_admin_connections_at_once() {
+    let proxy = Proxy::start("127.0.0.1:1", &[]);
+    let admin = proxy.admin.unwrap();
+    let mut idle: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect_timeout(&admin, WAIT).unwrap())
+        .collect();
+    // Give the proxy time to accept all 64.
+    thread::sleep(Duration::from_millis(300));
+    let mut waiting = TcpStream::connect_timeout(&admin, WAIT).unwrap();
+    waiting.write_all(b"GET /health HTTP/1.1\r\n\r\n").unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    assert!(
+        waiting.read(&mut buf).is_err(),
+        "the 65th connection waits while 64 are open"
+    );
+    idle.pop();
+    waiting.set_read_timeout(Some(WAIT)).unwrap();
+    let (answer, _) = read_to_eof(&mut waiting);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+}
+
+/// One round trip on a data-path connection, in seconds.
+fn round_trip(c: &mut TcpStream, seq: u64) -> f64 {
+    let t = Instant::now();
+    c.write_all(format!("REQ {seq} ping\n").as_bytes()).unwrap();
+    let want = util::answers(seq..=seq);
+    assert_eq!(read_exact_timeout(c, want.len()), want);
+    t.elapsed().as_secs_f64()
+}
+
+fn p99(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let i = (samples.len() * 99 / 100).min(samples.len() - 1);
+    samples[i]
+}
+
+#[test]
+fn slowloris_on_the_admin_socket_does_not_slow_the_data_path() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(&upstream(&server), &[]);
+    let admin = proxy.admin.unwrap();
+    let mut c = proxy.connect();
+    let baseline = p99((1..=100).map(|seq| round_trip(&mut c, seq)).collect());
+
+    // 100 clients, each sending one byte a second, from one thread.
+    let stop = Instant::now() + Duration::from_secs(4);
+    let loris = thread::spawn(move || {
+        let mut socks: Vec<TcpStream> = (0..100)
+            .map(|_| TcpStream::connect_timeout(&admin, WAIT).unwrap())
+            .collect();
+        let request = b"GET /stats HTTP/1.1\r\nHost: x\r\n";
+        let mut i = 0;
+        while Instant::now() < stop {
+            let b = request[i % request.len()];
+            for s in &mut socks {
+                let _ = s.write_all(&[b]);
+            }
+            i += 1;
+            thread::sleep(Duration::from_secs(1));
+        }
+        socks
+    });
+    thread::sleep(Duration::from_millis(200));
+    let mut samples = Vec::new();
+    let t = Instant::now();
+    for seq in 101..=400 {
+        samples.push(round_trip(&mut c, seq));
+        thread::sleep(Duration::from_millis(10));
+    }
+    let loaded_over = t.elapsed();
+    let socks = loris.join().unwrap();
+    let loaded = p99(samples);
+    eprintln!(
+        "data-path p99: {:.2} ms alone, {:.2} ms under slowloris",
+        baseline * 1e3,
+        loaded * 1e3
+    );
+    assert!(
+        loaded < 0.1,
+        "data-path p99 {:.1} ms under slowloris (baseline {:.1} ms, {loaded_over:?})",
+        loaded * 1e3,
+        baseline * 1e3
+    );
+    drop(socks);
+    // Once the slow clients are gone, the admin socket serves again.
+    let deadline = Instant::now() + WAIT;
+    while get(&proxy, "/health").status != 200 && Instant::now() < deadline {}
+    assert_eq!(get(&proxy, "/health").status, 200);
+}
+
+#[test]
+fn each_admin_request_is_one_common_log_format_line() {
+    let proxy = Proxy::start("127.0.0.1:1", &[]);
+    assert_eq!(get(&proxy, "/stats").status, 200);
+    assert_eq!(get(&proxy, "/nope").status, 404);
+    raw(&proxy, b"\x01\x02\r\n\r\n");
+    let deadline = Instant::now() + WAIT;
+    while proxy.stderr().lines().count() < 4 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let log = proxy.stderr();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    let clf = |line: &str, request: &str, status: &str| {
+        let rest = line.split(" INFO ").nth(1).unwrap_or("");
+        let (host, rest) = rest.split_once(" - - [").unwrap_or(("", ""));
+        let (date, rest) = rest.split_once("] ").unwrap_or(("", ""));
+        assert_eq!(host, "127.0.0.1", "{line}");
+        // 27/Nov/2026:22:10:11 +0000
+        assert_eq!(date.len(), 26, "{line}");
+        assert!(date.ends_with(" +0000"), "{line}");
+        let fields: Vec<&str> = rest.rsplitn(3, ' ').collect();
+        assert_eq!(fields.len(), 3, "{line}");
+        assert!(fields[0].parse::<u64>().is_ok(), "size in {line}");
+        assert_eq!(fields[1], status, "{line}");
+        assert_eq!(fields[2], format!("\"{request}\""), "{line}");
+    };
+    clf(lines[1], "GET /stats HTTP/1.1", "200");
+    clf(lines[2], "GET /nope HTTP/1.1", "404");
+    clf(lines[3], "-", "400");
+}
+
+#[test]
+fn the_admin_socket_can_be_turned_off() {
+    for flag in ["-http=off", "-http="] {
+        let proxy = Proxy::start("127.0.0.1:1", &[flag]);
+        assert_eq!(proxy.admin, None);
+        assert!(!proxy.stderr().contains("admin"), "{}", proxy.stderr());
+    }
+}
+
+#[test]
+fn an_admin_bind_failure_names_the_address_and_exits_1() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = taken.local_addr().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_foo-proxy"))
+        .args(["-listen", "127.0.0.1:0", "-recovery-path=", "-http"])
+        .arg(addr.to_string())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&addr.to_string()) && err.contains("address already in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn scrapes_in_a_tight_loop_do_not_slow_the_data_path() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(&upstream(&server), &[]);
+    let url = proxy.admin_url("/metrics?format=prometheus");
+    let stop = Instant::now() + Duration::from_secs(3);
+    let scraper = thread::spawn(move || {
+        let agent = agent();
+        let mut n = 0u64;
+        while Instant::now() < stop {
+            assert_eq!(got(agent.get(&url).call()).status, 200);
+            n += 1;
+        }
+        n
+    });
+    let mut c = proxy.connect();
+    thread::sleep(Duration::from_millis(100));
+    let samples: Vec<f64> = (1..=300)
+        .map(|seq| {
+            let rt = round_trip(&mut c, seq);
+            thread::sleep(Duration::from_millis(5));
+            rt
+        })
+        .collect();
+    let loaded = p99(samples);
+    let scrapes = scraper.join().unwrap();
+    eprintln!(
+        "data-path p99: {:.2} ms during {scrapes} scrapes",
+        loaded * 1e3
+    );
+    assert!(scrapes > 10, "the scraper ran ({scrapes})");
+    assert!(
+        loaded < 0.1,
+        "data-path p99 {:.1} ms during scrapes",
+        loaded * 1e3
+    );
+}
