@@ -34,6 +34,8 @@ pub const DEADLINE: Duration = Duration::from_secs(5);
 const LINGER: Duration = Duration::from_secs(1);
 const MAX_HEADERS: usize = 32;
 const READ_CHUNK: usize = 4096;
+/// How long accepting pauses after an accept error (out of descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Reads of discarded input per drive, so one client cannot hog the loop.
 const DISCARD_READS_PER_TURN: usize = 4;
 /// Connection tokens: `TOKEN_BASE + key`, far above any pair token.
@@ -553,6 +555,8 @@ pub struct Admin {
     work: Vec<usize>,
     /// Accepting stopped at [`MAX_CONNS`]; it resumes when one closes.
     full: bool,
+    /// Accepting failed (out of descriptors); it is retried at this time.
+    accept_retry: Option<Instant>,
     next_id: u64,
     start_unix: f64,
 }
@@ -580,6 +584,7 @@ impl Admin {
             conns: Slab::with_capacity(MAX_CONNS),
             work: Vec::new(),
             full: false,
+            accept_retry: None,
             next_id: 0,
             start_unix,
         })
@@ -595,6 +600,12 @@ impl Admin {
 
     /// Accepts while there is room.
     pub(crate) fn accept(&mut self, registry: &Registry, timers: &mut Timers, now: Instant) {
+        // While a retry is pending, accepting would only fail again.
+        match self.accept_retry {
+            Some(when) if when > now => return,
+            Some(_) => self.accept_retry = None,
+            None => {}
+        }
         while self.conns.len() < MAX_CONNS {
             let (mut stream, peer) = match self.listener.accept() {
                 Ok(ok) => ok,
@@ -604,10 +615,12 @@ impl Admin {
                 }
                 Err(e) if interrupted(&e) => continue,
                 Err(e) => {
-                    // Out of descriptors, most likely: the pending
-                    // connections are retried when one of ours closes.
+                    // Out of descriptors, most likely: the backlog is
+                    // retried shortly, through the loop's timer set.
                     debug!("admin accept failed: {}", describe(&e));
-                    self.full = true;
+                    let when = now + ACCEPT_BACKOFF;
+                    self.accept_retry = Some(when);
+                    timers.insert((when, 0, Timer::AdminAccept));
                     return;
                 }
             };

@@ -56,6 +56,8 @@ pub(crate) enum Timer {
     Pair(usize),
     /// An admin connection, by its slab key in [`Admin`].
     Admin(usize),
+    /// Retry accepting admin clients after running out of descriptors.
+    AdminAccept,
 }
 
 /// Every deadline of the loop, soonest first: `(when, owner id, what)`.
@@ -759,6 +761,12 @@ impl Server {
                 Timer::Admin(key) => {
                     if let Some(admin) = self.admin.as_mut() {
                         admin.expire(key, id, self.poll.registry(), &mut self.timers, now);
+                    }
+                    continue;
+                }
+                Timer::AdminAccept => {
+                    if let Some(admin) = self.admin.as_mut() {
+                        admin.accept(self.poll.registry(), &mut self.timers, now);
                     }
                     continue;
                 }

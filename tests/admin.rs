@@ -676,3 +676,33 @@ fn scrapes_in_a_tight_loop_do_not_slow_the_data_path() {
         loaded * 1e3
     );
 }
+
+#[test]
+fn ready_turns_503_during_a_drain_while_health_stays_200() {
+    let server = FooServer::start(ServerOpts::default());
+    let mut proxy = Proxy::start(&upstream(&server), &["--drain-timeout", "10s"]);
+    assert_eq!(get(&proxy, "/ready").status, 200);
+    let mut c = proxy.connect();
+    c.write_all(b"REQ 1 stay\n").unwrap();
+    assert_eq!(read_exact_timeout(&mut c, 9), b"ACK 1 ok\n");
+    proxy.signal("TERM");
+    let deadline = Instant::now() + WAIT;
+    let mut ready = get(&proxy, "/ready");
+    while ready.status == 200 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+        ready = get(&proxy, "/ready");
+    }
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.content_type, "application/json");
+    for path in ["/health", "/heartbeat", "/status"] {
+        let g = get(&proxy, path);
+        assert_eq!(
+            (g.status, g.body.as_str()),
+            (200, "{\"status\":\"OK\"}\n"),
+            "{path}"
+        );
+    }
+    assert_eq!(get(&proxy, "/stats").status, 200, "stats during a drain");
+    drop(c);
+    assert_eq!(proxy.wait_exit(WAIT), Some(0));
+}
