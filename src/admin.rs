@@ -954,4 +954,17 @@ mod tests {
         assert_eq!(key_of(token(MAX_CONNS)), None);
         assert_eq!(key_of(Token(16)), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_get_an_http_answer_or_a_wait(
+            prefix in proptest::sample::select(vec!["", "GET /stats HTTP/1.1\r\n", "HEAD /metrics?format=prometheus HTTP/1.0\r\nAccept: "]),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        ) {
+            let mut input = prefix.as_bytes().to_vec();
+            input.extend_from_slice(&bytes);
+            let out = handle_request(&input);
+            proptest::prop_assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 "));
+        }
+    }
 }
