@@ -111,6 +111,8 @@ fn demo(dir: &Path) -> Result<(), String> {
             "-forward",
             &forward,
             "-recovery-path=",
+            "-http",
+            "127.0.0.1:0",
         ],
         Stdout::Capture,
     )?;
