@@ -22,7 +22,7 @@ Flags take one dash or two, and their value after a space or '=':
     -listen ADDR           where clients connect            [default :8002]
     -forward ADDR          the Foo server to relay to       [default :8001]
     -http ADDR             admin HTTP address; accepted, not served yet
-    -recovery-path PATH    recovery file; accepted, not written yet
+    -recovery-path PATH    snapshot file for totals and rates; empty disables
                                                   [default .data/recovery.json]
     --buffer-size BYTES    unsent bytes held per direction  [default 64KiB]
     --connect-timeout DUR  upstream connect timeout         [default 5s]
