@@ -361,7 +361,7 @@ fn snapshot_latency() {
         s.get(i).copied().unwrap_or_default().as_secs_f64() * 1e6
     };
     let on = format!("-recovery-path={}", path.display());
-    for round in 1..=3 {
+    for round in 1..=5 {
         for (name, flag) in [("off", "-recovery-path="), ("on", on.as_str())] {
             let s = run(flag);
             println!(
