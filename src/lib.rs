@@ -15,7 +15,6 @@
 //!    windows ([`rates`]) take them once per loop iteration.
 //! 5. **report**: SIGUSR2 (or SIGUSR1) prints [`stats::Report`] as one JSON
 //!    line on stdout.
-//!
 //! 6. **recover**: at most once a second, while counters change, a
 //!    [`recovery::Snapshot`] of the totals and the 10 s window goes to a
 //!    writer thread that replaces the recovery file atomically; the next
