@@ -60,6 +60,19 @@ fn warnings(proxy: &Proxy) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the proxy has logged at least `n` warnings (stderr is read
+/// by another thread, so a line can trail the report that follows it).
+fn wait_for_warnings(proxy: &Proxy, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let warned = warnings(proxy);
+        if warned.len() >= n || Instant::now() > deadline {
+            return warned;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn window_req(snap: &Snapshot) -> u64 {
     snap.window.iter().map(|b| u64::from(b.req)).sum()
 }
@@ -156,7 +169,7 @@ fn bad_file_is_moved_aside(name: &str, write: impl FnOnce(&Path), reason: &str) 
     let r = proxy.report();
     assert_eq!(r["msg_total"], 0);
     assert_eq!(r["request_rate_10s"], 0.0);
-    let warned = warnings(&proxy);
+    let warned = wait_for_warnings(&proxy, 1);
     assert_eq!(warned.len(), 1, "{}", proxy.stderr());
     let line = warned.first().unwrap();
     assert!(line.contains(&path.display().to_string()), "{line}");
@@ -271,7 +284,7 @@ fn unwritable_path_warns_once_keeps_relaying_and_retries_quietly() {
     let r = proxy.report();
     assert_eq!(r["msg_req"], 24);
     assert!(proxy.alive());
-    let warned = warnings(&proxy);
+    let warned = wait_for_warnings(&proxy, 1);
     assert_eq!(warned.len(), 1, "{}", proxy.stderr());
     let line = warned.first().unwrap();
     assert!(line.contains(&blocker.display().to_string()), "{line}");
