@@ -23,7 +23,7 @@ Flags take one dash or two, and their value after a space or '=':
     -forward ADDR          the Foo server to relay to       [default :8001]
     -http ADDR             admin HTTP address for /stats, /metrics, /health,
                            /ready; 'off' or '' disables [default 127.0.0.1:8088]
-    -recovery-path PATH    recovery file; accepted, not written yet
+    -recovery-path PATH    snapshot file for totals and rates; empty disables
                                                   [default .data/recovery.json]
     --buffer-size BYTES    unsent bytes held per direction  [default 64KiB]
     --connect-timeout DUR  upstream connect timeout         [default 5s]

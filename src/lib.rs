@@ -17,13 +17,18 @@
 //!    line on stdout; the admin HTTP socket ([`admin`], same loop, after the
 //!    data path each iteration) serves the same report as JSON or Prometheus
 //!    text, plus liveness and readiness.
+//! 6. **recover**: at most once a second, while counters change, a
+//!    [`recovery::Snapshot`] of the totals and the 10 s window goes to a
+//!    writer thread that replaces the recovery file atomically; the next
+//!    start restores it.
 //!
 //! Modules: [`cli`] (Go-compatible flags), [`log`] (stderr lines),
 //! [`scanner`], [`rates`] and [`stats`] (pure logic, clock passed in),
-//! [`pool`], [`pipe`] and [`server`] (I/O), [`admin`] (a pure request to
-//! response function and the connections the loop drives). [`driver`] holds
-//! what the test binaries in `src/bin/` share (foo-server, foo-client,
-//! foo-load, foo-demo).
+//! [`recovery`] (snapshot encoding and restore arithmetic, pure; the file
+//! and its writer thread), [`pool`], [`pipe`] and [`server`] (I/O),
+//! [`admin`] (a pure request to response function and the connections the
+//! loop drives). [`driver`] holds what the test binaries in `src/bin/` share
+//! (foo-server, foo-client, foo-load, foo-demo).
 
 #![forbid(unsafe_code)]
 // Input from the network, a file or the command line must never panic.
@@ -39,6 +44,7 @@ pub mod log;
 pub mod pipe;
 pub mod pool;
 pub mod rates;
+pub mod recovery;
 pub mod scanner;
 pub mod server;
 pub mod stats;

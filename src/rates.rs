@@ -56,6 +56,13 @@ impl RateWindow {
         (index % BUCKETS as u64) as usize
     }
 
+    /// The slot `age` buckets behind `head` (`age < BUCKETS`). Modular, so
+    /// buckets restored from before this process started (a negative
+    /// absolute number) have a place too; `advance` clears them in turn.
+    fn slot_at_age(head: u64, age: u64) -> usize {
+        Self::slot(head % BUCKETS as u64 + BUCKETS as u64 - age)
+    }
+
     /// Moves the head to the bucket of `now_ms`, clearing the buckets it
     /// passes. A clock that goes backwards keeps the head where it is.
     fn advance(&mut self, now_ms: u64) {
@@ -91,10 +98,7 @@ impl RateWindow {
         self.advance(now_ms);
         let (mut req1, mut resp1, mut req10, mut resp10) = (0u64, 0u64, 0u64, 0u64);
         for age in 0..BUCKETS as u64 {
-            let Some(index) = self.head.checked_sub(age) else {
-                break;
-            };
-            let Some(b) = self.buckets.get(Self::slot(index)) else {
+            let Some(b) = self.buckets.get(Self::slot_at_age(self.head, age)) else {
                 continue;
             };
             req10 += u64::from(b.req);
@@ -113,27 +117,30 @@ impl RateWindow {
     }
 
     /// Non-empty buckets still inside the window at `now_ms`, oldest first,
-    /// as `(bucket start in ms, counts)`. Used by the recovery snapshot.
+    /// as `(ms since the bucket started, counts)`. Ages rather than start
+    /// times, so the recovery snapshot can map them onto the wall clock.
     pub fn live_buckets(&mut self, now_ms: u64) -> Vec<(u64, Bucket)> {
         self.advance(now_ms);
-        let oldest = self.head.saturating_sub(BUCKETS as u64 - 1);
-        (oldest..=self.head)
-            .filter_map(|index| {
-                let b = *self.buckets.get(Self::slot(index))?;
-                (b != Bucket::default()).then_some((index * BUCKET_MS, b))
+        let into_head = now_ms.saturating_sub(self.head * BUCKET_MS);
+        (0..BUCKETS as u64)
+            .rev()
+            .filter_map(|age| {
+                let b = *self.buckets.get(Self::slot_at_age(self.head, age))?;
+                (b != Bucket::default()).then_some((into_head + age * BUCKET_MS, b))
             })
             .collect()
     }
 
-    /// Puts back a bucket that started at `start_ms` (same clock as `now_ms`),
-    /// if it is still inside the window.
-    pub fn restore_bucket(&mut self, now_ms: u64, start_ms: u64, bucket: Bucket) {
+    /// Puts back counts of a bucket that started `age_ms` before `now_ms`, if
+    /// that is still inside the window. The bucket lands `age_ms / BUCKET_MS`
+    /// buckets behind the newest: off by less than one bucket at most.
+    pub fn restore_bucket(&mut self, now_ms: u64, age_ms: u64, bucket: Bucket) {
         self.advance(now_ms);
-        let index = start_ms / BUCKET_MS;
-        if index > self.head || self.head - index >= BUCKETS as u64 {
+        let age = age_ms / BUCKET_MS;
+        if age >= BUCKETS as u64 {
             return;
         }
-        if let Some(b) = self.buckets.get_mut(Self::slot(index)) {
+        if let Some(b) = self.buckets.get_mut(Self::slot_at_age(self.head, age)) {
             b.req = b.req.saturating_add(bucket.req);
             b.resp = b.resp.saturating_add(bucket.resp);
         }
@@ -216,21 +223,45 @@ mod tests {
         let mut w = RateWindow::new();
         w.record(1_000, 1, 2);
         w.record(5_555, 3, 4);
-        let live = w.live_buckets(6_000);
+        let live = w.live_buckets(6_003);
         assert_eq!(
             live,
             vec![
-                (1_000, Bucket { req: 1, resp: 2 }),
-                (5_550, Bucket { req: 3, resp: 4 })
+                (5_003, Bucket { req: 1, resp: 2 }),
+                (453, Bucket { req: 3, resp: 4 })
             ]
         );
         let mut restored = RateWindow::new();
-        for (start, b) in live {
-            restored.restore_bucket(6_000, start, b);
+        for (age, b) in live {
+            restored.restore_bucket(6_003, age, b);
         }
-        assert_eq!(restored.rates(6_000), w.rates(6_000));
+        assert_eq!(restored.rates(6_003), w.rates(6_003));
         // A bucket older than the window is dropped on restore.
-        restored.restore_bucket(20_000, 1_000, Bucket { req: 9, resp: 9 });
+        restored.restore_bucket(20_000, 10_000, Bucket { req: 9, resp: 9 });
         assert_eq!(restored.rates(20_000), RateSnapshot::default());
+    }
+
+    #[test]
+    fn restored_buckets_from_before_start_count_and_age_out() {
+        // A fresh process (clock near 0) restores counts from 9.5 s and
+        // 0.5 s ago: they count now and leave the window on time.
+        let mut w = RateWindow::new();
+        w.restore_bucket(0, 9_500, Bucket { req: 10, resp: 0 });
+        w.restore_bucket(0, 500, Bucket { req: 0, resp: 20 });
+        let r = w.rates(0);
+        assert_eq!(r.request_rate_10s, 1.0);
+        assert_eq!(r.response_rate_10s, 2.0);
+        assert_eq!(r.response_rate_1s, 20.0);
+        assert_eq!(r.request_rate_1s, 0.0);
+        assert_eq!(w.live_buckets(0).len(), 2);
+        let r = w.rates(499);
+        assert_eq!(r.request_rate_10s, 1.0);
+        assert_eq!(r.response_rate_1s, 20.0);
+        let r = w.rates(500);
+        assert_eq!(r.request_rate_10s, 0.0);
+        assert_eq!(r.response_rate_1s, 0.0);
+        assert_eq!(r.response_rate_10s, 2.0);
+        assert_eq!(w.rates(9_500), RateSnapshot::default());
+        assert!(w.live_buckets(9_500).is_empty());
     }
 }

@@ -16,6 +16,7 @@ use crate::admin::{self, Admin};
 use crate::cli::Config;
 use crate::pipe::{Ctx, Fault, Pipe, Side, interrupted, would_block};
 use crate::pool::Pool;
+use crate::recovery::Recovery;
 use crate::scanner::Direction;
 use crate::stats::{Report, Stats};
 use crate::{debug, info, warn};
@@ -294,6 +295,8 @@ pub struct Server {
     /// SIGTERM/SIGINT seen: connections get until this instant to finish.
     drain_deadline: Option<Instant>,
     stopping: bool,
+    /// The recovery file, once `run` has restored it; `None` when disabled.
+    recovery: Option<Recovery>,
 }
 
 impl Server {
@@ -340,6 +343,7 @@ impl Server {
             upstream_log: Throttle::new(),
             drain_deadline: None,
             stopping: false,
+            recovery: None,
         })
     }
 
@@ -375,6 +379,11 @@ impl Server {
             self.config.forward_spec,
             forward.join(", ")
         );
+        if let Some(path) = self.config.recovery_path.clone() {
+            let now = Instant::now();
+            let now_ms = self.now_ms(now);
+            self.recovery = Some(Recovery::open(path, &mut self.stats, now, now_ms));
+        }
         let mut events = Events::with_capacity(1024);
         while !self.stopping {
             let timeout = self.poll_timeout(Instant::now());
@@ -412,6 +421,9 @@ impl Server {
             }
             let now_ms = self.now_ms(now);
             self.stats.commit_window(now_ms);
+            if let Some(recovery) = &mut self.recovery {
+                recovery.tick(&mut self.stats, now, now_ms);
+            }
             if let Some(deadline) = self.drain_deadline
                 && (self.pairs.is_empty() || now >= deadline)
             {
@@ -425,6 +437,10 @@ impl Server {
         for key in keys {
             self.close(key, false);
         }
+        if let Some(recovery) = self.recovery.take() {
+            let now_ms = self.now_ms(Instant::now());
+            recovery.finish(&mut self.stats, now_ms);
+        }
         Ok(())
     }
 
@@ -436,6 +452,7 @@ impl Server {
             self.timers.first().map(|(t, _, _)| *t),
             self.accept_paused_until,
             self.drain_deadline,
+            self.recovery.as_ref().and_then(Recovery::deadline),
         ]
         .into_iter()
         .flatten()

@@ -1,0 +1,390 @@
+//! The recovery file: what survives a crash or a stop, what a bad file does
+//! at start, and that an unwritable path never stops the proxy.
+
+mod util;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use foo_proxy::recovery::{
+    Snapshot, Totals, WindowBucket, corrupt_path, decode, encode, temp_path, wall_ms,
+};
+use util::{FooServer, Proxy, ServerOpts, WAIT, answers, read_exact_timeout, requests};
+
+/// A fresh directory for one test, under cargo's scratch space.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("recovery-{name}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn start(server: &FooServer, path: &Path) -> Proxy {
+    let flag = format!("-recovery-path={}", path.display());
+    Proxy::start(&server.addr.to_string(), &[&flag])
+}
+
+/// Sends REQ 1..=n on one connection and reads every answer.
+fn traffic(proxy: &Proxy, n: u64) {
+    let mut c = proxy.connect();
+    c.write_all(&requests(1..=n)).unwrap();
+    let want = answers(1..=n);
+    assert_eq!(read_exact_timeout(&mut c, want.len()), want);
+}
+
+/// Polls the file until it decodes to a snapshot for which `done` holds.
+fn wait_for_snapshot(path: &Path, done: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(snap) = fs::read(path)
+            .map_err(|_| ())
+            .and_then(|b| decode(&b).map_err(|_| ()))
+            && done(&snap)
+        {
+            return snap;
+        }
+        assert!(Instant::now() < deadline, "no such snapshot in {path:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn warnings(proxy: &Proxy) -> Vec<String> {
+    proxy
+        .stderr()
+        .lines()
+        .filter(|l| l.contains(" WARN "))
+        .map(String::from)
+        .collect()
+}
+
+/// Waits until the proxy has logged at least `n` warnings (stderr is read
+/// by another thread, so a line can trail the report that follows it).
+fn wait_for_warnings(proxy: &Proxy, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let warned = warnings(proxy);
+        if warned.len() >= n || Instant::now() > deadline {
+            return warned;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn window_req(snap: &Snapshot) -> u64 {
+    snap.window.iter().map(|b| u64::from(b.req)).sum()
+}
+
+#[test]
+fn window_and_totals_survive_kill_9_and_a_quick_restart() {
+    let dir = scratch("kill9");
+    let path = dir.join("recovery.json");
+    let server = FooServer::start(ServerOpts::default());
+    let mut proxy = start(&server, &path);
+    traffic(&proxy, 100);
+    wait_for_snapshot(&path, |s| {
+        s.totals.msg_req == 100 && s.totals.msg_ack + s.totals.msg_nak == 100
+    });
+    proxy.child.kill().unwrap();
+    let killed = Instant::now();
+    proxy.child.wait().unwrap();
+
+    let proxy = start(&server, &path);
+    let r = proxy.report();
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "restart took too long"
+    );
+    assert_eq!(r["msg_req"], 100);
+    assert_eq!(r["msg_ack"], 88);
+    assert_eq!(r["msg_nak"], 12);
+    assert_eq!(r["msg_total"], 200);
+    assert_eq!(r["request_rate_10s"], 10.0);
+    assert_eq!(r["response_rate_10s"], 10.0);
+    assert_eq!(r["connections_total"], 1);
+    assert!(warnings(&proxy).is_empty(), "{}", proxy.stderr());
+    assert!(proxy.stderr().contains("restored totals"));
+
+    // The restored counts keep adding up with new traffic.
+    traffic(&proxy, 10);
+    let r = proxy.report_until(|r| r["msg_total"] == 220);
+    assert_eq!(r["msg_req"], 110);
+    assert_eq!(r["request_rate_10s"], 11.0);
+}
+
+#[test]
+fn sigterm_leaves_a_valid_snapshot() {
+    let dir = scratch("sigterm");
+    let path = dir.join("recovery.json");
+    let server = FooServer::start(ServerOpts::default());
+    let mut proxy = start(&server, &path);
+    traffic(&proxy, 20);
+    // Within the first second: only the final snapshot can hold all 20.
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(WAIT), Some(0));
+    let snap = decode(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(snap.totals.msg_req, 20);
+    assert_eq!(snap.totals.msg_ack + snap.totals.msg_nak, 20);
+    assert_eq!(window_req(&snap), 20);
+    assert!(snap.written_at_ms <= wall_ms());
+    assert!(!temp_path(&path).exists());
+}
+
+#[test]
+fn missing_file_starts_fresh_silently_and_parents_are_created() {
+    let dir = scratch("missing");
+    let path = dir.join("a/b/recovery.json");
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = start(&server, &path);
+    assert_eq!(proxy.report()["msg_total"], 0);
+    traffic(&proxy, 5);
+    wait_for_snapshot(&path, |s| s.totals.msg_req == 5);
+    assert!(warnings(&proxy).is_empty(), "{}", proxy.stderr());
+}
+
+#[test]
+fn an_idle_proxy_does_not_rewrite_the_snapshot() {
+    let dir = scratch("idle");
+    let path = dir.join("recovery.json");
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = start(&server, &path);
+    traffic(&proxy, 5);
+    let first = wait_for_snapshot(&path, |s| s.totals.msg_ack + s.totals.msg_nak == 5);
+    thread::sleep(Duration::from_millis(1500));
+    let later = decode(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(later, first);
+}
+
+/// Starts on a bad file; checks the one warning, the quarantine, the fresh
+/// start, and that new snapshots are written again.
+fn bad_file_is_moved_aside(name: &str, write: impl FnOnce(&Path), reason: &str) {
+    let dir = scratch(name);
+    let path = dir.join("recovery.json");
+    write(&path);
+    let size = fs::metadata(&path).unwrap().len();
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = start(&server, &path);
+    let r = proxy.report();
+    assert_eq!(r["msg_total"], 0);
+    assert_eq!(r["request_rate_10s"], 0.0);
+    let warned = wait_for_warnings(&proxy, 1);
+    assert_eq!(warned.len(), 1, "{}", proxy.stderr());
+    let line = warned.first().unwrap();
+    assert!(line.contains(&path.display().to_string()), "{line}");
+    assert!(line.contains(reason), "{line}");
+    assert!(line.contains(".corrupt"), "{line}");
+    assert_eq!(fs::metadata(corrupt_path(&path)).unwrap().len(), size);
+    assert!(!path.exists());
+    // Not read into memory.
+    assert!(proxy.rss_kib() < 64 * 1024, "rss {} KiB", proxy.rss_kib());
+    traffic(&proxy, 3);
+    wait_for_snapshot(&path, |s| s.totals.msg_req == 3);
+    assert_eq!(warnings(&proxy).len(), 1, "{}", proxy.stderr());
+}
+
+fn valid_bytes(msg_req: u64) -> Vec<u8> {
+    let now = wall_ms();
+    encode(&Snapshot {
+        written_at_ms: now,
+        totals: Totals {
+            msg_req,
+            ..Totals::default()
+        },
+        window: vec![WindowBucket {
+            start_ms: now - 500,
+            req: 70,
+            resp: 0,
+        }],
+    })
+}
+
+#[test]
+fn corrupt_file_is_moved_aside() {
+    bad_file_is_moved_aside(
+        "corrupt",
+        |p| fs::write(p, b"\x00\xff{{garbage").unwrap(),
+        "not valid JSON",
+    );
+}
+
+#[test]
+fn truncated_file_is_moved_aside() {
+    bad_file_is_moved_aside(
+        "truncated",
+        |p| {
+            let good = valid_bytes(7);
+            fs::write(p, good.get(..good.len() / 2).unwrap()).unwrap();
+        },
+        "truncated",
+    );
+}
+
+#[test]
+fn empty_file_is_moved_aside() {
+    bad_file_is_moved_aside("empty", |p| fs::write(p, b"").unwrap(), "empty");
+}
+
+#[test]
+fn huge_file_is_moved_aside_without_reading_it() {
+    bad_file_is_moved_aside(
+        "huge",
+        |p| {
+            let f = fs::File::create(p).unwrap();
+            f.set_len(100 * 1024 * 1024).unwrap();
+        },
+        "more than a snapshot can be",
+    );
+}
+
+#[test]
+fn reference_proxy_format_is_moved_aside() {
+    // The reference keeps only its window, as JSON without our format field.
+    bad_file_is_moved_aside(
+        "reference",
+        |p| {
+            fs::write(
+                p,
+                br#"{"requests":[12,40,3,0,0,7,1,0,0,9],"responses":[12,40,3,0,0,7,1,0,0,9]}"#,
+            )
+            .unwrap()
+        },
+        "not a foo-proxy snapshot",
+    );
+}
+
+#[test]
+fn future_format_version_is_moved_aside() {
+    bad_file_is_moved_aside(
+        "version",
+        |p| {
+            let text = String::from_utf8(valid_bytes(7)).unwrap();
+            fs::write(p, text.replace("\"version\":1", "\"version\":99")).unwrap();
+        },
+        "unsupported format version 99",
+    );
+}
+
+#[test]
+fn unwritable_path_warns_once_keeps_relaying_and_retries_quietly() {
+    let dir = scratch("unwritable");
+    // A regular file where a directory should be: unwritable even for root.
+    let blocker = dir.join("blocker");
+    fs::write(&blocker, b"in the way").unwrap();
+    let path = blocker.join("recovery.json");
+    let server = FooServer::start(ServerOpts::default());
+    let mut proxy = start(&server, &path);
+    assert!(warnings(&proxy).is_empty(), "{}", proxy.stderr());
+    // Traffic over a few snapshot intervals: several failed writes.
+    for _ in 0..3 {
+        traffic(&proxy, 8);
+        thread::sleep(Duration::from_millis(600));
+    }
+    let r = proxy.report();
+    assert_eq!(r["msg_req"], 24);
+    assert!(proxy.alive());
+    let warned = wait_for_warnings(&proxy, 1);
+    assert_eq!(warned.len(), 1, "{}", proxy.stderr());
+    let line = warned.first().unwrap();
+    assert!(line.contains(&blocker.display().to_string()), "{line}");
+
+    // Once the path is usable, the next snapshot lands without a word.
+    fs::remove_file(&blocker).unwrap();
+    traffic(&proxy, 8);
+    wait_for_snapshot(&path, |s| s.totals.msg_req == 32);
+    assert_eq!(warnings(&proxy).len(), 1, "{}", proxy.stderr());
+}
+
+#[test]
+fn leftover_temp_file_is_ignored_and_removed() {
+    let dir = scratch("leftover");
+    let path = dir.join("recovery.json");
+    fs::write(&path, valid_bytes(7)).unwrap();
+    // A crash mid-write leaves a torn temp file next to the good snapshot.
+    let torn = valid_bytes(999);
+    fs::write(temp_path(&path), torn.get(..torn.len() / 3).unwrap()).unwrap();
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = start(&server, &path);
+    let r = proxy.report();
+    assert_eq!(r["msg_req"], 7);
+    assert_eq!(r["request_rate_10s"], 7.0);
+    assert!(!temp_path(&path).exists());
+    assert!(!corrupt_path(&path).exists());
+    assert!(warnings(&proxy).is_empty(), "{}", proxy.stderr());
+}
+
+#[test]
+fn old_snapshot_restores_totals_but_not_rates() {
+    let dir = scratch("old");
+    let path = dir.join("recovery.json");
+    let then = wall_ms() - 11_000;
+    let snap = Snapshot {
+        written_at_ms: then,
+        totals: Totals {
+            msg_req: 40,
+            msg_ack: 40,
+            ..Totals::default()
+        },
+        window: vec![WindowBucket {
+            start_ms: then,
+            req: 40,
+            resp: 40,
+        }],
+    };
+    fs::write(&path, encode(&snap)).unwrap();
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = start(&server, &path);
+    let r = proxy.report();
+    assert_eq!(r["msg_total"], 80);
+    assert_eq!(r["request_rate_10s"], 0.0);
+    assert_eq!(r["response_rate_10s"], 0.0);
+    assert!(warnings(&proxy).is_empty(), "{}", proxy.stderr());
+}
+
+/// Round-trip latency through the proxy, snapshots on and off. Not a pass or
+/// fail test: run with
+/// `cargo test --release --test recovery -- --ignored --nocapture snapshot_latency`.
+#[test]
+#[ignore]
+fn snapshot_latency() {
+    let dir = scratch("latency");
+    let path = dir.join("recovery.json");
+    let server = FooServer::start(ServerOpts::default());
+    let run = |flag: &str| -> Vec<Duration> {
+        let proxy = Proxy::start(&server.addr.to_string(), &[flag]);
+        let mut c = proxy.connect();
+        let mut samples = Vec::new();
+        let until = Instant::now() + Duration::from_secs(4);
+        let mut seq = 0u64;
+        while Instant::now() < until {
+            seq += 1;
+            let req = format!("REQ {seq} x\n");
+            let t = Instant::now();
+            c.write_all(req.as_bytes()).unwrap();
+            let want = answers(seq..=seq).len();
+            assert_eq!(read_exact_timeout(&mut c, want).len(), want);
+            samples.push(t.elapsed());
+        }
+        samples.sort();
+        samples
+    };
+    let pct = |s: &[Duration], p: f64| {
+        let i = ((s.len() as f64 - 1.0) * p) as usize;
+        s.get(i).copied().unwrap_or_default().as_secs_f64() * 1e6
+    };
+    let on = format!("-recovery-path={}", path.display());
+    for round in 1..=5 {
+        for (name, flag) in [("off", "-recovery-path="), ("on", on.as_str())] {
+            let s = run(flag);
+            println!(
+                "round {round} snapshots {name:>3}: n={} p50={:.1}us p99={:.1}us p99.9={:.1}us max={:.1}us",
+                s.len(),
+                pct(&s, 0.5),
+                pct(&s, 0.99),
+                pct(&s, 0.999),
+                pct(&s, 1.0)
+            );
+        }
+    }
+}
