@@ -78,6 +78,18 @@ pub fn describe(err: &io::Error) -> String {
     }
 }
 
+/// A non-blocking listener with SO_REUSEADDR and the given backlog (mio's
+/// own `bind` fixes the backlog at 1024).
+pub fn listen(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
 /// Errors from accept or connect that mean "out of descriptors or memory".
 fn resource_exhausted(err: &io::Error) -> bool {
     // EMFILE, ENFILE, ENOBUFS, ENOMEM
@@ -303,7 +315,10 @@ impl Server {
     /// Binds the listener and sets up the poll. Errors name the address.
     pub fn bind(config: Config) -> Result<Server, String> {
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {}", describe(&e)))?;
-        let mut listener = TcpListener::bind(config.listen)
+        // A backlog as deep as the connection limit (the kernel caps it at
+        // net.core.somaxconn): a burst of clients must not overflow it.
+        let backlog = i32::try_from(config.max_connections.max(1024)).unwrap_or(i32::MAX);
+        let mut listener = listen(config.listen, backlog)
             .map_err(|e| format!("cannot listen on {}: {}", config.listen, describe(&e)))?;
         let local_addr = listener
             .local_addr()

@@ -72,8 +72,14 @@ fn one_connection(addr: SocketAddr, i: u64, start: &Barrier) -> Outcome {
         0..=5 => {
             assert!(write_fragmented(&mut s, &lines(1..=n, "end"), &mut rng));
             s.shutdown(Shutdown::Write).unwrap();
+            let t = Instant::now();
             let (got, eof) = read_to_eof(&mut s);
-            assert_eq!(got, answers(1..=n), "connection {i}");
+            assert_eq!(
+                got,
+                answers(1..=n),
+                "connection {i}: eof {eof} after {:?}",
+                t.elapsed()
+            );
             assert!(eof, "connection {i}: no EOF");
             Outcome {
                 req: n,
