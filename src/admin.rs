@@ -338,6 +338,18 @@ pub fn prometheus(r: &Report, start_unix: f64) -> String {
         &[("", r.upstream_errors)],
     );
     metric(
+        "foo_connection_limit_hits_total",
+        "counter",
+        "Times accepting paused at --max-connections.",
+        &[("", r.connection_limit_hits)],
+    );
+    metric(
+        "foo_resource_errors_total",
+        "counter",
+        "Accepts or connects that failed for want of descriptors or memory.",
+        &[("", r.resource_errors)],
+    );
+    metric(
         "foo_bytes_total",
         "counter",
         "Bytes relayed.",
@@ -831,6 +843,8 @@ mod tests {
             "foo_invalid_messages_total",
             "foo_connections_total",
             "foo_upstream_errors_total",
+            "foo_connection_limit_hits_total",
+            "foo_resource_errors_total",
             "foo_bytes_total",
             "foo_connections_active",
             "foo_buffered_bytes",

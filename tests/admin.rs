@@ -231,6 +231,8 @@ fn metrics_speaks_prometheus_to_a_scraper_and_json_to_curl() {
         ("foo_invalid_messages_total", PrometheusType::Counter),
         ("foo_connections_total", PrometheusType::Counter),
         ("foo_upstream_errors_total", PrometheusType::Counter),
+        ("foo_connection_limit_hits_total", PrometheusType::Counter),
+        ("foo_resource_errors_total", PrometheusType::Counter),
         ("foo_bytes_total", PrometheusType::Counter),
         ("foo_connections_active", PrometheusType::Gauge),
         ("foo_buffered_bytes", PrometheusType::Gauge),
@@ -246,7 +248,7 @@ fn metrics_speaks_prometheus_to_a_scraper_and_json_to_curl() {
         assert_eq!(text.matches(&format!("# HELP {family} ")).count(), 1);
         assert_eq!(text.matches(&format!("# TYPE {family} ")).count(), 1);
     }
-    assert_eq!(exposition.families.len(), 9, "{text}");
+    assert_eq!(exposition.families.len(), 11, "{text}");
     assert!(!text.contains("rate"), "no precomputed rates: {text}");
     assert_eq!(sample(&text, "foo_messages_total", &["req"]).1, 5.0);
     let version = env!("CARGO_PKG_VERSION");
