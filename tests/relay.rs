@@ -363,6 +363,53 @@ fn a_64_mib_line_without_newline_is_forwarded_exactly_with_bounded_memory() {
 }
 
 #[test]
+fn binary_garbage_is_relayed_unchanged_and_counted_invalid() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(&upstream(&server), &[]);
+    let mut client = proxy.connect();
+    let mut rng = Rng(99);
+    let mut garbage = Vec::new();
+    for _ in 0..200 {
+        // Never a valid type: the first byte is never R, A or N.
+        garbage.push(0x80 | (rng.next() as u8));
+        for _ in 0..rng.below(40) {
+            let b = rng.next() as u8;
+            garbage.push(if b == b'\n' { 0 } else { b });
+        }
+        garbage.push(b'\n');
+    }
+    client.write_all(&garbage).unwrap();
+    let expected = b"NAK 0 ERRDECODE\n".repeat(200);
+    assert_eq!(read_exact_timeout(&mut client, expected.len()), expected);
+    let r = proxy.report_until(|r| r["msg_nak"] == 200);
+    assert_eq!(r["msg_invalid_client_to_server"], 200);
+    assert_eq!(r["msg_req"], 0);
+    assert_eq!(r["bytes_client_to_server"], garbage.len() as u64);
+    // The proxy is unaffected: a clean client right after works.
+    let mut c = proxy.connect();
+    c.write_all(b"REQ 1 fine\n").unwrap();
+    assert_eq!(read_exact_timeout(&mut c, 9), b"ACK 1 ok\n");
+}
+
+#[test]
+fn a_slow_upstream_gets_every_request_and_answers_stay_in_order() {
+    let server = FooServer::start(ServerOpts {
+        delay: Some(Duration::from_millis(300)),
+        ..Default::default()
+    });
+    let proxy = Proxy::start(&upstream(&server), &[]);
+    let mut client = proxy.connect();
+    client.write_all(&requests(1..=50)).unwrap();
+    // Nothing is dropped or timed out while the server takes its time.
+    client.write_all(&requests(51..=60)).unwrap();
+    let expected = answers(1..=60);
+    assert_eq!(read_exact_timeout(&mut client, expected.len()), expected);
+    let r = proxy.report();
+    assert_eq!(r["msg_req"], 60);
+    assert_eq!(r["upstream_errors"], 0);
+}
+
+#[test]
 fn go_style_listen_and_forward_flags_work() {
     let server = FooServer::start(ServerOpts::default());
     let port = dead_port();

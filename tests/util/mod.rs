@@ -276,6 +276,8 @@ pub struct ServerOpts {
     pub greeting: Option<Vec<u8>>,
     /// Never close, not even after the client's FIN (like the reference).
     pub never_close: bool,
+    /// Wait this long before each batch of answers (a slow upstream).
+    pub delay: Option<Duration>,
 }
 
 type Streams = Arc<Mutex<Vec<(u64, TcpStream)>>>;
@@ -461,6 +463,11 @@ fn serve_conn(
             if end.is_some() {
                 break;
             }
+        }
+        if let Some(delay) = opts.delay
+            && !out.is_empty()
+        {
+            thread::sleep(delay);
         }
         let mut from = 0;
         while from < out.len() {
