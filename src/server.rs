@@ -673,12 +673,15 @@ impl Server {
         };
         let readable = event.is_readable() || event.is_read_closed() || event.is_error();
         let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+        let read_closed = event.is_read_closed() || event.is_error();
         if is_client {
             pair.client.readable |= readable;
             pair.client.writable |= writable;
+            pair.client.read_closed |= read_closed;
         } else {
             pair.server.readable |= readable;
             pair.server.writable |= writable;
+            pair.server.read_closed |= read_closed;
             if !pair.connected {
                 match connect_state(&pair.server.stream) {
                     ConnectState::Pending => return,
