@@ -260,30 +260,39 @@ fn fast_header(bytes: &[u8]) -> Option<(State, usize)> {
         i += 1;
     }
     let digits = i;
-    let mut value: u64 = 0;
-    while let Some(&byte) = bytes.get(i) {
-        if byte.is_ascii_digit() {
-            let next = value
-                .checked_mul(10)
-                .and_then(|v| v.checked_add(u64::from(byte - b'0')));
-            i += 1;
-            match next {
-                Some(v) => value = v,
-                None => return Some((State::Skip, i)),
-            }
-        } else if i == digits {
-            return Some((State::Sep(kind), i));
-        } else if is_sep(byte) {
-            return Some((State::Data(kind), i + 1));
-        } else {
-            return Some((State::Seq { kind, value }, i));
-        }
+    while bytes.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
     }
     if i == digits {
-        Some((State::Sep(kind), i))
-    } else {
-        Some((State::Seq { kind, value }, i))
+        return Some((State::Sep(kind), i));
     }
+    // The seq's value only matters for overflow, and 19 digits always fit
+    // in a u64: the common frame needs no arithmetic at all.
+    let value = || seq_value(bytes.get(digits..i).unwrap_or_default());
+    match bytes.get(i) {
+        Some(&byte) if is_sep(byte) => {
+            if i - digits > MAX_SAFE_DIGITS && value().is_none() {
+                return Some((State::Skip, i));
+            }
+            Some((State::Data(kind), i + 1))
+        }
+        _ => match value() {
+            Some(value) => Some((State::Seq { kind, value }, i)),
+            None => Some((State::Skip, i)),
+        },
+    }
+}
+
+/// Any run of this many decimal digits fits in a u64.
+const MAX_SAFE_DIGITS: usize = 19;
+
+/// The value of a run of ASCII digits, or `None` when it overflows a u64.
+fn seq_value(digits: &[u8]) -> Option<u64> {
+    digits.iter().try_fold(0u64, |value, &byte| {
+        value
+            .checked_mul(10)?
+            .checked_add(u64::from(byte.wrapping_sub(b'0')))
+    })
 }
 
 /// One-shot classification of a single line (without its `\n`), written
@@ -365,6 +374,9 @@ mod tests {
             (b"REQ 5 data\r\n", C2S, Frame::Req),
             (b"REQ 6 \xff\xfe not utf8\n", C2S, Frame::Req),
             (b"REQ 18446744073709551615\n", C2S, Frame::Req),
+            (b"REQ 18446744073709551615 data\n", C2S, Frame::Req),
+            (b"REQ 9999999999999999999 data\n", C2S, Frame::Req),
+            (b"REQ 00000000000000000000001 data\n", C2S, Frame::Req),
             (b"ACK 1 Hello\n", S2C, Frame::Ack),
             (b"ACK 2\n", S2C, Frame::Ack),
             (b"NAK 5 Stop it\n", S2C, Frame::Nak),
@@ -378,6 +390,7 @@ mod tests {
             (b"REQ1 data\n", C2S, Frame::Invalid),
             (b"REQ 1234567890123456789012345\n", C2S, Frame::Invalid),
             (b"REQ 18446744073709551616\n", C2S, Frame::Invalid),
+            (b"REQ 18446744073709551616 data\n", C2S, Frame::Invalid),
             (b"REQ 1\rx\n", C2S, Frame::Invalid),
             (b"REQ 1\r\r\n", C2S, Frame::Invalid),
             (b"req 1\n", C2S, Frame::Invalid),
