@@ -48,6 +48,9 @@ const CONN_BASE: usize = 1;
 /// Stop reading from a client whose unsent answers exceed this.
 const OUT_HIGH: usize = 1 << 20;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// mio's 128 drops SYNs when a proxy opens hundreds of upstream connections
+/// at once, and each dropped one waits a second for its retransmit.
+const LISTEN_BACKLOG: i32 = 4096;
 
 struct Config {
     listen: SocketAddr,
@@ -138,7 +141,7 @@ struct Server {
 impl Server {
     fn bind(config: Config) -> Result<Server, String> {
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {}", describe(&e)))?;
-        let mut listener = TcpListener::bind(config.listen)
+        let mut listener = foo_proxy::server::listen(config.listen, LISTEN_BACKLOG)
             .map_err(|e| format!("cannot listen on {}: {}", config.listen, describe(&e)))?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
