@@ -32,7 +32,7 @@ relay: foo-load straight to foo-server, through foo-proxy and through other prox
 
     --proxy NAME=CMD    another proxy to compare (repeatable); replaces the
                         default HAProxy and socat commands
-    --runs N            load rounds, every target once per round [default 3]
+    --runs N            load rounds, every target once per round [default 5]
     --duration DUR      load per run                          [default 5s]
     --connections N     foo-load connections                  [default 16]
     --depth N           REQs in flight per connection         [default 16]
@@ -83,7 +83,7 @@ fn parse_args() -> Result<Option<Args>, String> {
     };
     let args = Args {
         proxies,
-        runs: pargs.opt_value_from_str("--runs").map_err(e)?.unwrap_or(3),
+        runs: pargs.opt_value_from_str("--runs").map_err(e)?.unwrap_or(5),
         duration,
         connections: pargs
             .opt_value_from_str("--connections")
@@ -763,44 +763,53 @@ fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// CPU seconds per million messages relayed: every answered request is two
+/// messages through the proxy, the REQ and its ACK or NAK.
+fn cpu_per_m(cpu: f64, run: &Run) -> f64 {
+    cpu / (2.0 * run.answers as f64 / 1e6)
+}
+
+/// Median over rounds of `f(this round) / f(the same round of base)`.
+fn paired(runs: &[Run], base: &[Run], f: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
+    let ratios: Vec<f64> = runs
+        .iter()
+        .zip(base)
+        .filter_map(|(r, b)| Some(f(r)? / f(b)?))
+        .collect();
+    (!ratios.is_empty()).then(|| median(ratios))
+}
+
 fn print_table(targets: &[Target], bench: &Bench) {
-    let rounds = bench.args.runs;
-    let direct: Vec<f64> = targets[0].runs.iter().map(|r| r.rps).collect();
+    let direct = &targets[0].runs;
+    let ours = &targets[1].runs;
+    let show = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
     println!();
     println!(
-        "{} rounds of {:?}, {} connections x depth {}; medians; ratio = median of per-round ratios to direct",
-        rounds, bench.args.duration, bench.args.connections, bench.args.depth
+        "{} rounds of {:?}, {} connections x depth {}; medians over rounds; \
+         ratios are medians of per-round ratios (same round, side by side)",
+        bench.args.runs, bench.args.duration, bench.args.connections, bench.args.depth
     );
     println!();
     println!(
-        "| target | req/s | ratio | p50 µs | p99 µs | CPU s / M msgs | peak RSS KiB | bytes / idle pair | idle CPU ms / {s} s ({n} pairs) | idle CPU ms / {s} s (none) |",
+        "| target | req/s | ÷ direct | ÷ foo-proxy | p50 µs | p99 µs | CPU s / M msgs | CPU ÷ foo-proxy \
+         | peak RSS KiB | bytes / idle pair | idle CPU ms / {s} s, {n} pairs | idle CPU ms / {s} s, none |",
         s = bench.args.idle_secs,
         n = bench.args.idle_pairs
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for t in targets {
         let rps = median(t.runs.iter().map(|r| r.rps).collect());
-        let ratio = median(t.runs.iter().zip(&direct).map(|(r, d)| r.rps / d).collect());
         let p50 = median(t.runs.iter().map(|r| r.p50_us).collect());
         let p99 = median(t.runs.iter().map(|r| r.p99_us).collect());
-        // Every answered request is two messages through the proxy: the REQ
-        // and its ACK or NAK.
-        let per_m = |cpu: f64, r: &Run| cpu / (2.0 * r.answers as f64 / 1e6);
+        let proxy_cpu = |r: &Run| r.proxy_cpu.map(|c| cpu_per_m(c, r));
         let cpu = if t.proc.is_some() {
-            format!(
-                "{:.3}",
-                median(
-                    t.runs
-                        .iter()
-                        .filter_map(|r| r.proxy_cpu.map(|c| per_m(c, r)))
-                        .collect()
-                )
+            show(
+                Some(median(t.runs.iter().filter_map(proxy_cpu).collect())),
+                3,
             )
         } else {
-            format!(
-                "({:.3} server)",
-                median(t.runs.iter().map(|r| per_m(r.server_cpu, r)).collect())
-            )
+            let server = median(t.runs.iter().map(|r| cpu_per_m(r.server_cpu, r)).collect());
+            format!("({server:.3} server)")
         };
         let peak = match &t.proc {
             Some(_) => t.peak.hwm.to_string(),
@@ -815,8 +824,19 @@ fn print_table(targets: &[Target], bench: &Bench) {
             None => ("-".into(), "-".into(), "-".into()),
         };
         println!(
-            "| {} | {:.0} | {:.2} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
-            t.name, rps, ratio, p50, p99, cpu, peak, per_pair, idle_pairs, idle_none
+            "| {} | {:.0} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            t.name,
+            rps,
+            show(paired(&t.runs, direct, |r| Some(r.rps)), 2),
+            show(paired(&t.runs, ours, |r| Some(r.rps)), 2),
+            p50,
+            p99,
+            cpu,
+            show(paired(&t.runs, ours, proxy_cpu), 2),
+            peak,
+            per_pair,
+            idle_pairs,
+            idle_none
         );
     }
 }
