@@ -79,7 +79,7 @@ pub fn describe(err: &io::Error) -> String {
 }
 
 /// A non-blocking listener with SO_REUSEADDR and the given backlog (mio's
-/// own `bind` fixes the backlog at 1024).
+/// own `bind` fixes the backlog at 128).
 pub fn listen(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
