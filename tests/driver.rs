@@ -278,6 +278,15 @@ fn demo_runs_everything_and_exits_zero() {
         .unwrap_or_else(|| panic!("no report line in {stdout}"));
     let report: serde_json::Value = serde_json::from_str(report).unwrap();
     assert!(report["msg_req"].as_u64().unwrap() >= 400, "{report}");
+    // The same report over HTTP: the second JSON line, from /stats.
+    let reports: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with("{\"msg_total\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), 2, "SIGUSR2 and /stats: {stdout}");
+    assert_eq!(reports[0]["msg_req"], reports[1]["msg_req"]);
+    assert!(stdout.contains("/stats"), "{stdout}");
     assert!(
         stdout.contains("stopped foo-proxy and foo-server"),
         "{stdout}"

@@ -13,7 +13,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use foo_proxy::cli::{self, CliError};
-use foo_proxy::driver::child::{Child, Stdout, sibling};
+use foo_proxy::driver::child::{Child, Stdout, listening_addr, sibling};
 
 const USAGE: &str = "\
 foo-demo: run foo-proxy in front of foo-server and show its statistics
@@ -116,7 +116,14 @@ fn demo(dir: &Path) -> Result<(), String> {
         ],
         Stdout::Capture,
     )?;
-    let proxy_addr = proxy.wait_for_listening(START_TIMEOUT)?.to_string();
+    let start_line = proxy.wait_for_start_line(START_TIMEOUT)?;
+    let proxy_addr = listening_addr(&start_line)
+        .ok_or_else(|| format!("no address in foo-proxy's start line: {start_line}"))?
+        .to_string();
+    let admin_addr = start_line
+        .split_once("; admin ")
+        .and_then(|(_, admin)| listening_addr(admin))
+        .ok_or_else(|| format!("no admin address in foo-proxy's start line: {start_line}"))?;
     println!("foo-server on {server_addr}, foo-proxy on {proxy_addr} in front of it\n");
 
     run_driver(
@@ -158,10 +165,41 @@ fn demo(dir: &Path) -> Result<(), String> {
         return Err("foo-proxy's report counts no requests".into());
     }
 
+    println!("\n$ curl -s http://{admin_addr}/stats   # the same report over HTTP");
+    let body = http_get(admin_addr, "/stats")?;
+    println!("{body}");
+    let over_http: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("/stats is not JSON ({e}): {body}"))?;
+    if over_http.get("msg_req") != report.get("msg_req") {
+        return Err(format!("/stats and SIGUSR2 disagree: {body} vs {line}"));
+    }
+
     proxy.stop(STOP_GRACE)?;
     server.stop(STOP_GRACE)?;
     println!("\nstopped foo-proxy and foo-server");
     Ok(())
+}
+
+/// A plain HTTP/1.1 GET, enough for the admin socket; returns the body.
+fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let fail = |e: std::io::Error| format!("GET http://{addr}{path}: {e}");
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, START_TIMEOUT).map_err(fail)?;
+    stream.set_read_timeout(Some(START_TIMEOUT)).map_err(fail)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(fail)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(fail)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("GET http://{addr}{path}: no complete answer: {response:?}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("GET http://{addr}{path}: {head}"));
+    }
+    Ok(body.to_string())
 }
 
 fn main() -> ExitCode {

@@ -91,13 +91,19 @@ impl Child {
     /// Waits for the `listening on ADDR` line every binary here logs at start,
     /// and returns ADDR with an unspecified IP turned into loopback.
     pub fn wait_for_listening(&mut self, timeout: Duration) -> Result<SocketAddr, String> {
+        let line = self.wait_for_start_line(timeout)?;
+        listening_addr(&line).ok_or_else(|| format!("{}: no address in {line:?}", self.name))
+    }
+
+    /// Waits for the start line (the one naming `listening on ADDR`).
+    pub fn wait_for_start_line(&mut self, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stderr.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(addr) = listening_addr(&line) {
-                        return Ok(addr);
+                    if listening_addr(&line).is_some() {
+                        return Ok(line);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
