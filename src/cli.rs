@@ -184,6 +184,15 @@ pub fn reject_rest(pargs: pico_args::Arguments) -> Result<(), CliError> {
 
 /// Parses the arguments after the program name.
 pub fn parse(args: Vec<OsString>) -> Result<Command, CliError> {
+    parse_with(args, resolve)
+}
+
+/// [`parse`] with the address resolver passed in, so tests and fuzz targets
+/// can parse every flag without a DNS lookup.
+pub fn parse_with(
+    args: Vec<OsString>,
+    resolve: impl Fn(&str, &str) -> Result<Vec<SocketAddr>, String>,
+) -> Result<Command, CliError> {
     let args = normalise_go_flags(args, VALUE_FLAGS, SWITCH_FLAGS)?;
     let mut pargs = pico_args::Arguments::from_vec(args);
     if pargs.contains("--help") {
@@ -289,14 +298,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, CliError> {
 
 /// Resolves `HOST:PORT`; an empty host (`:PORT`) becomes `default_host`.
 pub fn resolve(spec: &str, default_host: &str) -> Result<Vec<SocketAddr>, String> {
-    let (host, port) = spec
-        .rsplit_once(':')
-        .ok_or_else(|| "missing port (expected HOST:PORT or :PORT)".to_string())?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("bad port {port:?} (expected 0 to 65535)"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let host = if host.is_empty() { default_host } else { host };
+    let (host, port) = split_host_port(spec, default_host)?;
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve host {host:?}: {e}"))?
@@ -308,6 +310,20 @@ pub fn resolve(spec: &str, default_host: &str) -> Result<Vec<SocketAddr>, String
     let (mut v4, v6): (Vec<_>, Vec<_>) = addrs.into_iter().partition(SocketAddr::is_ipv4);
     v4.extend(v6);
     Ok(v4)
+}
+
+/// Splits `HOST:PORT` (or `[V6]:PORT`) without any lookup; an empty host
+/// becomes `default_host`.
+pub fn split_host_port<'a>(spec: &'a str, default_host: &'a str) -> Result<(&'a str, u16), String> {
+    let (host, port) = spec
+        .rsplit_once(':')
+        .ok_or_else(|| "missing port (expected HOST:PORT or :PORT)".to_string())?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("bad port {port:?} (expected 0 to 65535)"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = if host.is_empty() { default_host } else { host };
+    Ok((host, port))
 }
 
 /// `90`, `1.5s`, `250ms`, `2m`; bare numbers are seconds.
@@ -500,6 +516,38 @@ mod tests {
         assert_eq!(parse_size("1m"), Ok(1 << 20));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("12").is_err());
+    }
+
+    #[test]
+    fn host_and_port_split_without_lookup() {
+        assert_eq!(split_host_port(":8002", "0.0.0.0"), Ok(("0.0.0.0", 8002)));
+        assert_eq!(split_host_port("[::1]:80", "x"), Ok(("::1", 80)));
+        assert_eq!(split_host_port("db.example:1", "x"), Ok(("db.example", 1)));
+        assert!(
+            split_host_port("8002", "x")
+                .unwrap_err()
+                .contains("missing port")
+        );
+        assert!(
+            split_host_port("h:65536", "x")
+                .unwrap_err()
+                .contains("65536")
+        );
+    }
+
+    #[test]
+    fn parse_with_uses_the_given_resolver() {
+        let fake = |spec: &str, default_host: &str| {
+            let (_host, port) = split_host_port(spec, default_host)?;
+            Ok(vec![SocketAddr::from(([10, 0, 0, 1], port))])
+        };
+        let args = ["-forward=no-such-host.invalid:7"]
+            .map(OsString::from)
+            .into();
+        let Ok(Command::Run(c)) = parse_with(args, fake) else {
+            panic!("expected run");
+        };
+        assert_eq!(c.forward, vec!["10.0.0.1:7".parse().unwrap()]);
     }
 
     #[test]
