@@ -344,7 +344,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0 * 365.0) {
         return Err("must be more than 0 and at most a year".into());
     }
-    Ok(Duration::from_secs_f64(secs))
+    // A positive value below a nanosecond would round to a zero timeout.
+    let duration = Duration::from_secs_f64(secs);
+    if duration.is_zero() {
+        return Err("must be at least 1ns".into());
+    }
+    Ok(duration)
 }
 
 /// `65536`, `64k`, `64KiB`, `1m`, `1MiB`.
@@ -516,6 +521,14 @@ mod tests {
         assert_eq!(parse_size("1m"), Ok(1 << 20));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("12").is_err());
+    }
+
+    #[test]
+    fn durations_that_round_to_zero_are_rejected() {
+        // Found by the cli_address fuzz target.
+        assert!(parse_duration("1e-10").is_err());
+        assert!(parse_duration("0.0000000000006").is_err());
+        assert_eq!(parse_duration("1e-9"), Ok(Duration::from_nanos(1)));
     }
 
     #[test]
