@@ -925,6 +925,15 @@ mod tests {
     }
 
     #[test]
+    fn blank_lines_before_the_request_line_are_skipped() {
+        // Seed fuzz/seeds/admin_request/regression-head-after-blank-lines.
+        let (head, text) = ask("\n\r\n\nHEAD /stats HTTP/1.1\r\n\r\n");
+        assert_eq!((head.status, head.body_len), (200, 0));
+        assert_eq!(body(&text), "");
+        assert_eq!(head.request_line, "HEAD /stats HTTP/1.1");
+    }
+
+    #[test]
     fn a_head_is_partial_until_complete_and_431_when_full() {
         let mut never = || -> Report { panic!("no report for a partial head") };
         assert!(matches!(
