@@ -549,10 +549,10 @@ impl Conn {
             let new = chunk.get(..n).unwrap_or_default();
             self.head.extend_from_slice(new);
             // A head ends with a line break: parse only when one arrives.
-            if new.contains(&b'\n') || self.head.len() >= MAX_HEAD {
-                if let Reply::Done(a) = answer(&self.head, self.peer.ip()) {
-                    return Ok(Some(a.bytes));
-                }
+            if (new.contains(&b'\n') || self.head.len() >= MAX_HEAD)
+                && let Reply::Done(a) = answer(&self.head, self.peer.ip())
+            {
+                return Ok(Some(a.bytes));
             }
         }
     }

@@ -139,7 +139,7 @@ struct Progress {
 impl Progress {
     fn answer(&mut self) {
         self.answered += 1;
-        if self.answered % 10 == 0 {
+        if self.answered.is_multiple_of(10) {
             self.dots += 1;
             let mut out = io::stdout().lock();
             let _ = out.write_all(b".").and_then(|()| out.flush());

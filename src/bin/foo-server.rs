@@ -256,10 +256,10 @@ impl Server {
             return;
         };
         let result = conn.drive(now, delay, fragment);
-        if let Some(due) = conn.held.front().map(|(t, _)| *t) {
-            if due > now {
-                self.timers.push(Reverse((due, key)));
-            }
+        if let Some(due) = conn.held.front().map(|(t, _)| *t)
+            && due > now
+        {
+            self.timers.push(Reverse((due, key)));
         }
         match result {
             Ok(Drive::Continue) => {}
