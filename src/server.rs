@@ -872,6 +872,8 @@ fn ms_since(start: Instant, now: Instant) -> u64 {
 
 /// The report SIGUSR2 prints and the admin socket serves.
 fn report(stats: &mut Stats, pairs: &Slab<Pair>, start: Instant, now: Instant) -> Report {
-    stats.buffered_bytes = pairs.iter().map(|(_, p)| p.buffered() as u64).sum();
-    stats.report(ms_since(start, now))
+    Report {
+        buffered_bytes: pairs.iter().map(|(_, p)| p.buffered() as u64).sum(),
+        ..stats.report(ms_since(start, now))
+    }
 }
