@@ -43,9 +43,10 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long the exit waits for the final snapshot to reach the disk.
 const FINISH_WAIT: Duration = Duration::from_secs(5);
 
-/// Counters that only grow, as a snapshot carries them.
+/// Counters that only grow, as a snapshot carries them. Unknown fields are
+/// ignored on reading (here and in the whole file), so a build rolled back
+/// after an upgrade that added one still restores the counts.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct Totals {
     pub msg_req: u64,
     pub msg_ack: u64,
@@ -102,7 +103,6 @@ impl Totals {
 /// One non-empty bucket of the window, stamped with the wall-clock time it
 /// started, so its age is known in the next process too.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct WindowBucket {
     pub start_ms: u64,
     pub req: u32,
@@ -111,7 +111,6 @@ pub struct WindowBucket {
 
 /// What the file holds besides its format and version.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct Snapshot {
     /// Wall-clock time it was taken, ms since the Unix epoch.
     pub written_at_ms: u64,
@@ -130,7 +129,6 @@ struct WireOut<'a> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WireIn {
     #[serde(rename = "format")]
     _format: String,
@@ -195,7 +193,9 @@ impl fmt::Display for DecodeError {
 }
 
 /// Parses a file's bytes. Pure and total: any input gives a snapshot or a
-/// reason, never a panic.
+/// reason, never a panic. Fields this build does not know are ignored; a
+/// `version` other than [`VERSION`] is an error. The window is returned as
+/// written: [`check_window`] says whether it can be believed.
 pub fn decode(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
     let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
     if len > MAX_FILE_BYTES {
@@ -229,6 +229,94 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
         totals: wire.totals,
         window: wire.window,
     })
+}
+
+/// Why a snapshot's window cannot be true of its own totals. A window that
+/// [`capture`] wrote always passes; anything else was crafted or damaged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Implausible {
+    /// More buckets than the window has.
+    TooManyBuckets(usize),
+    /// A bucket started outside `[written_at_ms - WINDOW_MS, written_at_ms]`.
+    OutsideWindow { start_ms: u64 },
+    /// Two buckets with the same start.
+    Duplicate { start_ms: u64 },
+    /// The buckets hold more requests than `totals.msg_req`.
+    Requests { window: u64, total: u64 },
+    /// The buckets hold more responses than `totals.msg_ack + msg_nak`.
+    Responses { window: u64, total: u64 },
+}
+
+impl fmt::Display for Implausible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Implausible::TooManyBuckets(n) => {
+                write!(f, "it has {n} buckets, more than the {BUCKETS} of a window")
+            }
+            Implausible::OutsideWindow { start_ms } => write!(
+                f,
+                "a bucket starts at {start_ms}, outside the 10 s before the snapshot"
+            ),
+            Implausible::Duplicate { start_ms } => {
+                write!(f, "two buckets start at {start_ms}")
+            }
+            Implausible::Requests { window, total } => write!(
+                f,
+                "its buckets hold {window} requests but the totals only {total}"
+            ),
+            Implausible::Responses { window, total } => write!(
+                f,
+                "its buckets hold {window} responses but the totals only {total}"
+            ),
+        }
+    }
+}
+
+/// Whether `snapshot`'s window can be part of its totals: at most
+/// [`BUCKETS`] buckets, each started in the `WINDOW_MS` before the snapshot,
+/// no two with the same start, and their requests and responses summed no
+/// more than `msg_req` and `msg_ack + msg_nak` (so no bucket is either).
+/// Pure; the first rule broken is the answer.
+pub fn check_window(snapshot: &Snapshot) -> Result<(), Implausible> {
+    let window = &snapshot.window;
+    if window.len() > BUCKETS {
+        return Err(Implausible::TooManyBuckets(window.len()));
+    }
+    let written = snapshot.written_at_ms;
+    let oldest = written.saturating_sub(WINDOW_MS);
+    if let Some(b) = window
+        .iter()
+        .find(|b| b.start_ms < oldest || b.start_ms > written)
+    {
+        return Err(Implausible::OutsideWindow {
+            start_ms: b.start_ms,
+        });
+    }
+    let mut starts: Vec<u64> = window.iter().map(|b| b.start_ms).collect();
+    starts.sort_unstable();
+    if let Some(pair) = starts.windows(2).find(|p| p.first() == p.get(1)) {
+        return Err(Implausible::Duplicate {
+            start_ms: pair.first().copied().unwrap_or_default(),
+        });
+    }
+    // At most BUCKETS u32s: the sums cannot overflow a u64.
+    let req: u64 = window.iter().map(|b| u64::from(b.req)).sum();
+    let resp: u64 = window.iter().map(|b| u64::from(b.resp)).sum();
+    let totals = &snapshot.totals;
+    if req > totals.msg_req {
+        return Err(Implausible::Requests {
+            window: req,
+            total: totals.msg_req,
+        });
+    }
+    let answered = totals.msg_ack.saturating_add(totals.msg_nak);
+    if resp > answered {
+        return Err(Implausible::Responses {
+            window: resp,
+            total: answered,
+        });
+    }
+    Ok(())
 }
 
 /// Takes a snapshot of `stats` at wall-clock `now_wall_ms`, monotonic `now_ms`.
@@ -697,11 +785,11 @@ mod tests {
             decode(negative.as_bytes()),
             Err(DecodeError::Invalid(_))
         ));
-        let extra = String::from_utf8(good)
+        let wrong_type = String::from_utf8(good)
             .unwrap()
-            .replace("\"totals\"", "\"surprise\":1,\"totals\"");
+            .replace("\"req\":1,", "\"req\":\"1\",");
         assert!(matches!(
-            decode(extra.as_bytes()),
+            decode(wrong_type.as_bytes()),
             Err(DecodeError::Invalid(_))
         ));
     }
@@ -828,5 +916,94 @@ mod tests {
         assert!(err.contains("cannot create directory"), "{err}");
         assert!(err.contains(&blocker.display().to_string()), "{err}");
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn unknown_fields_anywhere_are_ignored() {
+        let good = encode(&sample());
+        let mut v: Value = serde_json::from_slice(&good).unwrap();
+        v["later"] = serde_json::json!({"x": [1, null]});
+        v["totals"]["msg_other"] = serde_json::json!(7);
+        v["window"][0]["weight"] = serde_json::json!("heavy");
+        let extra = serde_json::to_vec(&v).unwrap();
+        assert_eq!(decode(&extra), Ok(sample()));
+        // A different version is still refused, extra fields or not.
+        v["version"] = serde_json::json!(2);
+        let v2 = serde_json::to_vec(&v).unwrap();
+        assert_eq!(decode(&v2), Err(DecodeError::Version("2".into())));
+    }
+
+    #[test]
+    fn a_captured_window_is_always_plausible() {
+        assert_eq!(check_window(&sample()), Ok(()));
+        let mut stats = Stats::default();
+        for ms in (0..12_000).step_by(7) {
+            stats.add_client_frames(&FrameCounts {
+                req: 3,
+                ..FrameCounts::default()
+            });
+            stats.add_server_frames(&FrameCounts {
+                ack: 2,
+                nak: 1,
+                ..FrameCounts::default()
+            });
+            stats.commit_window(ms);
+        }
+        let snap = capture(&mut stats, T0, 12_000);
+        // Every bucket but the one just begun.
+        assert_eq!(snap.window.len(), BUCKETS - 1);
+        assert_eq!(check_window(&snap), Ok(()));
+    }
+
+    #[test]
+    fn implausible_windows_are_named() {
+        let with = |f: &dyn Fn(&mut Snapshot)| {
+            let mut s = sample();
+            f(&mut s);
+            check_window(&s)
+        };
+        // 63 requests in the window.
+        assert_eq!(
+            with(&|s| s.totals.msg_req = 62),
+            Err(Implausible::Requests {
+                window: 63,
+                total: 62
+            })
+        );
+        assert_eq!(with(&|s| s.totals.msg_req = 63), Ok(()));
+        assert_eq!(
+            with(&|s| s.window.push(bucket(T0 - 1, 0, 1_000))),
+            Err(Implausible::Responses {
+                window: 1_000,
+                total: 999
+            })
+        );
+        // One bucket may not be larger than its totals either.
+        assert!(matches!(
+            with(&|s| s.window = vec![bucket(T0, u32::MAX, 0)]),
+            Err(Implausible::Requests { .. })
+        ));
+        assert_eq!(
+            with(&|s| s.window.push(bucket(T0 + 1, 0, 0))),
+            Err(Implausible::OutsideWindow { start_ms: T0 + 1 })
+        );
+        assert_eq!(
+            with(&|s| s.window.push(bucket(T0 - WINDOW_MS - 1, 0, 0))),
+            Err(Implausible::OutsideWindow {
+                start_ms: T0 - WINDOW_MS - 1
+            })
+        );
+        assert_eq!(
+            with(&|s| s.window.push(bucket(T0 - WINDOW_MS, 0, 0))),
+            Ok(())
+        );
+        assert_eq!(
+            with(&|s| s.window.push(bucket(T0 - 10, 0, 0))),
+            Err(Implausible::Duplicate { start_ms: T0 - 10 })
+        );
+        assert_eq!(
+            with(&|s| s.window = (0..=BUCKETS as u64).map(|i| bucket(T0 - i, 0, 0)).collect()),
+            Err(Implausible::TooManyBuckets(BUCKETS + 1))
+        );
     }
 }
