@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use foo_proxy::cli::{self, Command, USAGE};
+use foo_proxy::recovery::Recovery;
 use foo_proxy::server::{Server, describe};
 use foo_proxy::{error, log};
 
@@ -24,6 +25,16 @@ fn main() -> ExitCode {
         }
     };
     log::set_level(config.log_level);
+    // Before any socket is bound: an unusable recovery path or a second
+    // owner stops the start here, with no client left hanging.
+    let recovery = match config.recovery_path.clone().map(Recovery::claim) {
+        Some(Err(e)) => {
+            error!("{e}");
+            return ExitCode::from(e.exit_code());
+        }
+        Some(Ok(recovery)) => Some(recovery),
+        None => None,
+    };
     let mut server = match Server::bind(config) {
         Ok(server) => server,
         Err(e) => {
@@ -31,6 +42,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(recovery) = recovery {
+        server.set_recovery(recovery);
+    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

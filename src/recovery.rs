@@ -5,15 +5,25 @@
 //! the Unix epoch) maps ages across processes, the monotonic one (the
 //! server's `now_ms`) places them in the [`RateWindow`](crate::rates::RateWindow).
 //!
-//! I/O part: [`Recovery`] loads the file at start (a bad one is moved to
-//! `PATH.corrupt`), and a writer thread replaces it atomically (temp file,
-//! fsync, rename, fsync of the directory), so a slow disk never stalls the
-//! relay. The loop hands the thread owned [`Snapshot`]s over a channel.
+//! I/O part: [`Recovery::claim`] checks the path before any socket is
+//! bound (a regular file or nothing; never a FIFO, device or directory) and
+//! takes the [`RecoveryLock`], so one process owns the file.
+//! [`Recovery::open`] loads it (a bad one is moved to
+//! `PATH.corrupt.TIMESTAMP`) and starts a writer thread that replaces it
+//! atomically (a new temp file, fsync, rename, fsync of the directory), so a
+//! slow disk never stalls the relay. The loop hands the thread owned
+//! [`Snapshot`]s over a channel. No open here ever blocks or follows a
+//! planted link to write.
 
+use std::ffi::OsString;
 use std::fmt;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::process;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::log::civil_from_days;
 use crate::rates::{BUCKET_MS, BUCKETS, Bucket};
 use crate::server::describe;
 use crate::stats::Stats;
@@ -42,6 +53,13 @@ const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long the exit waits for the final snapshot to reach the disk.
 const FINISH_WAIT: Duration = Duration::from_secs(5);
+/// Most quarantined files kept beside the recovery file; older ones go.
+pub const MAX_CORRUPT: usize = 5;
+/// Temp names tried per write when planted ones are in the way; the next
+/// retry goes on with fresh names.
+const TEMP_TRIES: u64 = 16;
+/// Makes temp names unique within the process.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Counters that only grow, as a snapshot carries them. Unknown fields are
 /// ignored on reading (here and in the whole file), so a build rolled back
@@ -416,26 +434,247 @@ pub fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
+// ---- Names beside the recovery file ------------------------------------
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
 }
 
-/// Where a snapshot is written before it is renamed over `path`.
-pub fn temp_path(path: &Path) -> PathBuf {
+/// The directory `path` lives in (`.` for a bare file name).
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// The last component of `path`, as bytes (empty when it has none).
+fn name_of(path: &Path) -> &[u8] {
+    path.file_name().map(OsStrExt::as_bytes).unwrap_or_default()
+}
+
+/// The lock file that says who owns `path`: `PATH.lock`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".lock")
+}
+
+/// Where a snapshot is written before it is renamed over `path`: a name
+/// unique to this process and write, hidden, in the same directory (so the
+/// rename is atomic): `DIR/.NAME.PID.N.tmp`.
+pub fn temp_path(path: &Path, pid: u32, n: u64) -> PathBuf {
+    let mut name = OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(".{pid}.{n}.tmp"));
+    dir_of(path).join(name)
+}
+
+/// The fixed temp name that builds before issue 11 used (`PATH.tmp`); a
+/// crash of such a build can leave one behind.
+pub fn legacy_temp_path(path: &Path) -> PathBuf {
     with_suffix(path, ".tmp")
 }
 
-/// Where a file that cannot be used is kept for inspection.
-pub fn corrupt_path(path: &Path) -> PathBuf {
-    with_suffix(path, ".corrupt")
+/// Where a file that cannot be used is kept for inspection:
+/// `PATH.corrupt.YYYYMMDDTHHMMSS.mmmZ` (UTC, so names sort by age), with
+/// `-N` appended when `n > 0` (two in one millisecond).
+pub fn corrupt_path(path: &Path, wall_ms: u64, n: u32) -> PathBuf {
+    let secs = wall_ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
+    let (y, m, d) = civil_from_days(days);
+    let rem = secs % 86_400;
+    let mut stamp = format!(
+        ".corrupt.{y:04}{m:02}{d:02}T{:02}{:02}{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        wall_ms % 1000
+    );
+    if n > 0 {
+        stamp.push_str(&format!("-{n}"));
+    }
+    with_suffix(path, &stamp)
 }
 
-/// Reads and decodes `path`. `Ok(None)` when there is no file; `Err` is the
-/// reason the file cannot be used. Never reads more than `MAX_FILE_BYTES`.
-fn load(path: &Path) -> Result<Option<Snapshot>, String> {
-    let file = match File::open(path) {
+fn all_digits(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(u8::is_ascii_digit)
+}
+
+/// Whether `name` is one of our temp names for the file named `of`.
+fn is_temp_name(name: &[u8], of: &[u8]) -> bool {
+    let Some(middle) = name
+        .strip_prefix(b".")
+        .and_then(|r| r.strip_prefix(of))
+        .and_then(|r| r.strip_prefix(b"."))
+        .and_then(|r| r.strip_suffix(b".tmp"))
+    else {
+        return false;
+    };
+    let mut parts = middle.split(|b| *b == b'.');
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(pid), Some(n), None) if all_digits(pid) && all_digits(n)
+    )
+}
+
+/// Whether `name` is one of our quarantine names for the file named `of`.
+fn is_corrupt_name(name: &[u8], of: &[u8]) -> bool {
+    const SHAPE: &[u8; 20] = b"00000000T000000.000Z";
+    let Some(rest) = name
+        .strip_prefix(of)
+        .and_then(|r| r.strip_prefix(b".corrupt."))
+    else {
+        return false;
+    };
+    let (stamp, n) = match rest.iter().position(|b| *b == b'-') {
+        Some(i) => (rest.get(..i), rest.get(i + 1..)),
+        None => (Some(rest), None),
+    };
+    let stamp_ok = stamp.is_some_and(|s| {
+        s.len() == SHAPE.len()
+            && s.iter().zip(SHAPE).all(|(c, want)| {
+                if *want == b'0' {
+                    c.is_ascii_digit()
+                } else {
+                    c == want
+                }
+            })
+    });
+    stamp_ok && n.is_none_or(all_digits)
+}
+
+/// The regular files in `path`'s directory whose names `pattern` accepts,
+/// sorted by name. Links and anything else are never listed, so never
+/// removed.
+fn own_files(path: &Path, pattern: fn(&[u8], &[u8]) -> bool) -> Vec<PathBuf> {
+    let of = name_of(path);
+    let Ok(entries) = fs::read_dir(dir_of(path)) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        // `DirEntry::file_type` does not follow links.
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| pattern(e.file_name().as_bytes(), of))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// The quarantined copies of `path` (regular files named by
+/// [`corrupt_path`]), oldest first.
+pub fn corrupt_files(path: &Path) -> Vec<PathBuf> {
+    own_files(path, is_corrupt_name)
+}
+
+// ---- Opening what the user named, safely ---------------------------------
+
+/// Flags for every open of a path someone else may control: a FIFO or a
+/// device never blocks the open, and a terminal never becomes ours. (std
+/// adds `O_CLOEXEC` itself.)
+const SAFE_OPEN: i32 = libc::O_NONBLOCK | libc::O_NOCTTY;
+
+/// A file system object's kind, as a message names it.
+fn kind_of(t: fs::FileType) -> &'static str {
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "of an unknown type"
+    }
+}
+
+/// Why the proxy must not start on a recovery path; [`exit_code`] is what
+/// `main` returns (2: an unusable path, 1: the path is owned or cannot be
+/// locked).
+///
+/// [`exit_code`]: StartError::exit_code
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartError {
+    message: String,
+    exit_code: u8,
+}
+
+impl StartError {
+    fn unusable(message: String) -> StartError {
+        StartError {
+            message,
+            exit_code: 2,
+        }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        self.exit_code
+    }
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Refuses a recovery path that is not, or does not lead to, a regular
+/// file: a directory, FIFO, device or socket is never opened, renamed or
+/// written. A symbolic link to a regular file (or to nothing yet) is
+/// accepted: it is read through, and the first write replaces the link.
+/// Looks only (`lstat`, `stat`): never opens, so never blocks.
+pub fn check_path(path: &Path) -> Result<(), StartError> {
+    if path.file_name().is_none() {
+        return Err(StartError::unusable(format!(
+            "recovery path {} does not name a file",
+            path.display()
+        )));
+    }
+    // Missing, or a parent that is not a directory: the directory check
+    // reports it.
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    if !kind.is_symlink() {
+        return Err(StartError::unusable(format!(
+            "recovery path {} is {}, not a regular file",
+            path.display(),
+            kind_of(kind)
+        )));
+    }
+    match fs::metadata(path) {
+        Ok(target) if !target.is_file() => Err(StartError::unusable(format!(
+            "recovery path {} is a symbolic link to {}, not to a regular file",
+            path.display(),
+            kind_of(target.file_type())
+        ))),
+        // A regular file, or a dangling link: nothing to read yet.
+        _ => Ok(()),
+    }
+}
+
+/// Opens `path` for reading without ever blocking, and only if it is a
+/// regular file (checked on the opened descriptor, so a FIFO swapped in
+/// after [`check_path`] is caught too). `Ok(None)`: there is no file.
+fn open_regular(path: &Path) -> Result<Option<File>, Unreadable> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(SAFE_OPEN)
+        .open(path)
+    {
         Ok(file) => file,
         Err(e)
             if matches!(
@@ -445,43 +684,272 @@ fn load(path: &Path) -> Result<Option<Snapshot>, String> {
         {
             return Ok(None);
         }
-        Err(e) => return Err(format!("cannot open it: {}", describe(&e))),
+        Err(e) => return Err(Unreadable::Bad(format!("cannot open it: {}", describe(&e)))),
+    };
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => Ok(Some(file)),
+        Ok(meta) => Err(Unreadable::NotRegular(kind_of(meta.file_type()))),
+        Err(e) => Err(Unreadable::Bad(format!("cannot stat it: {}", describe(&e)))),
+    }
+}
+
+/// Why a recovery file was not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Unreadable {
+    /// Not a regular file (any more): left exactly where it is.
+    NotRegular(&'static str),
+    /// A regular file that cannot be used: moved aside.
+    Bad(String),
+}
+
+// ---- One owner -----------------------------------------------------------
+
+/// Why [`RecoveryLock::take`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockError {
+    /// The lock file is not a regular file (a planted link, a FIFO, ...):
+    /// the path is unusable.
+    Unusable(String),
+    /// Another process holds the lock; its pid, when it wrote one.
+    InUse(Option<u32>),
+    /// The lock file cannot be created or opened: the directory is missing
+    /// or unwritable.
+    Unwritable(String),
+    /// `flock` itself failed.
+    Failed(String),
+}
+
+impl LockError {
+    /// The message, naming the recovery file `path`.
+    pub fn describe(&self, path: &Path) -> String {
+        match self {
+            LockError::InUse(Some(pid)) => format!(
+                "recovery file {} is in use by another foo-proxy (pid {pid})",
+                path.display()
+            ),
+            LockError::InUse(None) => format!(
+                "recovery file {} is in use by another foo-proxy",
+                path.display()
+            ),
+            LockError::Unusable(m) | LockError::Unwritable(m) | LockError::Failed(m) => m.clone(),
+        }
+    }
+}
+
+/// Ownership of a recovery path: an exclusive `flock` on `PATH.lock`, held
+/// while this value lives and released by the kernel when the process dies,
+/// so a stale lock file never blocks a start. The file holds the owner's
+/// pid, for the message a second process prints. A small owned value, so it
+/// can be handed to another process with its descriptor.
+#[derive(Debug)]
+pub struct RecoveryLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl RecoveryLock {
+    /// Takes the lock for recovery file `path` without blocking. The lock
+    /// file is created with mode 0600 and is never a link followed or a
+    /// special file opened.
+    pub fn take(path: &Path) -> Result<RecoveryLock, LockError> {
+        let lock_path = lock_path(path);
+        let not_regular = |kind: &str| {
+            LockError::Unusable(format!(
+                "lock file {} is {kind}, not a regular file",
+                lock_path.display()
+            ))
+        };
+        if let Ok(meta) = fs::symlink_metadata(&lock_path)
+            && !meta.is_file()
+        {
+            return Err(not_regular(kind_of(meta.file_type())));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(SAFE_OPEN | libc::O_NOFOLLOW)
+            .open(&lock_path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    not_regular("a symbolic link")
+                } else {
+                    LockError::Unwritable(format!(
+                        "cannot open lock file {}: {}",
+                        lock_path.display(),
+                        describe(&e)
+                    ))
+                }
+            })?;
+        match file.metadata() {
+            Ok(meta) if meta.is_file() => {}
+            Ok(meta) => return Err(not_regular(kind_of(meta.file_type()))),
+            Err(e) => {
+                return Err(LockError::Failed(format!(
+                    "cannot stat lock file {}: {}",
+                    lock_path.display(),
+                    describe(&e)
+                )));
+            }
+        }
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(LockError::InUse(read_pid(&file))),
+            Err(TryLockError::Error(e)) => {
+                return Err(LockError::Failed(format!(
+                    "cannot lock {}: {}",
+                    lock_path.display(),
+                    describe(&e)
+                )));
+            }
+        }
+        // Only a name for messages: the lock is what counts, so a failed
+        // write costs nothing but the pid in a second process's message.
+        let pid = format!("{}\n", process::id());
+        if let Err(e) = file
+            .set_len(0)
+            .and_then(|()| file.write_all_at(pid.as_bytes(), 0))
+        {
+            debug!(
+                "cannot write the pid into {}: {}",
+                lock_path.display(),
+                describe(&e)
+            );
+        }
+        Ok(RecoveryLock {
+            file,
+            path: lock_path,
+        })
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the lock file's name still leads to the file this lock holds:
+    /// if someone removed or replaced it, a second process could lock the
+    /// new one, so the writer takes the lock again before it writes.
+    fn still_named(&self) -> bool {
+        match (self.file.metadata(), fs::symlink_metadata(&self.path)) {
+            (Ok(held), Ok(named)) => held.dev() == named.dev() && held.ino() == named.ino(),
+            _ => false,
+        }
+    }
+}
+
+/// The pid a lock holder wrote, if it wrote one yet.
+fn read_pid(file: &File) -> Option<u32> {
+    let mut buf = [0u8; 24];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    std::str::from_utf8(buf.get(..n)?).ok()?.trim().parse().ok()
+}
+
+// ---- Reading, writing, moving aside --------------------------------------
+
+/// What is at the recovery path at start.
+enum Loaded {
+    Absent,
+    Snapshot(Snapshot),
+    Unreadable(Unreadable),
+}
+
+/// Reads and decodes `path`. Never blocks, never reads more than
+/// `MAX_FILE_BYTES`, never reads anything but a regular file.
+fn load(path: &Path) -> Loaded {
+    let file = match open_regular(path) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Loaded::Absent,
+        Err(why) => return Loaded::Unreadable(why),
     };
     if let Ok(meta) = file.metadata()
         && meta.len() > MAX_FILE_BYTES
     {
-        return Err(DecodeError::TooLarge(meta.len()).to_string());
+        return Loaded::Unreadable(Unreadable::Bad(
+            DecodeError::TooLarge(meta.len()).to_string(),
+        ));
     }
     let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read it: {}", describe(&e)))?;
-    decode(&bytes).map(Some).map_err(|e| e.to_string())
+    if let Err(e) = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes) {
+        return Loaded::Unreadable(Unreadable::Bad(format!("cannot read it: {}", describe(&e))));
+    }
+    match decode(&bytes) {
+        Ok(snapshot) => Loaded::Snapshot(snapshot),
+        Err(e) => Loaded::Unreadable(Unreadable::Bad(e.to_string())),
+    }
 }
 
-/// Replaces `path` with `bytes` so that a crash at any instant leaves the
-/// old file or the new one: temp file, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+/// Makes sure `path`'s directory exists (creating missing parents, as
+/// `mkdir -p`), naming it when it cannot.
+fn ensure_dir(path: &Path) -> Result<(), String> {
+    let dir = dir_of(path);
     fs::create_dir_all(dir).map_err(|e| {
         format!(
             "cannot create directory {}: {}",
             dir.display(),
             describe(&e)
         )
-    })?;
-    let tmp = temp_path(path);
-    let written = File::create(&tmp).and_then(|mut f| {
-        f.write_all(bytes)?;
-        f.sync_all()
-    });
-    if let Err(e) = written {
+    })
+}
+
+/// Creates a new temp file for `path`: a fresh unique name, `O_EXCL` and
+/// `O_NOFOLLOW` (a name someone planted, link or not, is skipped, never
+/// opened), mode 0600.
+fn create_temp(path: &Path) -> Result<(PathBuf, File), String> {
+    let mut last = None;
+    for _ in 0..TEMP_TRIES {
+        let tmp = temp_path(
+            path,
+            process::id(),
+            TEMP_SEQ.fetch_add(1, Ordering::Relaxed),
+        );
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(SAFE_OPEN | libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(tmp),
+            Err(e) => return Err(format!("cannot create {}: {}", tmp.display(), describe(&e))),
+        }
+    }
+    let tmp = last.unwrap_or_else(|| temp_path(path, process::id(), 0));
+    Err(format!(
+        "cannot create a temp file such as {}: {TEMP_TRIES} names in a row exist already",
+        tmp.display()
+    ))
+}
+
+/// Whether a write may replace what is at `path`: nothing, a regular file
+/// or a link (the rename replaces the link itself, never its target). A
+/// directory, FIFO, device or socket that appeared after the start is
+/// never replaced.
+fn check_replaceable(path: &Path) -> Result<(), String> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.is_file() && !meta.file_type().is_symlink() => Err(format!(
+            "recovery path {} is now {}, not a regular file; not replacing it",
+            path.display(),
+            kind_of(meta.file_type())
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash at any instant leaves the
+/// old file or the new one: a new temp file, fsync, rename, fsync the
+/// directory. The caller holds the [`RecoveryLock`].
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    ensure_dir(path)?;
+    check_replaceable(path)?;
+    let (tmp, mut file) = create_temp(path)?;
+    if let Err(e) = file.write_all(bytes).and_then(|()| file.sync_all()) {
         let _ = fs::remove_file(&tmp);
         return Err(format!("cannot write {}: {}", tmp.display(), describe(&e)));
     }
+    drop(file);
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(format!(
@@ -491,17 +959,110 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
             describe(&e)
         ));
     }
-    File::open(dir)
+    let dir = dir_of(path);
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(SAFE_OPEN | libc::O_DIRECTORY)
+        .open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| format!("cannot sync directory {}: {}", dir.display(), describe(&e)))
 }
 
-/// The writer thread: writes the newest snapshot it has; a failure is
-/// logged once, then retried quietly with backoff until a write succeeds.
-/// Exits once the sender is gone and nothing is left to write.
-fn run_writer(path: PathBuf, rx: Receiver<Snapshot>) {
+/// Whether `path`'s directory takes a new file: creates a temp file and
+/// removes it.
+fn probe_writable(path: &Path) -> Result<(), String> {
+    let (tmp, file) = create_temp(path)?;
+    drop(file);
+    fs::remove_file(&tmp).map_err(|e| format!("cannot remove {}: {}", tmp.display(), describe(&e)))
+}
+
+/// Removes what interrupted writes left: our temp names and the legacy
+/// `PATH.tmp`, regular files only. Only the lock holder calls this, so no
+/// other writer's temp file is live.
+fn remove_leftover_temps(path: &Path) {
+    let mut leftovers = own_files(path, is_temp_name);
+    let legacy = legacy_temp_path(path);
+    if fs::symlink_metadata(&legacy).is_ok_and(|m| m.is_file()) {
+        leftovers.push(legacy);
+    }
+    for tmp in leftovers {
+        match fs::remove_file(&tmp) {
+            Ok(()) => info!("removed {} left by an interrupted write", tmp.display()),
+            Err(e) => debug!("cannot remove {}: {}", tmp.display(), describe(&e)),
+        }
+    }
+}
+
+/// Moves a file that cannot be used aside under a new name (never over an
+/// older one), with one warning, then keeps only the newest `MAX_CORRUPT`.
+fn quarantine(path: &Path, why: &str) {
+    let now = wall_ms();
+    let aside = (0..100)
+        .map(|n| corrupt_path(path, now, n))
+        .find(|p| fs::symlink_metadata(p).is_err());
+    let Some(aside) = aside else {
+        warn!(
+            "cannot use recovery file {}: {why}; no free name to move it to; starting fresh",
+            path.display()
+        );
+        return;
+    };
+    match fs::rename(path, &aside) {
+        Ok(()) => warn!(
+            "cannot use recovery file {}: {why}; moved it to {} and starting fresh",
+            path.display(),
+            aside.display()
+        ),
+        Err(e) => {
+            warn!(
+                "cannot use recovery file {}: {why}; cannot move it to {} ({}); starting fresh",
+                path.display(),
+                aside.display(),
+                describe(&e)
+            );
+            return;
+        }
+    }
+    let kept = corrupt_files(path);
+    let excess = kept.len().saturating_sub(MAX_CORRUPT);
+    for old in kept.iter().take(excess) {
+        match fs::remove_file(old) {
+            Ok(()) => info!(
+                "removed {} (keeping the newest {MAX_CORRUPT})",
+                old.display()
+            ),
+            Err(e) => debug!("cannot remove {}: {}", old.display(), describe(&e)),
+        }
+    }
+}
+
+/// Makes sure the writer holds the lock before it writes: takes it when it
+/// was not available at start, and again if the lock file was removed or
+/// replaced meanwhile.
+fn hold_lock(path: &Path, lock: &mut Option<RecoveryLock>) -> Result<(), String> {
+    if lock.as_ref().is_some_and(|l| !l.still_named()) {
+        *lock = None;
+    }
+    if lock.is_none() {
+        ensure_dir(path)?;
+        let taken = RecoveryLock::take(path).map_err(|e| e.describe(path))?;
+        remove_leftover_temps(path);
+        *lock = Some(taken);
+    }
+    Ok(())
+}
+
+/// The writer thread: writes the newest snapshot it has, holding the lock;
+/// a failure is logged once (not at all if the start already warned), then
+/// retried quietly with backoff until a write succeeds. Exits once the
+/// sender is gone and nothing is left to write.
+fn run_writer(
+    path: PathBuf,
+    mut lock: Option<RecoveryLock>,
+    mut failing: bool,
+    rx: Receiver<Snapshot>,
+) {
     let mut pending: Option<Snapshot> = None;
-    let mut failing = false;
     let mut retry = RETRY_MIN;
     loop {
         let received = if pending.is_some() {
@@ -522,7 +1083,8 @@ fn run_writer(path: PathBuf, rx: Receiver<Snapshot>) {
             pending = Some(newest);
         }
         if let Some(snapshot) = &pending {
-            match write_atomic(&path, &encode(snapshot)) {
+            match hold_lock(&path, &mut lock).and_then(|()| write_atomic(&path, &encode(snapshot)))
+            {
                 Ok(()) => {
                     if failing {
                         info!("recovery file {} written again", path.display());
@@ -548,11 +1110,15 @@ fn run_writer(path: PathBuf, rx: Receiver<Snapshot>) {
     }
 }
 
-/// The recovery file as the event loop sees it: restored at start, then a
-/// snapshot at most once per `SNAPSHOT_INTERVAL` while counters change, and
-/// a final one at exit.
+/// The recovery file as the event loop sees it: claimed before any socket
+/// is bound, restored when the loop starts, then a snapshot at most once
+/// per `SNAPSHOT_INTERVAL` while counters change, and a final one at exit.
 pub struct Recovery {
     path: PathBuf,
+    /// Held here from the claim until `open` hands it to the writer.
+    lock: Option<RecoveryLock>,
+    /// The start already warned that the file cannot be written.
+    warned: bool,
     writer: Option<(Sender<Snapshot>, JoinHandle<()>)>,
     /// Totals in the last snapshot handed to the writer (or restored).
     last: Totals,
@@ -561,26 +1127,91 @@ pub struct Recovery {
 }
 
 impl Recovery {
-    /// Cleans up after an interrupted write, restores what `path` holds into
-    /// `stats` (moving a bad file aside), and starts the writer thread.
-    pub fn open(path: PathBuf, stats: &mut Stats, now: Instant, now_ms: u64) -> Recovery {
-        let tmp = temp_path(&path);
-        match fs::remove_file(&tmp) {
-            Ok(()) => info!("removed {} left by an interrupted write", tmp.display()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => debug!("cannot remove {}: {}", tmp.display(), describe(&e)),
+    /// The start-up check, before any socket is bound: refuses a path that
+    /// is not a regular file (exit 2) or that another process owns (exit
+    /// 1); creates the directory; takes the lock, removes what interrupted
+    /// writes left, and tries a write in the directory. A directory that
+    /// cannot be created or written gets one warning here, and the writer
+    /// retries quietly later. Never blocks.
+    pub fn claim(path: PathBuf) -> Result<Recovery, StartError> {
+        check_path(&path)?;
+        let mut unwritable = None;
+        let mut lock = None;
+        match ensure_dir(&path) {
+            Err(why) => unwritable = Some(why),
+            Ok(()) => match RecoveryLock::take(&path) {
+                Ok(taken) => lock = Some(taken),
+                Err(LockError::Unwritable(why)) => unwritable = Some(why),
+                Err(e @ LockError::Unusable(_)) => {
+                    return Err(StartError::unusable(e.describe(&path)));
+                }
+                Err(e @ (LockError::InUse(_) | LockError::Failed(_))) => {
+                    return Err(StartError {
+                        message: e.describe(&path),
+                        exit_code: 1,
+                    });
+                }
+            },
         }
-        match load(&path) {
-            Ok(Some(snapshot)) => Self::report_restore(&path, &snapshot, stats, now_ms),
-            Ok(None) => {}
-            Err(why) => quarantine(&path, &why),
+        if lock.is_some() {
+            remove_leftover_temps(&path);
+            if let Err(why) = probe_writable(&path) {
+                unwritable = Some(why);
+            }
+        }
+        if let Some(why) = &unwritable {
+            warn!(
+                "recovery file {} cannot be written: {why}; relaying anyway and retrying quietly",
+                path.display()
+            );
+        }
+        Ok(Recovery {
+            path,
+            lock,
+            warned: unwritable.is_some(),
+            writer: None,
+            last: Totals::default(),
+            dirty: false,
+            next_write: Instant::now(),
+        })
+    }
+
+    /// Restores what the file holds into `stats` (moving a bad file aside,
+    /// dropping an implausible window), and starts the writer thread.
+    pub fn open(&mut self, stats: &mut Stats, now: Instant, now_ms: u64) {
+        let path = &self.path;
+        match load(path) {
+            Loaded::Absent => {}
+            Loaded::Snapshot(mut snapshot) => {
+                if let Err(why) = check_window(&snapshot) {
+                    warn!(
+                        "recovery file {}: dropped its rate window ({why}); restoring the totals",
+                        path.display()
+                    );
+                    snapshot.window.clear();
+                }
+                Self::report_restore(path, &snapshot, stats, now_ms);
+            }
+            Loaded::Unreadable(Unreadable::NotRegular(kind)) => warn!(
+                "recovery path {} is now {kind}, not a regular file; starting fresh",
+                path.display()
+            ),
+            // Only the owner moves a file aside: without the lock another
+            // process may be using it.
+            Loaded::Unreadable(Unreadable::Bad(why)) if self.lock.is_none() => warn!(
+                "cannot use recovery file {}: {why}; leaving it in place and starting fresh",
+                path.display()
+            ),
+            Loaded::Unreadable(Unreadable::Bad(why)) => quarantine(path, &why),
         }
         let (tx, rx) = mpsc::channel();
         let thread_path = path.clone();
+        let lock = self.lock.take();
+        let warned = self.warned;
         let writer = thread::Builder::new()
             .name("recovery-writer".into())
-            .spawn(move || run_writer(thread_path, rx));
-        let writer = match writer {
+            .spawn(move || run_writer(thread_path, lock, warned, rx));
+        self.writer = match writer {
             Ok(handle) => Some((tx, handle)),
             Err(e) => {
                 warn!(
@@ -591,13 +1222,9 @@ impl Recovery {
                 None
             }
         };
-        Recovery {
-            path,
-            writer,
-            last: Totals::of(stats),
-            dirty: false,
-            next_write: now,
-        }
+        self.last = Totals::of(stats);
+        self.dirty = false;
+        self.next_write = now;
     }
 
     fn report_restore(path: &Path, snapshot: &Snapshot, stats: &mut Stats, now_ms: u64) {
@@ -668,24 +1295,6 @@ impl Recovery {
             thread::sleep(Duration::from_millis(5));
         }
         let _ = handle.join();
-    }
-}
-
-/// Moves a file that cannot be used to `PATH.corrupt`, with one warning.
-fn quarantine(path: &Path, why: &str) {
-    let aside = corrupt_path(path);
-    match fs::rename(path, &aside) {
-        Ok(()) => warn!(
-            "cannot use recovery file {}: {why}; moved it to {} and starting fresh",
-            path.display(),
-            aside.display()
-        ),
-        Err(e) => warn!(
-            "cannot use recovery file {}: {why}; cannot move it to {} ({}); starting fresh",
-            path.display(),
-            aside.display(),
-            describe(&e)
-        ),
     }
 }
 
@@ -902,7 +1511,11 @@ mod tests {
         write_atomic(&path, &encode(&sample())).unwrap();
         write_atomic(&path, &encode(&Snapshot::default())).unwrap();
         assert_eq!(decode(&fs::read(&path).unwrap()), Ok(Snapshot::default()));
-        assert!(!temp_path(&path).exists());
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["recovery.json"]);
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -1005,5 +1618,167 @@ mod tests {
             with(&|s| s.window = (0..=BUCKETS as u64).map(|i| bucket(T0 - i, 0, 0)).collect()),
             Err(Implausible::TooManyBuckets(BUCKETS + 1))
         );
+    }
+
+    #[test]
+    fn names_beside_the_file_follow_one_pattern() {
+        let path = Path::new("/x/recovery.json");
+        assert_eq!(
+            temp_path(path, 42, 7),
+            Path::new("/x/.recovery.json.42.7.tmp")
+        );
+        assert_eq!(lock_path(path), Path::new("/x/recovery.json.lock"));
+        // 2026-11-27T22:10:11.123Z
+        let ms = 1_795_817_411_123;
+        let aside = corrupt_path(path, ms, 0);
+        assert_eq!(
+            aside,
+            Path::new("/x/recovery.json.corrupt.20261127T221011.123Z")
+        );
+        let of = b"recovery.json";
+        for (name, ours) in [
+            (name_of(&aside), true),
+            (name_of(&corrupt_path(path, ms, 2)), true),
+            (b"recovery.json.corrupt".as_slice(), false),
+            (b"recovery.json.corrupt.notes", false),
+            (b"recovery.json.corrupt.20261127T221011.123Z-", false),
+            (b"other.json.corrupt.20261127T221011.123Z", false),
+        ] {
+            assert_eq!(is_corrupt_name(name, of), ours, "{name:?}");
+        }
+        for (name, ours) in [
+            (name_of(&temp_path(path, 42, 7)), true),
+            (b".recovery.json.1.2.3.tmp".as_slice(), false),
+            (b".recovery.json.x.2.tmp", false),
+            (b".recovery.json..2.tmp", false),
+            (b"recovery.json.tmp", false),
+            (b".other.json.1.2.tmp", false),
+        ] {
+            assert_eq!(is_temp_name(name, of), ours, "{name:?}");
+        }
+        assert_eq!(dir_of(Path::new("relative.json")), Path::new("."));
+        assert_eq!(
+            temp_path(Path::new("relative.json"), 1, 2),
+            Path::new("./.relative.json.1.2.tmp")
+        );
+    }
+
+    fn mkfifo(path: &Path) {
+        let ok = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mkfifo {path:?}");
+    }
+
+    /// Runs `f` on another thread; fails if it takes more than 5 s (it
+    /// would block forever on the old code's open).
+    fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("blocked for 5 s")
+    }
+
+    #[test]
+    fn a_fifo_swapped_in_after_the_check_is_never_opened_blocking() {
+        let dir = scratch_dir("fifo");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("recovery.json");
+        assert_eq!(check_path(&path), Ok(()));
+        mkfifo(&path);
+        let read = path.clone();
+        let got = within_5s(move || open_regular(&read).map(|f| f.is_some()));
+        assert_eq!(got, Err(Unreadable::NotRegular("a FIFO")));
+        // Nor replaced by a write.
+        let err = write_atomic(&path, b"{}").unwrap_err();
+        assert!(err.contains("is now a FIFO"), "{err}");
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_fifo());
+        // A FIFO at the lock file's name is refused, not opened.
+        let lock = lock_path(&path);
+        mkfifo(&lock);
+        let locked = within_5s(move || RecoveryLock::take(&path).map(|_| ()));
+        assert!(matches!(locked, Err(LockError::Unusable(m)) if m.contains("a FIFO")));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn check_path_accepts_only_regular_files_and_links_to_them() {
+        let dir = scratch_dir("check");
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("file");
+        fs::write(&file, b"x").unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let dangling = dir.join("dangling");
+        std::os::unix::fs::symlink(dir.join("nothing"), &dangling).unwrap();
+        let to_dir = dir.join("to-dir");
+        std::os::unix::fs::symlink(&dir, &to_dir).unwrap();
+        for ok in [
+            &file,
+            &link,
+            &dangling,
+            &dir.join("missing"),
+            &file.join("x"),
+        ] {
+            assert_eq!(check_path(ok), Ok(()), "{ok:?}");
+        }
+        let refused = |p: &Path| check_path(p).map_err(|e| (e.exit_code(), e.to_string()));
+        let (code, msg) = refused(&dir).unwrap_err();
+        assert_eq!(code, 2);
+        assert!(msg.ends_with("is a directory, not a regular file"), "{msg}");
+        let (_, msg) = refused(&to_dir).unwrap_err();
+        assert!(msg.contains("a symbolic link to a directory"), "{msg}");
+        let (_, msg) = refused(&dir.join("..")).unwrap_err();
+        assert!(msg.contains("does not name a file"), "{msg}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn one_lock_per_path_with_the_holders_pid_released_on_drop() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch_dir("lock");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("recovery.json");
+        let first = RecoveryLock::take(&path).unwrap();
+        let meta = fs::metadata(first.path()).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // flock conflicts between two opens even in one process.
+        let second = RecoveryLock::take(&path).unwrap_err();
+        assert_eq!(second, LockError::InUse(Some(process::id())));
+        assert!(second.describe(&path).ends_with(&format!(
+            "is in use by another foo-proxy (pid {})",
+            process::id()
+        )));
+        drop(first);
+        let again = RecoveryLock::take(&path).unwrap();
+        // Removing the lock file while held is noticed.
+        assert!(again.still_named());
+        fs::remove_file(again.path()).unwrap();
+        assert!(!again.still_named());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_planted_link_at_the_lock_or_temp_name_is_never_followed() {
+        let dir = scratch_dir("plant");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("recovery.json");
+        let victim = dir.join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, lock_path(&path)).unwrap();
+        let err = RecoveryLock::take(&path).unwrap_err();
+        assert!(matches!(&err, LockError::Unusable(m) if m.contains("symbolic link")));
+        // Every temp name the next writes would try, planted.
+        let next = TEMP_SEQ.load(Ordering::Relaxed);
+        for n in next..next + 4 {
+            std::os::unix::fs::symlink(&victim, temp_path(&path, process::id(), n)).unwrap();
+        }
+        write_atomic(&path, &encode(&sample())).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(decode(&fs::read(&path).unwrap()), Ok(sample()));
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -307,7 +307,8 @@ pub struct Server {
     /// SIGTERM/SIGINT seen: connections get until this instant to finish.
     drain_deadline: Option<Instant>,
     stopping: bool,
-    /// The recovery file, once `run` has restored it; `None` when disabled.
+    /// The recovery file main claimed before `bind` (`set_recovery`);
+    /// `run` restores it. `None` when disabled.
     recovery: Option<Recovery>,
 }
 
@@ -362,6 +363,12 @@ impl Server {
         })
     }
 
+    /// Takes the recovery file that was claimed before the sockets were
+    /// bound; `run` restores it and keeps it written.
+    pub fn set_recovery(&mut self, recovery: Recovery) {
+        self.recovery = Some(recovery);
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -394,10 +401,9 @@ impl Server {
             self.config.forward_spec,
             forward.join(", ")
         );
-        if let Some(path) = self.config.recovery_path.clone() {
+        if let Some(recovery) = &mut self.recovery {
             let now = Instant::now();
-            let now_ms = self.now_ms(now);
-            self.recovery = Some(Recovery::open(path, &mut self.stats, now, now_ms));
+            recovery.open(&mut self.stats, now, ms_since(self.start, now));
         }
         let mut events = Events::with_capacity(1024);
         while !self.stopping {

@@ -10,7 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use foo_proxy::recovery::{
-    Snapshot, Totals, WindowBucket, corrupt_path, decode, encode, temp_path, wall_ms,
+    Snapshot, Totals, WindowBucket, corrupt_files, decode, encode, legacy_temp_path, temp_path,
+    wall_ms,
 };
 use util::{FooServer, Proxy, ServerOpts, WAIT, answers, read_exact_timeout, requests};
 
@@ -129,7 +130,7 @@ fn sigterm_leaves_a_valid_snapshot() {
     assert_eq!(snap.totals.msg_ack + snap.totals.msg_nak, 20);
     assert_eq!(window_req(&snap), 20);
     assert!(snap.written_at_ms <= wall_ms());
-    assert!(!temp_path(&path).exists());
+    assert_eq!(names_in(&dir), ["recovery.json", "recovery.json.lock"]);
 }
 
 #[test]
@@ -175,7 +176,13 @@ fn bad_file_is_moved_aside(name: &str, write: impl FnOnce(&Path), reason: &str) 
     assert!(line.contains(&path.display().to_string()), "{line}");
     assert!(line.contains(reason), "{line}");
     assert!(line.contains(".corrupt"), "{line}");
-    assert_eq!(fs::metadata(corrupt_path(&path)).unwrap().len(), size);
+    let kept = corrupt_files(&path);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        line.contains(&kept.first().unwrap().display().to_string()),
+        "{line}"
+    );
+    assert_eq!(fs::metadata(kept.first().unwrap()).unwrap().len(), size);
     assert!(!path.exists());
     // Not read into memory.
     assert!(proxy.rss_kib() < 64 * 1024, "rss {} KiB", proxy.rss_kib());
@@ -275,7 +282,8 @@ fn unwritable_path_warns_once_keeps_relaying_and_retries_quietly() {
     let path = blocker.join("recovery.json");
     let server = FooServer::start(ServerOpts::default());
     let mut proxy = start(&server, &path);
-    assert!(warnings(&proxy).is_empty(), "{}", proxy.stderr());
+    // Warned at start, before any traffic (an_unwritable_directory_warns_at_start...).
+    assert_eq!(wait_for_warnings(&proxy, 1).len(), 1, "{}", proxy.stderr());
     // Traffic over a few snapshot intervals: several failed writes.
     for _ in 0..3 {
         traffic(&proxy, 8);
@@ -300,17 +308,25 @@ fn unwritable_path_warns_once_keeps_relaying_and_retries_quietly() {
 fn leftover_temp_file_is_ignored_and_removed() {
     let dir = scratch("leftover");
     let path = dir.join("recovery.json");
-    fs::write(&path, valid_bytes(7)).unwrap();
-    // A crash mid-write leaves a torn temp file next to the good snapshot.
+    fs::write(&path, valid_bytes(70)).unwrap();
+    // A crash mid-write leaves a torn temp file next to the good snapshot:
+    // under this build's unique name (here of a pid that cannot be live),
+    // or an older build's fixed one.
     let torn = valid_bytes(999);
-    fs::write(temp_path(&path), torn.get(..torn.len() / 3).unwrap()).unwrap();
+    let torn = torn.get(..torn.len() / 3).unwrap();
+    let leftovers = [temp_path(&path, 4_999_999, 3), legacy_temp_path(&path)];
+    for tmp in &leftovers {
+        fs::write(tmp, torn).unwrap();
+    }
     let server = FooServer::start(ServerOpts::default());
     let proxy = start(&server, &path);
     let r = proxy.report();
-    assert_eq!(r["msg_req"], 7);
+    assert_eq!(r["msg_req"], 70);
     assert_eq!(r["request_rate_10s"], 7.0);
-    assert!(!temp_path(&path).exists());
-    assert!(!corrupt_path(&path).exists());
+    for tmp in &leftovers {
+        assert!(!tmp.exists(), "{tmp:?}");
+    }
+    assert!(corrupt_files(&path).is_empty());
     assert!(warnings(&proxy).is_empty(), "{}", proxy.stderr());
 }
 
@@ -387,4 +403,14 @@ fn snapshot_latency() {
             );
         }
     }
+}
+
+/// The names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
