@@ -405,6 +405,63 @@ fn snapshot_latency() {
     }
 }
 
+// ---- The path is checked before any socket is bound (issue 11) ----------
+
+/// Runs foo-proxy on `path` and waits (bounded) for it to exit by itself.
+/// Returns its exit code (`None`: still running after `within`, then
+/// killed) and what it wrote on stderr.
+fn run_to_exit(path: &Path, within: Duration) -> (Option<i32>, String) {
+    let flag = format!("-recovery-path={}", path.display());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_foo-proxy"))
+        .args(["-listen", "127.0.0.1:0", "-forward", "127.0.0.1:1"])
+        .args(["-http", "127.0.0.1:0", &flag])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use std::io::Read;
+        let _ = err.read_to_string(&mut stderr);
+    }
+    (code, stderr)
+}
+
+/// Checks the refusal of a path that is not a regular file: exit 2 at once,
+/// one line naming the path and its type, nothing bound, nothing written or
+/// renamed in its directory.
+fn refused_untouched(path: &Path, kind: &str) {
+    refused_naming(path, path, kind);
+}
+
+/// Like `refused_untouched`, for a start on `path` that `named` stops.
+fn refused_naming(path: &Path, named: &Path, kind: &str) {
+    let dir = path.parent().unwrap();
+    let before = names_in(dir);
+    let (code, stderr) = run_to_exit(path, Duration::from_secs(5));
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let line = lines.first().unwrap();
+    assert!(line.contains(&named.display().to_string()), "{line}");
+    assert!(line.contains(kind), "{line}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    assert_eq!(names_in(dir), before, "the directory changed");
+}
+
 /// The names in `dir`, sorted.
 fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
@@ -413,4 +470,337 @@ fn names_in(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+fn run_tool(tool: &str, args: &[&std::ffi::OsStr]) -> bool {
+    std::process::Command::new(tool)
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A node with `/dev/null`'s numbers (char 1:3), or block 7:0, in a scratch
+/// directory; never the real one. False when mknod is not permitted (CI runs
+/// as root and checks this itself, printing SKIPPED if it cannot).
+fn mknod(path: &Path, kind: &str, major: &str, minor: &str) -> bool {
+    run_tool(
+        "mknod",
+        &[
+            path.as_os_str(),
+            kind.as_ref(),
+            major.as_ref(),
+            minor.as_ref(),
+        ],
+    )
+}
+
+fn mkfifo(path: &Path) {
+    assert!(run_tool("mkfifo", &[path.as_os_str()]), "mkfifo {path:?}");
+}
+
+#[test]
+fn a_character_device_as_recovery_path_is_refused_never_renamed_or_written() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = scratch("chardev");
+    let path = dir.join("recovery.json");
+    if !mknod(&path, "c", "1", "3") {
+        eprintln!("SKIPPED: a_character_device_as_recovery_path_is_refused: mknod not permitted");
+        return;
+    }
+    refused_untouched(&path, "character device");
+    assert!(
+        fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+}
+
+#[test]
+fn a_directory_as_recovery_path_is_refused_never_renamed() {
+    let dir = scratch("directory");
+    let path = dir.join("recovery.json");
+    fs::create_dir(&path).unwrap();
+    fs::write(path.join("inside"), b"kept").unwrap();
+    refused_untouched(&path, "directory");
+    assert_eq!(fs::read(path.join("inside")).unwrap(), b"kept");
+}
+
+#[test]
+fn a_fifo_as_recovery_path_is_refused_at_once_without_blocking() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = scratch("fifo");
+    let path = dir.join("recovery.json");
+    mkfifo(&path);
+    refused_untouched(&path, "FIFO");
+    assert!(fs::symlink_metadata(&path).unwrap().file_type().is_fifo());
+}
+
+#[test]
+fn sockets_block_devices_and_links_to_special_files_are_refused() {
+    let dir = scratch("special");
+    let socket = dir.join("socket.json");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    refused_untouched(&socket, "socket");
+    let fifo = dir.join("fifo");
+    mkfifo(&fifo);
+    let link = dir.join("link.json");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    refused_untouched(&link, "FIFO");
+    let block = dir.join("block.json");
+    if mknod(&block, "b", "7", "0") {
+        refused_untouched(&block, "block device");
+    } else {
+        eprintln!("SKIPPED: block device case: mknod not permitted");
+    }
+}
+
+#[test]
+fn a_planted_link_at_a_temp_name_is_never_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("planted");
+    let path = dir.join("recovery.json");
+    let victim = dir.join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = start(&server, &path);
+    // Every name a writer could pick: the fixed one older builds used, and
+    // the next unique ones for this pid.
+    let mut planted = vec![dir.join("recovery.json.tmp")];
+    for n in 0..8 {
+        planted.push(dir.join(format!(".recovery.json.{}.{n}.tmp", proxy.pid())));
+    }
+    for link in &planted {
+        std::os::unix::fs::symlink(&victim, link).unwrap();
+    }
+    traffic(&proxy, 5);
+    wait_for_snapshot(&path, |s| s.totals.msg_req == 5);
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    for link in &planted {
+        assert!(fs::symlink_metadata(link).unwrap().file_type().is_symlink());
+    }
+    let meta = fs::symlink_metadata(&path).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn a_second_proxy_on_the_same_path_refuses_naming_the_holder() {
+    let dir = scratch("two");
+    let path = dir.join("recovery.json");
+    let server = FooServer::start(ServerOpts::default());
+    let mut first = start(&server, &path);
+    let (code, stderr) = run_to_exit(&path, Duration::from_secs(5));
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(stderr.contains(&format!("pid {}", first.pid())), "{stderr}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    // The holder is unaffected and keeps its file.
+    traffic(&first, 4);
+    wait_for_snapshot(&path, |s| s.totals.msg_req == 4);
+    // The kernel releases the lock when the holder dies: no stale pid file.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let second = start(&server, &path);
+    assert_eq!(second.report()["msg_req"], 4);
+}
+
+#[test]
+fn a_planted_link_at_the_lock_name_is_refused_and_never_followed() {
+    let dir = scratch("locklink");
+    let path = dir.join("recovery.json");
+    let victim = dir.join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    let lock = dir.join("recovery.json.lock");
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    refused_naming(&path, &lock, "symbolic link");
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+}
+
+/// The names of `path`'s quarantined copies, oldest first.
+fn quarantined(path: &Path) -> Vec<String> {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    names_in(path.parent().unwrap())
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{name}.corrupt")))
+        .collect()
+}
+
+#[test]
+fn a_second_corrupt_file_is_kept_beside_the_first() {
+    let dir = scratch("corrupt2");
+    let path = dir.join("recovery.json");
+    let server = FooServer::start(ServerOpts::default());
+    for content in [&b"first {{"[..], b"second {{"] {
+        fs::write(&path, content).unwrap();
+        let mut proxy = start(&server, &path);
+        assert_eq!(wait_for_warnings(&proxy, 1).len(), 1, "{}", proxy.stderr());
+        proxy.signal("TERM");
+        assert_eq!(proxy.wait_exit(WAIT), Some(0));
+    }
+    let kept = quarantined(&path);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    let contents: Vec<Vec<u8>> = kept
+        .iter()
+        .map(|n| fs::read(dir.join(n)).unwrap())
+        .collect();
+    assert_eq!(contents, vec![b"first {{".to_vec(), b"second {{".to_vec()]);
+}
+
+#[test]
+fn at_most_five_corrupt_files_are_kept_the_oldest_removed_first() {
+    let dir = scratch("corrupt-cap");
+    let path = dir.join("recovery.json");
+    for day in 1..=6 {
+        let old = dir.join(format!("recovery.json.corrupt.202601{day:02}T000000.000Z"));
+        fs::write(old, b"old").unwrap();
+    }
+    // Names like ours that are not regular files, and a file of someone
+    // else's, are never removed.
+    let planted_dir = dir.join("recovery.json.corrupt.20250101T000000.000Z");
+    fs::create_dir(&planted_dir).unwrap();
+    let planted_link = dir.join("recovery.json.corrupt.20250102T000000.000Z");
+    std::os::unix::fs::symlink(dir.join("victim"), &planted_link).unwrap();
+    let notes = dir.join("recovery.json.corrupt.notes");
+    fs::write(&notes, b"mine").unwrap();
+    fs::write(&path, b"bad {{").unwrap();
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = start(&server, &path);
+    assert_eq!(wait_for_warnings(&proxy, 1).len(), 1, "{}", proxy.stderr());
+    let regular: Vec<String> = quarantined(&path)
+        .into_iter()
+        .filter(|n| fs::symlink_metadata(dir.join(n)).unwrap().is_file())
+        .filter(|n| !n.ends_with(".notes"))
+        .collect();
+    assert_eq!(regular.len(), 5, "{regular:?}");
+    // The two oldest went; the new one is the newest.
+    assert!(
+        !regular
+            .iter()
+            .any(|n| n.contains("20260101") || n.contains("20260102"))
+    );
+    assert_eq!(
+        fs::read(dir.join(regular.last().unwrap())).unwrap(),
+        b"bad {{"
+    );
+    assert!(planted_dir.is_dir());
+    assert!(
+        fs::symlink_metadata(&planted_link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(fs::read(&notes).unwrap(), b"mine");
+}
+
+#[test]
+fn a_version_1_file_with_unknown_fields_restores_the_counts() {
+    let dir = scratch("unknown-fields");
+    let path = dir.join("recovery.json");
+    let mut value: serde_json::Value = serde_json::from_slice(&valid_bytes(70)).unwrap();
+    value["added_later"] = serde_json::json!({"nested": [1, 2]});
+    value["totals"]["msg_new_kind"] = serde_json::json!(5);
+    value["window"][0]["weight"] = serde_json::json!(0.5);
+    fs::write(&path, serde_json::to_vec(&value).unwrap()).unwrap();
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = start(&server, &path);
+    let r = proxy.report();
+    assert_eq!(r["msg_req"], 70);
+    assert_eq!(r["request_rate_10s"], 7.0);
+    assert!(warnings(&proxy).is_empty(), "{}", proxy.stderr());
+    assert!(quarantined(&path).is_empty());
+}
+
+#[test]
+fn an_implausible_window_is_dropped_with_one_warning_and_the_totals_kept() {
+    let dir = scratch("implausible");
+    let path = dir.join("recovery.json");
+    let now = wall_ms();
+    // A 10 s request rate of 4·10¹¹ claimed by a file that counted no request.
+    let snap = Snapshot {
+        written_at_ms: now,
+        totals: Totals {
+            msg_req: 0,
+            msg_ack: 3,
+            connections_total: 2,
+            ..Totals::default()
+        },
+        window: (0..1000)
+            .map(|i| WindowBucket {
+                start_ms: now - i * 10,
+                req: 4_000_000_000,
+                resp: 0,
+            })
+            .collect(),
+    };
+    fs::write(&path, encode(&snap)).unwrap();
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = start(&server, &path);
+    let r = proxy.report();
+    assert_eq!(r["request_rate_10s"], 0.0);
+    assert_eq!(r["msg_ack"], 3);
+    assert_eq!(r["connections_total"], 2);
+    let warned = wait_for_warnings(&proxy, 1);
+    assert_eq!(warned.len(), 1, "{}", proxy.stderr());
+    let line = warned.first().unwrap();
+    assert!(line.contains(&path.display().to_string()), "{line}");
+    assert!(line.contains("window"), "{line}");
+    // The totals were usable: the file is not quarantined.
+    assert!(quarantined(&path).is_empty());
+}
+
+#[test]
+fn a_missing_directory_is_created_at_start() {
+    let dir = scratch("mkdir");
+    let path = dir.join("state/recovery.json");
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = start(&server, &path);
+    assert!(dir.join("state").is_dir());
+    assert!(warnings(&proxy).is_empty(), "{}", proxy.stderr());
+}
+
+#[test]
+fn an_unwritable_directory_warns_at_start_before_any_traffic() {
+    let dir = scratch("unwritable-start");
+    // A regular file where the directory should be: unwritable even for root.
+    let blocker = dir.join("blocker");
+    fs::write(&blocker, b"in the way").unwrap();
+    let path = blocker.join("recovery.json");
+    let server = FooServer::start(ServerOpts::default());
+    let mut proxy = start(&server, &path);
+    let warned = wait_for_warnings(&proxy, 1);
+    assert_eq!(warned.len(), 1, "{}", proxy.stderr());
+    assert!(
+        warned
+            .first()
+            .unwrap()
+            .contains(&blocker.display().to_string())
+    );
+    // And it keeps relaying, retrying quietly.
+    traffic(&proxy, 3);
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(proxy.report()["msg_req"], 3);
+    assert!(proxy.alive());
+    assert_eq!(warnings(&proxy).len(), 1, "{}", proxy.stderr());
+}
+
+#[test]
+fn a_symlink_as_recovery_path_is_read_then_replaced_by_a_regular_file() {
+    let dir = scratch("symlink");
+    let target = dir.join("elsewhere.json");
+    let original = valid_bytes(70);
+    fs::write(&target, &original).unwrap();
+    let path = dir.join("recovery.json");
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = start(&server, &path);
+    assert_eq!(proxy.report()["msg_req"], 70);
+    traffic(&proxy, 3);
+    wait_for_snapshot(&path, |s| s.totals.msg_req == 73);
+    // The first write replaced the link itself; its target is untouched.
+    assert!(fs::symlink_metadata(&path).unwrap().is_file());
+    assert_eq!(fs::read(&target).unwrap(), original);
+    assert!(warnings(&proxy).is_empty(), "{}", proxy.stderr());
 }
