@@ -82,12 +82,17 @@ impl Stats {
         self.pending_resp = 0;
     }
 
+    /// Saturating: the totals may come from a recovery file.
     pub fn msg_total(&self) -> u64 {
-        self.msg_req + self.msg_ack + self.msg_nak
+        self.msg_req
+            .saturating_add(self.msg_ack)
+            .saturating_add(self.msg_nak)
     }
 
+    /// Saturating, as `msg_total`.
     pub fn msg_invalid(&self) -> u64 {
-        self.invalid_client_to_server + self.invalid_server_to_client
+        self.invalid_client_to_server
+            .saturating_add(self.invalid_server_to_client)
     }
 
     pub fn report(&mut self, now_ms: u64) -> Report {
@@ -136,6 +141,20 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_of_totals_saturate_instead_of_overflowing() {
+        let stats = Stats {
+            msg_req: u64::MAX,
+            msg_ack: 2,
+            msg_nak: 3,
+            invalid_client_to_server: u64::MAX - 1,
+            invalid_server_to_client: 5,
+            ..Stats::default()
+        };
+        assert_eq!(stats.msg_total(), u64::MAX);
+        assert_eq!(stats.msg_invalid(), u64::MAX);
+    }
 
     #[test]
     fn report_lists_the_eight_fields_first_in_order() {
