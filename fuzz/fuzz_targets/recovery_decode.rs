@@ -1,10 +1,18 @@
-//! Any bytes give a snapshot or a reason, never a panic; and encoding then
-//! decoding gives back the same snapshot, both for what decoded from the
-//! input and for a snapshot built from the input's bytes.
+//! Any bytes give a snapshot or a reason, never a panic; encoding then
+//! decoding gives back the same snapshot; fields this build does not know
+//! never change what decodes; a total over `MAX_TOTAL` is refused; and
+//! `check_window` agrees with a plain restatement of its rules, so an
+//! accepted window never restores more than the totals it claims to be
+//! part of.
 #![no_main]
 
-use foo_proxy::recovery::{Snapshot, Totals, WindowBucket, decode, encode};
+use foo_proxy::rates::BUCKETS;
+use foo_proxy::recovery::{
+    MAX_TOTAL, Snapshot, Totals, WINDOW_MS, WindowBucket, check_window, decode, encode, restore,
+};
+use foo_proxy::stats::Stats;
 use libfuzzer_sys::fuzz_target;
+use serde_json::{Value, json};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(snapshot) = decode(data) {
@@ -12,13 +20,117 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(decode(&bytes).as_ref(), Ok(&snapshot));
         // One encoding per snapshot: the file is canonical.
         assert_eq!(encode(&snapshot), bytes);
+        check_window_rules(&snapshot, data);
+        check_unknown_fields(&snapshot, data);
     }
     let x = snapshot_from(data);
-    assert_eq!(decode(&encode(&x)), Ok(x));
+    assert_eq!(decode(&encode(&x)), Ok(x.clone()));
+    check_window_rules(&x, data);
+    // A total no proxy can have counted is refused, whichever it is.
+    let mut over = x.clone();
+    let field = data.len() % 9;
+    let value = MAX_TOTAL + 1 + x.written_at_ms % (u64::MAX - MAX_TOTAL);
+    set_total(&mut over.totals, field, value);
+    assert!(decode(&encode(&over)).is_err(), "{over:?}");
+    // The same, with every bucket moved inside the window, so the count
+    // rules are the ones that decide.
+    let inside = Snapshot {
+        window: x
+            .window
+            .iter()
+            .map(|b| WindowBucket {
+                start_ms: x.written_at_ms.saturating_sub(b.start_ms % (WINDOW_MS + 1)),
+                ..*b
+            })
+            .collect(),
+        ..x
+    };
+    check_window_rules(&inside, data);
 });
 
-/// Every field from the input, 8 bytes per u64 (zero-padded at the end);
-/// what is left after the totals becomes window buckets.
+fn check_window_rules(snapshot: &Snapshot, data: &[u8]) {
+    let plausible = check_window(snapshot).is_ok();
+    assert_eq!(plausible, plainly_plausible(snapshot), "{snapshot:?}");
+    if plausible {
+        // Restored at any later wall-clock time, the 10 s window holds no
+        // more requests or responses than the totals.
+        let later = u64::from(data.first().copied().unwrap_or(0)) * 50;
+        let mut stats = Stats::default();
+        restore(snapshot, &mut stats, snapshot.written_at_ms.saturating_add(later), 0);
+        let r = stats.report(0);
+        let t = &snapshot.totals;
+        assert!(r.request_rate_10s * 10.0 <= t.msg_req as f64 * (1.0 + 1e-9));
+        let answered = t.msg_ack as f64 + t.msg_nak as f64;
+        assert!(r.response_rate_10s * 10.0 <= answered * (1.0 + 1e-9));
+    }
+}
+
+fn check_unknown_fields(snapshot: &Snapshot, data: &[u8]) {
+    // Unknown fields anywhere never change what decodes...
+    let mut value: Value = serde_json::from_slice(&encode(snapshot)).unwrap();
+    let extra = extra_value(data);
+    let name = format!("x_{}", data.len());
+    value[name.as_str()] = extra.clone();
+    value["totals"][name.as_str()] = extra.clone();
+    if let Some(buckets) = value["window"].as_array_mut() {
+        for b in buckets {
+            b[name.as_str()] = extra.clone();
+        }
+    }
+    let with_extra = serde_json::to_vec(&value).unwrap();
+    assert_eq!(decode(&with_extra).as_ref(), Ok(snapshot));
+    // ...but another version is still refused.
+    value["version"] = json!(2 + data.len());
+    assert!(decode(&serde_json::to_vec(&value).unwrap()).is_err());
+}
+
+/// The window rules, written out the slow, obvious way.
+fn plainly_plausible(s: &Snapshot) -> bool {
+    if s.window.len() > BUCKETS {
+        return false;
+    }
+    let oldest = s.written_at_ms.saturating_sub(WINDOW_MS);
+    for (i, b) in s.window.iter().enumerate() {
+        if b.start_ms < oldest || b.start_ms > s.written_at_ms {
+            return false;
+        }
+        if s.window[..i].iter().any(|o| o.start_ms == b.start_ms) {
+            return false;
+        }
+    }
+    let req: u128 = s.window.iter().map(|b| u128::from(b.req)).sum();
+    let resp: u128 = s.window.iter().map(|b| u128::from(b.resp)).sum();
+    let answered = u128::from(s.totals.msg_ack) + u128::from(s.totals.msg_nak);
+    req <= u128::from(s.totals.msg_req) && resp <= answered
+}
+
+/// Some JSON built from the input: a string, a number and a nested array.
+fn extra_value(data: &[u8]) -> Value {
+    json!({
+        "s": String::from_utf8_lossy(data.get(..16).unwrap_or(data)),
+        "n": data.len(),
+        "a": [null, true, data.first()],
+    })
+}
+
+fn set_total(t: &mut Totals, field: usize, value: u64) {
+    let slot = match field {
+        0 => &mut t.msg_req,
+        1 => &mut t.msg_ack,
+        2 => &mut t.msg_nak,
+        3 => &mut t.invalid_client_to_server,
+        4 => &mut t.invalid_server_to_client,
+        5 => &mut t.connections_total,
+        6 => &mut t.upstream_errors,
+        7 => &mut t.bytes_client_to_server,
+        _ => &mut t.bytes_server_to_client,
+    };
+    *slot = value;
+}
+
+/// Every field from the input, 8 bytes per u64 (zero-padded at the end;
+/// totals reduced to at most `MAX_TOTAL`); what is left after the totals
+/// becomes window buckets.
 fn snapshot_from(data: &[u8]) -> Snapshot {
     let mut words = data.chunks(8).map(|c| {
         let mut b = [0u8; 8];
@@ -27,17 +139,10 @@ fn snapshot_from(data: &[u8]) -> Snapshot {
     });
     let mut next = || words.next().unwrap_or(0);
     let written_at_ms = next();
-    let totals = Totals {
-        msg_req: next(),
-        msg_ack: next(),
-        msg_nak: next(),
-        invalid_client_to_server: next(),
-        invalid_server_to_client: next(),
-        connections_total: next(),
-        upstream_errors: next(),
-        bytes_client_to_server: next(),
-        bytes_server_to_client: next(),
-    };
+    let mut totals = Totals::default();
+    for field in 0..9 {
+        set_total(&mut totals, field, next() % (MAX_TOTAL + 1));
+    }
     let mut window = Vec::new();
     loop {
         let (start_ms, counts) = (next(), next());
