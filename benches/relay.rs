@@ -625,7 +625,9 @@ fn run(args: Args) -> Result<(), String> {
         .map(Path::to_path_buf)
         .ok_or("no binary directory")?;
     let tmp = std::env::temp_dir().join(format!("foo-relay-bench-{}", std::process::id()));
-    fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {tmp:?}: {e}"))?;
+    // A new directory, never one (or a link) someone left at that name in
+    // the shared temp directory: the logs are then created inside ours.
+    fs::create_dir(&tmp).map_err(|e| format!("cannot create {tmp:?}: {e}"))?;
     let _cleanup = RemoveDir(tmp.clone());
 
     let limit = nofile_soft_limit();
