@@ -17,10 +17,11 @@
 //!    line on stdout; the admin HTTP socket ([`admin`], same loop, after the
 //!    data path each iteration) serves the same report as JSON or Prometheus
 //!    text, plus liveness and readiness.
-//! 6. **recover**: at most once a second, while counters change, a
-//!    [`recovery::Snapshot`] of the totals and the 10 s window goes to a
-//!    writer thread that replaces the recovery file atomically; the next
-//!    start restores it.
+//! 6. **recover**: before any socket is bound, the recovery path is checked
+//!    (a regular file or nothing) and locked (one owner). At most once a
+//!    second, while counters change, a [`recovery::Snapshot`] of the totals
+//!    and the 10 s window goes to a writer thread that replaces the recovery
+//!    file atomically; the next start restores it.
 //!
 //! Modules: [`cli`] (Go-compatible flags), [`log`] (stderr lines),
 //! [`scanner`], [`rates`] and [`stats`] (pure logic, clock passed in),
