@@ -607,6 +607,60 @@ fn a_second_proxy_on_the_same_path_refuses_naming_the_holder() {
     assert_eq!(second.report()["msg_req"], 4);
 }
 
+/// Two proxies started at the same instant, twenty times: each time exactly
+/// one owns the file and the other exits 1 (flock decides, not timing).
+#[test]
+fn two_proxies_started_together_leave_exactly_one_owner() {
+    use std::process::{Command, Stdio};
+    let dir = scratch("together");
+    let path = dir.join("recovery.json");
+    let flag = format!("-recovery-path={}", path.display());
+    let spawn = || {
+        KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_foo-proxy"))
+                .args(["-listen", "127.0.0.1:0", "-forward", "127.0.0.1:1"])
+                .args(["-http", "127.0.0.1:0", &flag])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    for round in 0..20 {
+        let mut pair = [spawn(), spawn()];
+        let deadline = Instant::now() + WAIT;
+        let (loser, code) = loop {
+            let exited = pair
+                .iter_mut()
+                .enumerate()
+                .find_map(|(i, c)| c.0.try_wait().unwrap().map(|s| (i, s.code())));
+            if let Some(found) = exited {
+                break found;
+            }
+            assert!(Instant::now() < deadline, "round {round}: neither exited");
+            thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(code, Some(1), "round {round}");
+        thread::sleep(Duration::from_millis(100));
+        let winner = pair.get_mut(1 - loser).unwrap();
+        assert!(
+            winner.0.try_wait().unwrap().is_none(),
+            "round {round}: no owner left"
+        );
+    }
+}
+
+/// A child process killed (and reaped) when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_planted_link_at_the_lock_name_is_refused_and_never_followed() {
     let dir = scratch("locklink");
