@@ -18,11 +18,11 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::log::civil_from_days;
+use crate::logging::{Throttle, civil_from_days};
 use crate::pipe::{interrupted, would_block};
 use crate::server::{Timer, Timers, describe};
 use crate::stats::{Report, Stats};
-use crate::{debug, info};
+use log::{debug, info};
 
 /// Longest request head; a longer one gets 431.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -38,6 +38,8 @@ const READ_CHUNK: usize = 4096;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Reads of discarded input per drive, so one client cannot hog the loop.
 const DISCARD_READS_PER_TURN: usize = 4;
+/// Access log lines per second; more are counted and the count logged.
+const ACCESS_LOG_BURST: u32 = 20;
 /// Connection tokens: `TOKEN_BASE + key`, far above any pair token.
 const TOKEN_BASE: usize = 1 << (usize::BITS - 2);
 
@@ -350,6 +352,18 @@ pub fn prometheus(r: &Report, start_unix: f64) -> String {
         &[("", r.resource_errors)],
     );
     metric(
+        "foo_log_lines_dropped_total",
+        "counter",
+        "Log lines dropped because stderr was not read fast enough.",
+        &[("", r.log_lines_dropped)],
+    );
+    metric(
+        "foo_reports_dropped_total",
+        "counter",
+        "SIGUSR2 reports dropped because stdout was not read.",
+        &[("", r.reports_dropped)],
+    );
+    metric(
         "foo_bytes_total",
         "counter",
         "Bytes relayed.",
@@ -571,6 +585,8 @@ pub struct Admin {
     accept_retry: Option<Instant>,
     next_id: u64,
     start_unix: f64,
+    /// The access log: a scraper in a tight loop must not flood stderr.
+    access_log: Throttle,
 }
 
 impl Admin {
@@ -599,6 +615,7 @@ impl Admin {
             accept_retry: None,
             next_id: 0,
             start_unix,
+            access_log: Throttle::with_burst(Duration::from_secs(1), ACCESS_LOG_BURST),
         })
     }
 
@@ -691,10 +708,19 @@ impl Admin {
             now: SystemTime::now(),
         };
         let mut cached: Option<Report> = None;
+        // Moved out for the closure while the loop below borrows `self`.
+        let mut access_log = std::mem::replace(&mut self.access_log, Throttle::new(DEADLINE));
         let mut answer = |head: &[u8], peer: IpAddr| {
             let mut get = || cached.get_or_insert_with(&mut *report).clone();
             let reply = respond(head, &facts, &mut get);
-            if let Reply::Done(a) = &reply {
+            if let Reply::Done(a) = &reply
+                && let Some(suppressed) = access_log.ready(now)
+            {
+                if suppressed > 0 {
+                    info!(
+                        "{suppressed} admin requests were not logged (over {ACCESS_LOG_BURST} a second)"
+                    );
+                }
                 info!("{}", access_line(peer, facts.now, a));
             }
             reply
@@ -724,6 +750,7 @@ impl Admin {
                 timers.insert((conn.deadline, conn.id, Timer::Admin(key)));
             }
         }
+        self.access_log = access_log;
     }
 
     /// A deadline fired: close the connection if it is still the same one.

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::log::Level;
+use crate::logging::Level;
 
 pub const USAGE: &str = "\
 foo-proxy: a counting proxy for the Foo line protocol

@@ -41,7 +41,8 @@
 pub mod admin;
 pub mod cli;
 pub mod driver;
-pub mod log;
+pub mod logging;
+pub mod output;
 pub mod pipe;
 pub mod pool;
 pub mod rates;

@@ -2,11 +2,18 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use foo_proxy::cli::{self, Command, USAGE};
+use foo_proxy::logging;
+use foo_proxy::output;
 use foo_proxy::recovery::Recovery;
 use foo_proxy::server::{Server, describe};
-use foo_proxy::{error, log};
+use log::error;
+
+/// How long the exit waits for queued report and log lines to be written:
+/// a reader that never reads must not hang it.
+const OUTPUT_FLUSH_WAIT: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let config = match cli::parse(std::env::args_os().skip(1).collect()) {
@@ -24,7 +31,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    log::set_level(config.log_level);
+    logging::init(config.log_level);
+    let code = start(config);
+    output::flush(OUTPUT_FLUSH_WAIT);
+    code
+}
+
+/// Claims the recovery file, binds, runs; the exit code.
+fn start(config: cli::Config) -> ExitCode {
     // Before any socket is bound: an unusable recovery path or a second
     // owner stops the start here, with no client left hanging.
     let recovery = match config.recovery_path.clone().map(Recovery::claim) {

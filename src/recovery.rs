@@ -31,11 +31,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::log::civil_from_days;
+use crate::logging::civil_from_days;
 use crate::rates::{BUCKET_MS, BUCKETS, Bucket};
 use crate::server::describe;
 use crate::stats::Stats;
-use crate::{debug, info, warn};
+use log::{debug, info, warn};
 
 /// The `format` field: tells our file from any other JSON, such as the
 /// reference proxy's own `recovery.json`.

@@ -2,7 +2,7 @@
 //! pair, and the signal pipe. All state lives here; nothing is shared.
 
 use std::collections::BTreeSet;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -14,12 +14,14 @@ use slab::Slab;
 
 use crate::admin::{self, Admin};
 use crate::cli::Config;
+use crate::logging::{Throttle, suppressed_note};
+use crate::output;
 use crate::pipe::{Ctx, Fault, Pipe, Side, interrupted, would_block};
 use crate::pool::Pool;
 use crate::recovery::Recovery;
 use crate::scanner::Direction;
 use crate::stats::{Report, Stats};
-use crate::{debug, info, warn};
+use log::{debug, info, warn};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -33,8 +35,9 @@ const POOL_CAP: usize = 32;
 const READS_PER_TURN: usize = 4;
 /// How long accepting pauses after running out of descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// At most one upstream-failure warning per this interval.
-const UPSTREAM_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// At most one line per this interval for each warning a peer can trigger
+/// over and over (upstream failures, the connection limit, accept errors).
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 fn client_token(key: usize) -> Token {
     Token(PAIR_BASE + 2 * key)
@@ -247,36 +250,6 @@ fn connect_from(addrs: &[SocketAddr], from: usize) -> Result<(usize, TcpStream),
     Err(last)
 }
 
-/// Logs at most one line per interval for a repeating warning.
-struct Throttle {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttle {
-    fn new() -> Self {
-        Throttle {
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// Returns how many were suppressed since the last line when it is time
-    /// to log again.
-    fn ready(&mut self, now: Instant, interval: Duration) -> Option<u64> {
-        match self.last {
-            Some(t) if now.duration_since(t) < interval => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 /// The proxy: owns every socket, buffer, counter and deadline.
 pub struct Server {
     poll: Poll,
@@ -304,6 +277,8 @@ pub struct Server {
     /// Accepting should be retried now (backlog left from a pause).
     accept_again: bool,
     upstream_log: Throttle,
+    limit_log: Throttle,
+    accept_log: Throttle,
     /// SIGTERM/SIGINT seen: connections get until this instant to finish.
     drain_deadline: Option<Instant>,
     stopping: bool,
@@ -356,7 +331,9 @@ impl Server {
             exhausted_logged: false,
             at_limit: false,
             accept_again: false,
-            upstream_log: Throttle::new(),
+            upstream_log: Throttle::new(LOG_INTERVAL),
+            limit_log: Throttle::new(LOG_INTERVAL),
+            accept_log: Throttle::new(LOG_INTERVAL),
             drain_deadline: None,
             stopping: false,
             recovery: None,
@@ -548,11 +525,10 @@ impl Server {
         );
     }
 
+    /// Queues the report for the stdout writer; a full queue (stdout not
+    /// read) drops it and counts it, so the loop never waits.
     fn print_report(&mut self, now: Instant) {
-        let line = self.report(now).to_json();
-        let mut out = io::stdout().lock();
-        // A closed stdout must not stop the proxy.
-        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        output::report(&self.report(now).to_json());
     }
 
     fn accept_clients(&mut self, now: Instant) {
@@ -564,11 +540,15 @@ impl Server {
             if self.pairs.len() >= self.config.max_connections {
                 // New clients wait in the kernel backlog until we are below 90 %.
                 self.at_limit = true;
-                self.stats.connection_limit_hits += 1;
-                info!(
-                    "connection limit {} reached; new clients wait until below 90 %",
-                    self.config.max_connections
-                );
+                self.stats.connection_limit_hits =
+                    self.stats.connection_limit_hits.saturating_add(1);
+                if let Some(suppressed) = self.limit_log.ready(now) {
+                    info!(
+                        "connection limit {} reached; new clients wait until below 90 %{}",
+                        self.config.max_connections,
+                        suppressed_note(suppressed)
+                    );
+                }
                 return;
             }
             let Some(listener) = self.listener.as_ref() else {
@@ -586,7 +566,15 @@ impl Server {
                     self.exhausted(&format!("cannot accept on {}", self.local_addr), &e, now);
                     return;
                 }
-                Err(e) => debug!("accept failed: {}", describe(&e)),
+                Err(e) => {
+                    if let Some(suppressed) = self.accept_log.ready(now) {
+                        debug!(
+                            "accept failed: {}{}",
+                            describe(&e),
+                            suppressed_note(suppressed)
+                        );
+                    }
+                }
             }
             if self.accept_paused_until.is_some() {
                 return;
@@ -604,7 +592,13 @@ impl Server {
             client_token(key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
-            warn!("cannot poll client {peer}: {}", describe(&e));
+            if let Some(suppressed) = self.accept_log.ready(now) {
+                warn!(
+                    "cannot poll client {peer}: {}{}",
+                    describe(&e),
+                    suppressed_note(suppressed)
+                );
+            }
             return;
         }
         self.stats.connections_total += 1;
@@ -656,16 +650,12 @@ impl Server {
     /// Counts an unreachable upstream and logs it, throttled.
     fn upstream_failed(&mut self, err: &io::Error, now: Instant) {
         self.stats.upstream_errors += 1;
-        if let Some(suppressed) = self.upstream_log.ready(now, UPSTREAM_LOG_INTERVAL) {
-            let more = if suppressed > 0 {
-                format!(" ({suppressed} more since the last warning)")
-            } else {
-                String::new()
-            };
+        if let Some(suppressed) = self.upstream_log.ready(now) {
             warn!(
-                "cannot reach upstream {}: {}; closing the client{more}",
+                "cannot reach upstream {}: {}; closing the client{}",
                 self.config.forward_spec,
-                describe(err)
+                describe(err),
+                suppressed_note(suppressed)
             );
         }
     }
@@ -880,6 +870,8 @@ fn ms_since(start: Instant, now: Instant) -> u64 {
 fn report(stats: &mut Stats, pairs: &Slab<Pair>, start: Instant, now: Instant) -> Report {
     Report {
         buffered_bytes: pairs.iter().map(|(_, p)| p.buffered() as u64).sum(),
+        log_lines_dropped: output::log_lines_dropped(),
+        reports_dropped: output::reports_dropped(),
         ..stats.report(ms_since(start, now))
     }
 }

@@ -51,6 +51,10 @@ pub struct Report {
     pub upstream_errors: u64,
     pub connection_limit_hits: u64,
     pub resource_errors: u64,
+    /// Log lines dropped because stderr was not read fast enough.
+    pub log_lines_dropped: u64,
+    /// SIGUSR2/SIGUSR1 reports dropped because stdout was not read.
+    pub reports_dropped: u64,
     pub bytes_client_to_server: u64,
     pub bytes_server_to_client: u64,
     pub buffered_bytes: u64,
@@ -120,6 +124,10 @@ impl Stats {
             upstream_errors: self.upstream_errors,
             connection_limit_hits: self.connection_limit_hits,
             resource_errors: self.resource_errors,
+            // Kept by the output writers, not by the counters: the loop
+            // fills them in.
+            log_lines_dropped: 0,
+            reports_dropped: 0,
             bytes_client_to_server: self.bytes_client_to_server,
             bytes_server_to_client: self.bytes_server_to_client,
             // Held by the pairs, not by the counters: the loop fills it in.

@@ -233,6 +233,8 @@ fn metrics_speaks_prometheus_to_a_scraper_and_json_to_curl() {
         ("foo_upstream_errors_total", PrometheusType::Counter),
         ("foo_connection_limit_hits_total", PrometheusType::Counter),
         ("foo_resource_errors_total", PrometheusType::Counter),
+        ("foo_log_lines_dropped_total", PrometheusType::Counter),
+        ("foo_reports_dropped_total", PrometheusType::Counter),
         ("foo_bytes_total", PrometheusType::Counter),
         ("foo_connections_active", PrometheusType::Gauge),
         ("foo_buffered_bytes", PrometheusType::Gauge),
@@ -248,7 +250,7 @@ fn metrics_speaks_prometheus_to_a_scraper_and_json_to_curl() {
         assert_eq!(text.matches(&format!("# HELP {family} ")).count(), 1);
         assert_eq!(text.matches(&format!("# TYPE {family} ")).count(), 1);
     }
-    assert_eq!(exposition.families.len(), 11, "{text}");
+    assert_eq!(exposition.families.len(), 13, "{text}");
     assert!(!text.contains("rate"), "no precomputed rates: {text}");
     assert_eq!(sample(&text, "foo_messages_total", &["req"]).1, 5.0);
     let version = env!("CARGO_PKG_VERSION");
@@ -612,6 +614,29 @@ fn each_admin_request_is_one_common_log_format_line() {
     clf(lines[1], "GET /stats HTTP/1.1", "200");
     clf(lines[2], "GET /nope HTTP/1.1", "404");
     clf(lines[3], "-", "400");
+}
+
+#[test]
+fn a_tight_loop_of_admin_requests_logs_at_most_20_access_lines_a_second() {
+    let proxy = Proxy::start("127.0.0.1:1", &[]);
+    for _ in 0..100 {
+        assert_eq!(get(&proxy, "/health").status, 200);
+    }
+    thread::sleep(Duration::from_millis(1100));
+    assert_eq!(get(&proxy, "/health").status, 200);
+    let deadline = Instant::now() + WAIT;
+    while !proxy.stderr().contains("were not logged") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let log = proxy.stderr();
+    let logged = log.lines().filter(|l| l.contains("\"GET /health")).count();
+    let suppressed: u64 = log
+        .lines()
+        .filter_map(|l| l.split(" INFO ").nth(1)?.strip_suffix(" a second)"))
+        .filter_map(|l| l.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(logged < 101, "every request was logged:\n{log}");
+    assert_eq!(logged as u64 + suppressed, 101, "{log}");
 }
 
 #[test]

@@ -67,6 +67,27 @@ fn at_the_connection_limit_new_clients_wait_and_resume_below_90_percent() {
 }
 
 #[test]
+fn the_connection_limit_line_is_logged_once_per_interval_not_per_hit() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(&server.addr.to_string(), &["--max-connections", "1"]);
+    // With a limit of 1 every accepted client reaches it again.
+    for seq in 1..=30 {
+        let mut c = proxy.connect();
+        assert_eq!(round_trip(&mut c, seq), answer(seq));
+        drop(c);
+        proxy.report_until(|r| r["connections_active"] == 0);
+    }
+    let r = proxy.report();
+    assert!(r["connection_limit_hits"].as_u64().unwrap() >= 30, "{r}");
+    let lines = proxy
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("connection limit 1 reached"))
+        .count();
+    assert_eq!(lines, 1, "{}", proxy.stderr());
+}
+
+#[test]
 fn descriptor_exhaustion_pauses_accepting_without_spinning_and_recovers() {
     let server = FooServer::start(ServerOpts::default());
     let bin = env!("CARGO_BIN_EXE_foo-proxy");

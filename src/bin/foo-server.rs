@@ -21,10 +21,10 @@ use foo_proxy::cli::{self, CliError};
 use foo_proxy::driver::proto::push_answer;
 use foo_proxy::driver::rng::{Rng, seed_from_clock};
 use foo_proxy::driver::wire::{Filled, LineReader, Outbox};
-use foo_proxy::log::{self, Level};
+use foo_proxy::logging::{self, Level};
 use foo_proxy::pipe::{interrupted, would_block};
 use foo_proxy::server::describe;
-use foo_proxy::{debug, error, info, warn};
+use log::{debug, error, info, warn};
 
 const USAGE: &str = "\
 foo-server: a Foo server for trying foo-proxy
@@ -324,19 +324,22 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    log::set_level(config.log_level);
+    logging::init(config.log_level);
     let mut server = match Server::bind(config) {
         Ok(server) => server,
         Err(e) => {
             error!("{e}");
+            foo_proxy::output::flush(std::time::Duration::from_secs(1));
             return ExitCode::from(1);
         }
     };
-    match server.run() {
+    let code = match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("event loop failed: {}", describe(&e));
             ExitCode::from(1)
         }
-    }
+    };
+    foo_proxy::output::flush(std::time::Duration::from_secs(1));
+    code
 }
