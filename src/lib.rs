@@ -41,6 +41,7 @@
 pub mod admin;
 pub mod cli;
 pub mod driver;
+pub mod linger;
 pub mod logging;
 pub mod output;
 pub mod pipe;

@@ -134,8 +134,15 @@ impl Pipe {
         self.scanner.direction()
     }
 
-    /// Writes pending bytes to `dst` until it would block or they are gone.
-    fn flush(&mut self, dst: &mut Side, pool: &mut Pool) -> Result<bool, Fault> {
+    /// True when the source's bytes so far end on a frame boundary (after a
+    /// newline, or none yet): a partial last line is not pending.
+    pub fn at_frame_boundary(&self) -> bool {
+        self.scanner.at_frame_start()
+    }
+
+    /// Writes pending bytes to `dst` until it would block or they are gone;
+    /// true when some were written.
+    pub fn flush_to(&mut self, dst: &mut Side, pool: &mut Pool) -> Result<bool, Fault> {
         let mut progress = false;
         while let Some(buf) = self.buf.as_mut() {
             if !dst.writable {
@@ -178,7 +185,7 @@ impl Pipe {
         loop {
             let mut progress = false;
             if dst_open {
-                progress |= self.flush(dst, ctx.pool)?;
+                progress |= self.flush_to(dst, ctx.pool)?;
                 out.moved |= progress;
             }
             let space = limit.saturating_sub(self.pending());

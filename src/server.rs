@@ -2,7 +2,7 @@
 //! pair, and the signal pipe. All state lives here; nothing is shared.
 
 use std::collections::BTreeSet;
-use std::io::{self, Read};
+use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use slab::Slab;
 
 use crate::admin::{self, Admin};
 use crate::cli::Config;
+use crate::linger::{self, Linger};
 use crate::logging::{Throttle, suppressed_note};
 use crate::output;
 use crate::pipe::{Ctx, Fault, Pipe, Side, interrupted, would_block};
@@ -28,6 +29,12 @@ const SIGNALS: Token = Token(1);
 const ADMIN: Token = Token(2);
 /// Pair tokens start here: `PAIR_BASE + 2 * key` is the client, `+ 1` the server.
 const PAIR_BASE: usize = 16;
+/// Lingering clients: `LINGER_BASE + key`, above every pair token and below
+/// the admin connections' tokens.
+const LINGER_BASE: usize = 1 << (usize::BITS - 3);
+/// At exit (drain over, or a second signal) lingering clients get at most
+/// this long for their EOF, so a client that never closes cannot hang it.
+const EXIT_LINGER: Duration = Duration::from_millis(500);
 
 /// Free buffers kept for reuse; more than this go back to the allocator.
 const POOL_CAP: usize = 32;
@@ -53,6 +60,18 @@ fn pair_of(token: Token) -> Option<(usize, bool)> {
     Some((n / 2, n % 2 == 0))
 }
 
+fn linger_token(key: usize) -> Token {
+    Token(LINGER_BASE + key)
+}
+
+/// The lingering client a token names, if it is one.
+fn linger_of(token: Token) -> Option<usize> {
+    token
+        .0
+        .checked_sub(LINGER_BASE)
+        .filter(|k| *k < LINGER_BASE)
+}
+
 /// What a deadline in [`Timers`] is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Timer {
@@ -62,6 +81,8 @@ pub(crate) enum Timer {
     Admin(usize),
     /// Retry accepting admin clients after running out of descriptors.
     AdminAccept,
+    /// The bound of a lingering client, by its slab key.
+    Linger(usize),
 }
 
 /// Every deadline of the loop, soonest first: `(when, owner id, what)`.
@@ -124,10 +145,19 @@ struct Pair {
     scheduled: bool,
 }
 
+/// How a pair ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client reset or failed: close both sides now.
+    Abort,
+    /// Done with the client: close the upstream, then a lingering close.
+    Linger,
+}
+
 /// What the loop must do with a pair after driving it.
 #[derive(Debug, Default)]
 struct Drive {
-    close: bool,
+    end: Option<End>,
     requeue: bool,
     /// The pair entered its closing phase: bound it with the fin timeout.
     closing: bool,
@@ -150,7 +180,7 @@ impl Pair {
                 }
                 Err(Fault::Source(e)) => {
                     debug!("pair {}: client read failed: {}", self.id, describe(&e));
-                    out.close = true;
+                    out.end = Some(End::Abort);
                     return out;
                 }
                 Err(Fault::Destination(e)) => {
@@ -177,15 +207,14 @@ impl Pair {
                 }
                 Err(Fault::Destination(e)) => {
                     debug!("pair {}: client write failed: {}", self.id, describe(&e));
-                    out.close = true;
+                    out.end = Some(End::Abort);
                     return out;
                 }
             }
         }
         if self.server_done {
-            self.c2s.discard(ctx.pool);
-            out.closing = true;
-            out.close = self.s2c.pending() == 0;
+            // What the server sent is delivered by the lingering close.
+            out.end = Some(End::Linger);
             out.requeue = false;
             return out;
         }
@@ -202,15 +231,22 @@ impl Pair {
                 }
             }
             // A Foo server answers each line with one line: once every line
-            // the client sent is answered and delivered, nothing is left.
-            out.close =
-                self.upstream_shut && self.s2c.pending() == 0 && self.s2c.lines >= self.c2s.lines;
+            // the client sent is answered and delivered, nothing is left. A
+            // partial last line (no newline before the FIN) is answered too
+            // by servers that read to EOF: wait for one more line then.
+            let sent = self
+                .c2s
+                .lines
+                .saturating_add(u64::from(!self.c2s.at_frame_boundary()));
+            if self.upstream_shut && self.s2c.pending() == 0 && self.s2c.lines >= sent {
+                out.end = Some(End::Linger);
+            }
         }
         out
     }
 
     fn buffered(&self) -> usize {
-        self.c2s.pending() + self.s2c.pending()
+        self.c2s.pending().saturating_add(self.s2c.pending())
     }
 }
 
@@ -258,6 +294,9 @@ pub struct Server {
     local_addr: SocketAddr,
     signals: Signals,
     pairs: Slab<Pair>,
+    /// Clients in their lingering close; they count as connections.
+    lingering: Slab<Linger>,
+    linger_work: Vec<usize>,
     config: Config,
     pool: Pool,
     scratch: Box<[u8]>,
@@ -281,6 +320,8 @@ pub struct Server {
     accept_log: Throttle,
     /// SIGTERM/SIGINT seen: connections get until this instant to finish.
     drain_deadline: Option<Instant>,
+    /// The drain is over: lingering clients get until this instant.
+    exit_deadline: Option<Instant>,
     stopping: bool,
     /// The recovery file main claimed before `bind` (`set_recovery`);
     /// `run` restores it. `None` when disabled.
@@ -318,6 +359,8 @@ impl Server {
             local_addr,
             signals,
             pairs: Slab::new(),
+            lingering: Slab::new(),
+            linger_work: Vec::new(),
             config,
             pool: Pool::new(buffer_size, POOL_CAP),
             scratch: vec![0u8; buffer_size].into_boxed_slice(),
@@ -335,6 +378,7 @@ impl Server {
             limit_log: Throttle::new(LOG_INTERVAL),
             accept_log: Throttle::new(LOG_INTERVAL),
             drain_deadline: None,
+            exit_deadline: None,
             stopping: false,
             recovery: None,
         })
@@ -404,7 +448,10 @@ impl Server {
                     }
                     token => match (admin::key_of(token), self.admin.as_mut()) {
                         (Some(key), Some(admin)) => admin.note_event(key),
-                        _ => self.note_event(token, event, now),
+                        _ => match linger_of(token) {
+                            Some(key) => self.note_linger_event(key, event),
+                            None => self.note_event(token, event, now),
+                        },
                     },
                 }
             }
@@ -412,6 +459,7 @@ impl Server {
                 self.accept_clients(now);
             }
             self.drive_work(now);
+            self.drive_lingering();
             self.drive_admin(now);
             self.fire_timers(now);
             if std::mem::take(&mut self.accept_again) {
@@ -423,17 +471,26 @@ impl Server {
                 recovery.tick(&mut self.stats, now, now_ms);
             }
             if let Some(deadline) = self.drain_deadline
-                && (self.pairs.is_empty() || now >= deadline)
+                && self.exit_deadline.is_none()
+                && (self.connections() == 0 || now >= deadline)
+            {
+                self.begin_exit(now);
+            }
+            if let Some(deadline) = self.exit_deadline
+                && (self.lingering.is_empty() || now >= deadline)
             {
                 self.stopping = true;
             }
         }
-        if !self.pairs.is_empty() {
-            info!("closing {} connection(s) still open", self.pairs.len());
+        if !self.lingering.is_empty() {
+            info!(
+                "closing {} lingering connection(s) at exit",
+                self.lingering.len()
+            );
         }
-        let keys: Vec<usize> = self.pairs.iter().map(|(k, _)| k).collect();
+        let keys: Vec<usize> = self.lingering.iter().map(|(k, _)| k).collect();
         for key in keys {
-            self.close(key, false);
+            self.end_linger(key);
         }
         if let Some(recovery) = self.recovery.take() {
             let now_ms = self.now_ms(Instant::now());
@@ -446,10 +503,14 @@ impl Server {
         if !self.work.is_empty() || self.admin.as_ref().is_some_and(Admin::has_work) {
             return Some(Duration::ZERO);
         }
+        if !self.linger_work.is_empty() {
+            return Some(Duration::ZERO);
+        }
         let next = [
             self.timers.first().map(|(t, _, _)| *t),
             self.accept_paused_until,
             self.drain_deadline,
+            self.exit_deadline,
             self.recovery.as_ref().and_then(Recovery::deadline),
         ]
         .into_iter()
@@ -470,22 +531,63 @@ impl Server {
         }
     }
 
-    /// First signal: stop accepting and drain. Second: stop now.
+    /// Client connections open, lingering ones included: what the
+    /// connection limit and `connections_active` count.
+    fn connections(&self) -> usize {
+        self.pairs.len().saturating_add(self.lingering.len())
+    }
+
+    /// First signal: stop accepting and drain. Second: end the drain (the
+    /// exit linger). Third: stop now.
     fn begin_shutdown(&mut self, now: Instant) {
-        if self.drain_deadline.is_some() || self.pairs.is_empty() {
+        if self.exit_deadline.is_some() {
             self.stopping = true;
             return;
         }
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
+        if self.drain_deadline.is_some() || self.connections() == 0 {
+            self.begin_exit(now);
+            return;
         }
-        self.accept_paused_until = None;
+        self.stop_listening();
         self.drain_deadline = Some(now + self.config.drain_timeout);
         info!(
             "draining: {} connection(s) get up to {:?} to finish; signal again to stop now",
             self.pairs.len(),
             self.config.drain_timeout
         );
+    }
+
+    fn stop_listening(&mut self) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.accept_paused_until = None;
+    }
+
+    /// The drain is over: every pair still open gets its lingering close,
+    /// and lingering clients get at most [`EXIT_LINGER`] more (never more
+    /// than `--fin-timeout`), so the exit is bounded.
+    fn begin_exit(&mut self, now: Instant) {
+        self.stop_listening();
+        let until = now + EXIT_LINGER.min(self.config.fin_timeout);
+        self.exit_deadline = Some(until);
+        if !self.pairs.is_empty() {
+            info!("closing {} connection(s) still open", self.pairs.len());
+        }
+        let keys: Vec<usize> = self.pairs.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.linger(key, until);
+        }
+        let keys: Vec<usize> = self.lingering.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(l) = self.lingering.get_mut(key)
+                && l.deadline > until
+            {
+                self.timers.remove(&(l.deadline, l.id, Timer::Linger(key)));
+                l.deadline = until;
+                self.timers.insert((until, l.id, Timer::Linger(key)));
+            }
+        }
     }
 
     /// Notes running out of descriptors or memory: pause accepting briefly
@@ -505,7 +607,13 @@ impl Server {
 
     /// The report as the admin socket and the signals show it.
     pub fn report(&mut self, now: Instant) -> Report {
-        report(&mut self.stats, &self.pairs, self.start, now)
+        report(
+            &mut self.stats,
+            &self.pairs,
+            &self.lingering,
+            self.start,
+            now,
+        )
     }
 
     /// Serves admin connections after the data path had its turn.
@@ -514,8 +622,9 @@ impl Server {
         let Some(admin) = self.admin.as_mut() else {
             return;
         };
-        let (stats, pairs, start) = (&mut self.stats, &self.pairs, self.start);
-        let mut report = || report(stats, pairs, start, now);
+        let (stats, pairs, lingering) = (&mut self.stats, &self.pairs, &self.lingering);
+        let start = self.start;
+        let mut report = || report(stats, pairs, lingering, start, now);
         admin.drive(
             self.poll.registry(),
             &mut self.timers,
@@ -537,7 +646,7 @@ impl Server {
         }
         self.accept_paused_until = None;
         loop {
-            if self.pairs.len() >= self.config.max_connections {
+            if self.connections() >= self.config.max_connections {
                 // New clients wait in the kernel backlog until we are below 90 %.
                 self.at_limit = true;
                 self.stats.connection_limit_hits =
@@ -601,17 +710,27 @@ impl Server {
             }
             return;
         }
-        self.stats.connections_total += 1;
+        self.stats.connections_total = self.stats.connections_total.saturating_add(1);
+        self.stats.connections_active = self.stats.connections_active.saturating_add(1);
+        self.next_id += 1;
+        let id = self.next_id;
+        debug!("pair {id}: client {peer} accepted");
         let (upstream, mut server) = match connect_from(&self.config.forward, 0) {
             Ok(ok) => ok,
-            Err(e) if resource_exhausted(&e) => {
-                let _ = registry.deregister(&mut client);
-                self.exhausted("cannot open an upstream socket", &e, now);
-                return;
-            }
             Err(e) => {
-                let _ = registry.deregister(&mut client);
-                self.upstream_failed(&e, now);
+                if resource_exhausted(&e) {
+                    self.exhausted("cannot open an upstream socket", &e, now);
+                } else {
+                    self.upstream_failed(&e, now);
+                }
+                let until = now + self.config.fin_timeout;
+                self.start_linger(
+                    id,
+                    Side::new(client),
+                    Pipe::new(Direction::ServerToClient),
+                    false,
+                    until,
+                );
                 return;
             }
         };
@@ -620,13 +739,17 @@ impl Server {
             server_token(key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
-            let _ = registry.deregister(&mut client);
             self.upstream_failed(&e, now);
+            let until = now + self.config.fin_timeout;
+            self.start_linger(
+                id,
+                Side::new(client),
+                Pipe::new(Direction::ServerToClient),
+                false,
+                until,
+            );
             return;
         }
-        self.next_id += 1;
-        let id = self.next_id;
-        debug!("pair {id}: client {peer} accepted");
         entry.insert(Pair {
             id,
             client: Side::new(client),
@@ -643,13 +766,12 @@ impl Server {
             last_active: now,
             scheduled: false,
         });
-        self.stats.connections_active += 1;
         self.set_deadline(key, Some(now + self.config.connect_timeout));
     }
 
     /// Counts an unreachable upstream and logs it, throttled.
     fn upstream_failed(&mut self, err: &io::Error, now: Instant) {
-        self.stats.upstream_errors += 1;
+        self.stats.upstream_errors = self.stats.upstream_errors.saturating_add(1);
         if let Some(suppressed) = self.upstream_log.ready(now) {
             warn!(
                 "cannot reach upstream {}: {}; closing the client{}",
@@ -698,6 +820,19 @@ impl Server {
         self.schedule(key);
     }
 
+    fn note_linger_event(&mut self, key: usize, event: &mio::event::Event) {
+        let Some(l) = self.lingering.get_mut(key) else {
+            return;
+        };
+        l.client.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+        l.client.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
+        l.client.read_closed |= event.is_read_closed() || event.is_error();
+        if !l.scheduled {
+            l.scheduled = true;
+            self.linger_work.push(key);
+        }
+    }
+
     fn schedule(&mut self, key: usize) {
         if let Some(pair) = self.pairs.get_mut(key)
             && !pair.scheduled
@@ -707,14 +842,15 @@ impl Server {
         }
     }
 
-    /// Tries the next forward address, or gives up on the pair.
+    /// Tries the next forward address, or gives up on the pair. Each
+    /// attempt gets the whole `--connect-timeout`.
     fn retry_connect(&mut self, key: usize, err: io::Error, now: Instant) {
         let Some(pair) = self.pairs.get_mut(key) else {
             return;
         };
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut pair.server.stream);
-        let next = connect_from(&self.config.forward, pair.upstream + 1);
+        let next = connect_from(&self.config.forward, pair.upstream.saturating_add(1));
         let registered = next.and_then(|(i, mut stream)| {
             registry
                 .register(
@@ -726,12 +862,22 @@ impl Server {
         });
         match registered {
             Ok((i, stream)) => {
+                debug!(
+                    "pair {}: upstream {} failed ({}); trying the next address",
+                    pair.id,
+                    self.config
+                        .forward
+                        .get(pair.upstream)
+                        .map_or_else(String::new, |a| a.to_string()),
+                    describe(&err)
+                );
                 pair.upstream = i;
                 pair.server = Side::new(stream);
+                self.set_deadline(key, Some(now + self.config.connect_timeout));
             }
             Err(_) => {
                 self.upstream_failed(&err, now);
-                self.close(key, false);
+                self.linger(key, now + self.config.fin_timeout);
             }
         }
     }
@@ -754,9 +900,16 @@ impl Server {
             if outcome.moved {
                 pair.last_active = now;
             }
-            if outcome.close {
-                self.close(key, true);
-                continue;
+            match outcome.end {
+                Some(End::Abort) => {
+                    self.abort(key);
+                    continue;
+                }
+                Some(End::Linger) => {
+                    self.linger(key, now + self.config.fin_timeout);
+                    continue;
+                }
+                None => {}
             }
             if outcome.closing && !pair.fin_armed {
                 pair.fin_armed = true;
@@ -764,6 +917,44 @@ impl Server {
             }
             if outcome.requeue {
                 self.schedule(key);
+            }
+        }
+    }
+
+    /// Drives the lingering clients that had an event, a bounded amount each.
+    fn drive_lingering(&mut self) {
+        let budget = READS_PER_TURN * self.config.buffer_size;
+        for key in std::mem::take(&mut self.linger_work) {
+            let Some(l) = self.lingering.get_mut(key) else {
+                continue;
+            };
+            l.scheduled = false;
+            match l.drive(&mut self.scratch, &mut self.pool, budget) {
+                linger::Step::Wait => {}
+                linger::Step::Requeue => {
+                    l.scheduled = true;
+                    self.linger_work.push(key);
+                }
+                linger::Step::Done => {
+                    debug!("pair {}: closed", l.id);
+                    self.end_linger(key);
+                }
+                linger::Step::Failed(e) => {
+                    debug!(
+                        "pair {}: client failed while lingering: {}",
+                        l.id,
+                        describe(&e)
+                    );
+                    self.end_linger(key);
+                }
+                linger::Step::TooMuch => {
+                    debug!(
+                        "pair {}: client sent over {} bytes after the FIN; closing",
+                        l.id,
+                        linger::MAX_DISCARD
+                    );
+                    self.end_linger(key);
+                }
             }
         }
     }
@@ -801,6 +992,13 @@ impl Server {
                     }
                     continue;
                 }
+                Timer::Linger(key) => {
+                    if self.lingering.get(key).is_some_and(|l| l.id == id) {
+                        debug!("pair {id}: lingering close reached its bound");
+                        self.end_linger(key);
+                    }
+                    continue;
+                }
             };
             let Some(pair) = self.pairs.get_mut(key) else {
                 continue;
@@ -811,51 +1009,115 @@ impl Server {
             pair.deadline = None;
             if pair.fin_armed {
                 debug!("pair {}: fin timeout", pair.id);
-                self.close(key, true);
+                self.linger(key, now + self.config.fin_timeout);
             } else if pair.connected {
                 let idle_until = pair.last_active + self.config.idle_timeout;
                 if idle_until <= now {
                     debug!("pair {}: idle timeout", pair.id);
-                    self.close(key, true);
+                    self.linger(key, now + self.config.fin_timeout);
                 } else {
                     self.set_deadline(key, Some(idle_until));
                 }
             } else {
                 let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
-                self.upstream_failed(&err, now);
-                self.close(key, false);
+                self.retry_connect(key, err, now);
             }
         }
     }
 
-    /// Closes a pair: deregister, shut down, remove. With `graceful`, the
-    /// client gets a FIN after everything already written.
-    fn close(&mut self, key: usize, graceful: bool) {
-        let Some(mut pair) = self.pairs.try_remove(key) else {
-            return;
-        };
+    /// Removes a pair from the slab, its deadline from the timers, both
+    /// sockets from the poll, and closes the upstream.
+    fn take_pair(&mut self, key: usize) -> Option<Pair> {
+        let mut pair = self.pairs.try_remove(key)?;
         if let Some(when) = pair.deadline.take() {
             self.timers.remove(&(when, pair.id, Timer::Pair(key)));
         }
         let registry = self.poll.registry();
-        let _ = registry.deregister(&mut pair.client.stream);
         let _ = registry.deregister(&mut pair.server.stream);
         pair.c2s.discard(&mut self.pool);
+        Some(pair)
+    }
+
+    /// The client reset or failed: close both sides now.
+    fn abort(&mut self, key: usize) {
+        let Some(mut pair) = self.take_pair(key) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut pair.client.stream);
         pair.s2c.discard(&mut self.pool);
-        if graceful {
-            let _ = pair.client.stream.shutdown(Shutdown::Write);
-            // Unread input would turn our close into a reset, which can
-            // destroy replies the client has not read yet: drain it first.
-            for _ in 0..READS_PER_TURN {
-                match pair.client.stream.read(&mut self.scratch) {
-                    Ok(n) if n > 0 => {}
-                    _ => break,
-                }
-            }
-        }
-        self.stats.connections_active = self.stats.connections_active.saturating_sub(1);
         debug!("pair {}: closed", pair.id);
-        if self.at_limit && self.pairs.len() * 10 < self.config.max_connections * 9 {
+        self.connection_closed();
+    }
+
+    /// Done with the client: the upstream is closed now, the client gets a
+    /// lingering close bounded by `until`.
+    fn linger(&mut self, key: usize, until: Instant) {
+        let Some(pair) = self.take_pair(key) else {
+            return;
+        };
+        let until = self.exit_deadline.map_or(until, |exit| exit.min(until));
+        self.start_linger(pair.id, pair.client, pair.s2c, pair.client_eof, until);
+    }
+
+    /// Moves a client into the lingering set, registered under a linger
+    /// token and driven at once.
+    fn start_linger(
+        &mut self,
+        id: u64,
+        mut client: Side,
+        mut s2c: Pipe,
+        client_eof: bool,
+        until: Instant,
+    ) {
+        if client_eof && s2c.pending() == 0 {
+            // Nothing to deliver and nothing more can arrive: close now.
+            let _ = self.poll.registry().deregister(&mut client.stream);
+            debug!("pair {id}: closed");
+            self.connection_closed();
+            return;
+        }
+        let entry = self.lingering.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().reregister(
+            &mut client.stream,
+            linger_token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            debug!(
+                "pair {id}: cannot poll the lingering client: {}",
+                describe(&e)
+            );
+            let _ = self.poll.registry().deregister(&mut client.stream);
+            s2c.discard(&mut self.pool);
+            self.connection_closed();
+            return;
+        }
+        // Try at once; the events say when to try again.
+        client.readable = true;
+        client.writable = true;
+        let mut l = Linger::new(id, client, s2c, client_eof, until);
+        l.scheduled = true;
+        entry.insert(l);
+        self.linger_work.push(key);
+        self.timers.insert((until, id, Timer::Linger(key)));
+    }
+
+    /// Ends a lingering close: the socket is closed (a reset if the bound
+    /// ran out with input unread).
+    fn end_linger(&mut self, key: usize) {
+        let Some(mut l) = self.lingering.try_remove(key) else {
+            return;
+        };
+        self.timers.remove(&(l.deadline, l.id, Timer::Linger(key)));
+        let _ = self.poll.registry().deregister(&mut l.client.stream);
+        l.release(&mut self.pool);
+        self.connection_closed();
+    }
+
+    /// A client connection is gone: gauges, and accepting below 90 %.
+    fn connection_closed(&mut self) {
+        self.stats.connections_active = self.stats.connections_active.saturating_sub(1);
+        if self.at_limit && self.connections() * 10 < self.config.max_connections * 9 {
             self.at_limit = false;
             self.accept_again = true;
         }
@@ -867,9 +1129,17 @@ fn ms_since(start: Instant, now: Instant) -> u64 {
 }
 
 /// The report SIGUSR2 prints and the admin socket serves.
-fn report(stats: &mut Stats, pairs: &Slab<Pair>, start: Instant, now: Instant) -> Report {
+fn report(
+    stats: &mut Stats,
+    pairs: &Slab<Pair>,
+    lingering: &Slab<Linger>,
+    start: Instant,
+    now: Instant,
+) -> Report {
+    let held = pairs.iter().map(|(_, p)| p.buffered());
+    let held = held.chain(lingering.iter().map(|(_, l)| l.pending()));
     Report {
-        buffered_bytes: pairs.iter().map(|(_, p)| p.buffered() as u64).sum(),
+        buffered_bytes: held.fold(0u64, |sum, n| sum.saturating_add(n as u64)),
         log_lines_dropped: output::log_lines_dropped(),
         reports_dropped: output::reports_dropped(),
         ..stats.report(ms_since(start, now))

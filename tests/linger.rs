@@ -1,0 +1,359 @@
+//! Lingering close: whenever the proxy closes a client, everything already
+//! queued reaches it, then a FIN, and never a reset while the client still
+//! sends. Each scenario runs many times so that a race shows.
+
+mod util;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Socket, Type};
+use util::*;
+
+const ANSWER_BYTES: usize = 128 * 1024;
+
+/// One answer line of `len` bytes: `ACK 1 xxxx...\n`.
+fn answer_of(len: usize) -> Vec<u8> {
+    let mut out = b"ACK 1 ".to_vec();
+    out.resize(len - 1, b'x');
+    out.push(b'\n');
+    out
+}
+
+fn big_answer() -> Vec<u8> {
+    answer_of(ANSWER_BYTES)
+}
+
+/// A client socket with a 64 KiB receive buffer (set before connecting, so
+/// the window is small from the start).
+fn small_window_client(addr: SocketAddr) -> TcpStream {
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    sock.set_send_buffer_size(16 * 1024).unwrap();
+    sock.connect_timeout(&addr.into(), WAIT).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// Reads slowly (8 KiB every 5 ms) until EOF or error. Returns the bytes
+/// and how the stream ended.
+fn read_slowly(s: &mut TcpStream) -> (Vec<u8>, Result<(), ErrorKind>) {
+    read_paced(s, 8 * 1024, Duration::from_millis(5))
+}
+
+/// Reads at once until EOF or error.
+fn read_fast(s: &mut TcpStream) -> (Vec<u8>, Result<(), ErrorKind>) {
+    read_paced(s, 256 * 1024, Duration::ZERO)
+}
+
+fn read_paced(
+    s: &mut TcpStream,
+    chunk: usize,
+    pause: Duration,
+) -> (Vec<u8>, Result<(), ErrorKind>) {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; chunk];
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, Ok(())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return (got, Err(e.kind())),
+        }
+        thread::sleep(pause);
+    }
+    (got, Err(ErrorKind::TimedOut))
+}
+
+/// How the test upstream behaves after its answer.
+#[derive(Clone, Copy, PartialEq)]
+enum After {
+    /// Half-close, read to the proxy's EOF, close: a clean server close.
+    Close,
+    /// Keep the connection open and never answer again.
+    Hang,
+}
+
+/// An upstream that answers `REQ 1` with `len` bytes, other lines not at all.
+fn big_answer_server(after: After, len: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            thread::spawn(move || {
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                while stream.read(&mut byte).unwrap_or(0) == 1 {
+                    line.push(byte[0]);
+                    if byte[0] == b'\n' {
+                        break;
+                    }
+                }
+                if line.starts_with(b"REQ 1 ") && stream.write_all(&answer_of(len)).is_err() {
+                    return;
+                }
+                if after == After::Close {
+                    let _ = stream.shutdown(Shutdown::Write);
+                }
+                let mut sink = vec![0u8; 64 * 1024];
+                let _ = stream.set_read_timeout(Some(WAIT));
+                while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_server_close_after_128_kib_reaches_a_slow_small_window_client_whole_then_eof() {
+    let upstream = big_answer_server(After::Close, ANSWER_BYTES);
+    let proxy = Proxy::start(&upstream.to_string(), &[]);
+    for round in 0..30 {
+        let mut c = small_window_client(proxy.addr);
+        c.write_all(b"REQ 1 big\n").unwrap();
+        let mut late = c.try_clone().unwrap();
+        // One more line while the answer is still on its way, 10 to 300 ms
+        // after it started: before and after the server's close.
+        let writer = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(10 + 10 * round));
+            let _ = late.write_all(b"REQ 2 late\n");
+        });
+        let (got, end) = read_slowly(&mut c);
+        writer.join().unwrap();
+        assert_eq!(
+            end,
+            Ok(()),
+            "round {round}: no clean EOF after {} bytes",
+            got.len()
+        );
+        assert_eq!(got.len(), ANSWER_BYTES, "round {round}");
+        assert!(got == big_answer(), "round {round}: bytes differ");
+    }
+    drop(proxy);
+}
+
+#[test]
+fn nothing_listening_upstream_a_client_that_sends_at_once_gets_eof_not_reset() {
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", dead_port()), &[]);
+    for round in 0..50 {
+        let mut c = proxy.connect();
+        c.write_all(b"REQ 1 x\n").unwrap();
+        let mut buf = [0u8; 16];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            other => panic!("round {round}: expected EOF, got {other:?}"),
+        }
+    }
+    let r = proxy.report_until(|r| r["connections_active"] == 0 && r["upstream_errors"] == 50);
+    assert_eq!(r["upstream_errors"], 50, "{r}");
+    assert_eq!(r["connections_active"], 0, "{r}");
+}
+
+#[test]
+fn the_fin_timeout_delivers_queued_answers_then_eof() {
+    const LEN: usize = 8 << 20;
+    let upstream = big_answer_server(After::Hang, LEN);
+    let proxy = Proxy::start(&upstream.to_string(), &["--fin-timeout", "300ms"]);
+    for round in 0..10 {
+        let before = relayed_so_far(&proxy);
+        let mut c = small_window_client(proxy.addr);
+        // The second line is never answered: the fin timeout ends the pair
+        // while most of the 8 MiB answer still waits for the reader.
+        c.write_all(b"REQ 1 big\nREQ 2 never\n").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        // The fin timeout fires at 300 ms; the lingering close gives the
+        // client another 300 ms to read what is queued.
+        thread::sleep(Duration::from_millis(450));
+        let (got, end) = read_fast(&mut c);
+        let what = format!("round {round}");
+        assert_eq!(
+            end,
+            Ok(()),
+            "{what}: no clean EOF after {} bytes",
+            got.len()
+        );
+        let relayed = relayed_so_far(&proxy) - before;
+        assert_eq!(
+            got.len() as u64,
+            relayed,
+            "{what}: bytes read by the proxy were lost"
+        );
+        assert!(answer_of(LEN).starts_with(&got), "{what}: bytes differ");
+    }
+}
+
+/// Sent by [`deaf_server`] as soon as a client connects: more than the
+/// kernels' buffers hold (they grow to 4 MiB), so some of it always waits in
+/// the proxy itself.
+const GREETING: usize = 8 << 20;
+
+/// An upstream that sends an 8 MiB greeting and never reads.
+fn deaf_server() -> (SocketAddr, Arc<Mutex<Vec<TcpStream>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let keep = keep.clone();
+            thread::spawn(move || {
+                let _ = stream.write_all(&answer_of(GREETING));
+                keep.lock().unwrap().push(stream);
+            });
+        }
+    });
+    (addr, held)
+}
+
+/// Writes one line after the proxy has closed (its input then is unread,
+/// which turns a plain close into a reset), then reads everything: a clean
+/// EOF after every byte the proxy had read from the server (`relayed`; the
+/// rest of the greeting was never read, the upstream is closed).
+fn late_line_then_all_relayed_and_eof(c: &mut TcpStream, proxy: &Proxy, before: u64, what: &str) {
+    c.write_all(b"REQ 9 late\n").unwrap();
+    thread::sleep(Duration::from_millis(20));
+    let (got, end) = read_fast(c);
+    assert_eq!(
+        end,
+        Ok(()),
+        "{what}: no clean EOF after {} bytes",
+        got.len()
+    );
+    assert_all_relayed(&got, proxy, before, what);
+}
+
+/// `got` is a prefix of the greeting as long as what the proxy read from
+/// the server since `before` (`bytes_server_to_client`).
+fn assert_all_relayed(got: &[u8], proxy: &Proxy, before: u64, what: &str) {
+    let relayed = proxy.report()["bytes_server_to_client"].as_u64().unwrap() - before;
+    assert!(relayed > 0, "{what}: nothing relayed");
+    assert_eq!(
+        got.len() as u64,
+        relayed,
+        "{what}: bytes read by the proxy were lost"
+    );
+    assert!(answer_of(GREETING).starts_with(got), "{what}: bytes differ");
+}
+
+fn relayed_so_far(proxy: &Proxy) -> u64 {
+    proxy.report()["bytes_server_to_client"].as_u64().unwrap()
+}
+
+#[test]
+fn an_idle_timeout_delivers_what_is_queued_and_survives_late_input() {
+    let (upstream, _held) = deaf_server();
+    let proxy = Proxy::start(&upstream.to_string(), &["--idle-timeout", "300ms"]);
+    for round in 0..5 {
+        let before = relayed_so_far(&proxy);
+        let mut c = small_window_client(proxy.addr);
+        // Nothing moves: the idle timeout fires while the client sleeps.
+        thread::sleep(Duration::from_millis(600));
+        late_line_then_all_relayed_and_eof(&mut c, &proxy, before, &format!("round {round}"));
+    }
+    let r = proxy.report_until(|r| r["connections_active"] == 0);
+    assert_eq!(r["connections_active"], 0, "{r}");
+}
+
+#[test]
+fn the_end_of_a_drain_delivers_what_is_queued_and_survives_late_input() {
+    for round in 0..3 {
+        let (upstream, _held) = deaf_server();
+        let mut proxy = Proxy::start(&upstream.to_string(), &["--drain-timeout", "200ms"]);
+        let mut c = small_window_client(proxy.addr);
+        thread::sleep(Duration::from_millis(100));
+        // What the proxy read stops growing once its buffers are full.
+        let relayed = relayed_so_far(&proxy);
+        proxy.signal("TERM");
+        // The drain ends at 200 ms; the exit linger gives 500 ms more.
+        thread::sleep(Duration::from_millis(250));
+        c.write_all(b"REQ 9 late\n").unwrap();
+        let (got, end) = read_fast(&mut c);
+        let what = format!("round {round}");
+        assert_eq!(
+            end,
+            Ok(()),
+            "{what}: no clean EOF after {} bytes",
+            got.len()
+        );
+        assert_eq!(
+            got.len() as u64,
+            relayed,
+            "{what}: bytes read by the proxy were lost"
+        );
+        assert!(
+            answer_of(GREETING).starts_with(&got),
+            "{what}: bytes differ"
+        );
+        drop(c);
+        assert_eq!(proxy.wait_exit(Duration::from_secs(5)), Some(0));
+    }
+}
+
+#[test]
+fn a_client_that_never_closes_is_released_at_the_linger_bound() {
+    let proxy = Proxy::start(
+        &format!("127.0.0.1:{}", dead_port()),
+        &["--fin-timeout", "300ms"],
+    );
+    let mut c = proxy.connect();
+    let mut buf = [0u8; 16];
+    assert_eq!(c.read(&mut buf).unwrap(), 0, "EOF first");
+    // The client holds its socket open: the proxy keeps it (counted) until
+    // the bound, then lets go.
+    assert_eq!(proxy.report()["connections_active"], 1);
+    let started = Instant::now();
+    let r = proxy.report_until(|r| r["connections_active"] == 0);
+    assert_eq!(r["connections_active"], 0, "{r}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// A server like the reference: answers every line, and a last line
+/// without a newline once the client's EOF arrives; never closes.
+fn answers_the_partial_line_at_eof() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            thread::spawn(move || {
+                let mut all = Vec::new();
+                let _ = stream.read_to_end(&mut all);
+                for line in all.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    let seq = String::from_utf8_lossy(line)
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or("0")
+                        .to_string();
+                    let _ = stream.write_all(format!("ACK {seq} ok\n").as_bytes());
+                }
+                thread::sleep(WAIT);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_half_close_after_a_partial_last_line_waits_for_its_answer() {
+    let upstream = answers_the_partial_line_at_eof();
+    let proxy = Proxy::start(&upstream.to_string(), &["--fin-timeout", "3s"]);
+    for round in 0..10 {
+        let mut c = proxy.connect();
+        c.write_all(b"REQ 6 a\nREQ 7 x").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let started = Instant::now();
+        let (got, eof) = read_to_eof(&mut c);
+        assert!(eof, "round {round}");
+        assert_eq!(got, b"ACK 6 ok\nACK 7 ok\n", "round {round}");
+        // The answer, not the fin timeout, ended it.
+        assert!(started.elapsed() < Duration::from_secs(2), "round {round}");
+    }
+}
