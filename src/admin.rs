@@ -664,7 +664,7 @@ impl Admin {
                 continue;
             }
             let _ = stream.set_nodelay(true);
-            self.next_id += 1;
+            self.next_id = self.next_id.wrapping_add(1);
             let deadline = now + DEADLINE;
             timers.insert((deadline, self.next_id, Timer::Admin(key)));
             entry.insert(Conn {

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         }
     };
     logging::init(config.log_level);
+    foo_proxy::server::catch_stray_signals();
     let code = start(config);
     output::flush(OUTPUT_FLUSH_WAIT);
     code

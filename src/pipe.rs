@@ -12,7 +12,7 @@ use mio::net::TcpStream;
 
 use crate::pool::Pool;
 use crate::scanner::{Direction, FrameCounts, Scanner};
-use crate::stats::Stats;
+use crate::stats::{Stats, add};
 
 pub fn would_block(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::WouldBlock
@@ -116,16 +116,16 @@ impl Pipe {
     fn account(&mut self, bytes: &[u8], stats: &mut Stats) {
         let mut delta = FrameCounts::default();
         self.scanner.scan(bytes, &mut delta);
-        self.lines += delta.lines();
+        self.lines = self.lines.saturating_add(delta.lines());
         let n = bytes.len() as u64;
         match self.scanner_direction() {
             Direction::ClientToServer => {
                 stats.add_client_frames(&delta);
-                stats.bytes_client_to_server += n;
+                add(&mut stats.bytes_client_to_server, n);
             }
             Direction::ServerToClient => {
                 stats.add_server_frames(&delta);
-                stats.bytes_server_to_client += n;
+                add(&mut stats.bytes_server_to_client, n);
             }
         }
     }

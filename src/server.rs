@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::consts::{
+    SIGALRM, SIGHUP, SIGINT, SIGPROF, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGVTALRM,
+    SIGXFSZ,
+};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -45,6 +48,34 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one line per this interval for each warning a peer can trigger
 /// over and over (upstream failures, the connection limit, accept errors).
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Signals handled by the loop. Besides the reports and the stops, every
+/// signal whose default action would kill or stop the process and that can
+/// plausibly arrive is caught and ignored with a log line: SIGHUP (a closed
+/// terminal, a reload by habit), SIGXFSZ (a file over RLIMIT_FSIZE: the
+/// write returns EFBIG instead), SIGTTIN/SIGTTOU (terminal job control),
+/// SIGALRM/SIGVTALRM/SIGPROF (timers survive `exec`). SIGPIPE is ignored by
+/// the Rust runtime; writes get EPIPE.
+const HANDLED_SIGNALS: [i32; 11] = [
+    SIGUSR1, SIGUSR2, SIGTERM, SIGINT, SIGHUP, SIGXFSZ, SIGTTIN, SIGTTOU, SIGALRM, SIGVTALRM,
+    SIGPROF,
+];
+
+/// Catches the signals the loop ignores from the very start of `main`, so
+/// that one arriving before the loop's own handlers are installed (a
+/// SIGXFSZ from the recovery file's start-up probe, a SIGHUP) cannot kill
+/// the process. The loop's [`Signals`] later log them.
+pub fn catch_stray_signals() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let seen = Arc::new(AtomicBool::new(false));
+    for signal in HANDLED_SIGNALS {
+        if !matches!(signal, SIGUSR1 | SIGUSR2 | SIGTERM | SIGINT) {
+            // Best effort: a signal that cannot be caught keeps its default.
+            let _ = signal_hook::flag::register(signal, seen.clone());
+        }
+    }
+}
 
 fn client_token(key: usize) -> Token {
     Token(PAIR_BASE + 2 * key)
@@ -318,6 +349,7 @@ pub struct Server {
     upstream_log: Throttle,
     limit_log: Throttle,
     accept_log: Throttle,
+    signal_log: Throttle,
     /// SIGTERM/SIGINT seen: connections get until this instant to finish.
     drain_deadline: Option<Instant>,
     /// The drain is over: lingering clients get until this instant.
@@ -343,7 +375,7 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| format!("cannot poll listener: {}", describe(&e)))?;
-        let mut signals = Signals::new([SIGUSR1, SIGUSR2, SIGTERM, SIGINT])
+        let mut signals = Signals::new(HANDLED_SIGNALS)
             .map_err(|e| format!("cannot install signal handlers: {}", describe(&e)))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
@@ -377,6 +409,7 @@ impl Server {
             upstream_log: Throttle::new(LOG_INTERVAL),
             limit_log: Throttle::new(LOG_INTERVAL),
             accept_log: Throttle::new(LOG_INTERVAL),
+            signal_log: Throttle::new(Duration::from_secs(1)),
             drain_deadline: None,
             exit_deadline: None,
             stopping: false,
@@ -526,7 +559,15 @@ impl Server {
             match signal {
                 SIGUSR1 | SIGUSR2 => self.print_report(now),
                 SIGTERM | SIGINT => self.begin_shutdown(now),
-                _ => {}
+                other => {
+                    if let Some(suppressed) = self.signal_log.ready(now) {
+                        let name = signal_hook::low_level::signal_name(other).unwrap_or("a signal");
+                        warn!(
+                            "ignoring {name} (SIGTERM or SIGINT stops the proxy){}",
+                            suppressed_note(suppressed)
+                        );
+                    }
+                }
             }
         }
     }
@@ -593,7 +634,7 @@ impl Server {
     /// Notes running out of descriptors or memory: pause accepting briefly
     /// (the pause is folded into the poll timeout, so no busy loop).
     fn exhausted(&mut self, what: &str, err: &io::Error, now: Instant) {
-        self.stats.resource_errors += 1;
+        self.stats.resource_errors = self.stats.resource_errors.saturating_add(1);
         if !self.exhausted_logged {
             warn!(
                 "{what}: {}; pausing accepts for {:?} at a time until it recovers",
@@ -712,7 +753,7 @@ impl Server {
         }
         self.stats.connections_total = self.stats.connections_total.saturating_add(1);
         self.stats.connections_active = self.stats.connections_active.saturating_add(1);
-        self.next_id += 1;
+        self.next_id = self.next_id.wrapping_add(1);
         let id = self.next_id;
         debug!("pair {id}: client {peer} accepted");
         let (upstream, mut server) = match connect_from(&self.config.forward, 0) {

@@ -62,19 +62,27 @@ pub struct Report {
 }
 
 impl Stats {
-    /// Adds frames scanned from one read of client bytes.
+    /// Adds frames scanned from one read of client bytes. Every counter
+    /// saturates: a total restored near `u64::MAX` must not wrap or panic.
     pub fn add_client_frames(&mut self, delta: &FrameCounts) {
-        self.msg_req += delta.req;
-        self.pending_req += delta.req;
-        self.invalid_client_to_server += delta.invalid + delta.ack + delta.nak;
+        add(&mut self.msg_req, delta.req);
+        add(&mut self.pending_req, delta.req);
+        let invalid = delta
+            .invalid
+            .saturating_add(delta.ack)
+            .saturating_add(delta.nak);
+        add(&mut self.invalid_client_to_server, invalid);
     }
 
     /// Adds frames scanned from one read of server bytes.
     pub fn add_server_frames(&mut self, delta: &FrameCounts) {
-        self.msg_ack += delta.ack;
-        self.msg_nak += delta.nak;
-        self.pending_resp += delta.ack + delta.nak;
-        self.invalid_server_to_client += delta.invalid + delta.req;
+        add(&mut self.msg_ack, delta.ack);
+        add(&mut self.msg_nak, delta.nak);
+        add(&mut self.pending_resp, delta.ack.saturating_add(delta.nak));
+        add(
+            &mut self.invalid_server_to_client,
+            delta.invalid.saturating_add(delta.req),
+        );
     }
 
     /// Moves the messages counted since the last call into the rate window.
@@ -137,6 +145,11 @@ impl Stats {
     }
 }
 
+/// `counter += n`, stopping at `u64::MAX`.
+pub fn add(counter: &mut u64, n: u64) {
+    *counter = counter.saturating_add(n);
+}
+
 impl Report {
     /// One line of JSON, without the newline.
     pub fn to_json(&self) -> String {
@@ -162,6 +175,34 @@ mod tests {
         };
         assert_eq!(stats.msg_total(), u64::MAX);
         assert_eq!(stats.msg_invalid(), u64::MAX);
+    }
+
+    #[test]
+    fn counters_near_the_top_saturate_instead_of_wrapping_or_panicking() {
+        let mut stats = Stats {
+            msg_req: u64::MAX - 1,
+            msg_ack: u64::MAX - 1,
+            msg_nak: u64::MAX,
+            invalid_client_to_server: u64::MAX,
+            invalid_server_to_client: u64::MAX - 2,
+            ..Stats::default()
+        };
+        let frames = FrameCounts {
+            req: 5,
+            ack: 5,
+            nak: 5,
+            invalid: 5,
+        };
+        stats.add_client_frames(&frames);
+        stats.add_server_frames(&frames);
+        let r = stats.report(10);
+        assert_eq!(r.msg_req, u64::MAX);
+        assert_eq!(r.msg_ack, u64::MAX);
+        assert_eq!(r.msg_nak, u64::MAX);
+        assert_eq!(r.msg_total, u64::MAX);
+        assert_eq!(r.msg_invalid_client_to_server, u64::MAX);
+        assert_eq!(r.msg_invalid_server_to_client, u64::MAX);
+        assert_eq!(r.msg_invalid, u64::MAX);
     }
 
     #[test]

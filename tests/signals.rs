@@ -1,0 +1,136 @@
+//! Signals and process life: no ordinary signal kills or stops the proxy,
+//! and no counter wraps.
+
+mod util;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use foo_proxy::recovery::{MAX_TOTAL, Snapshot, Totals, encode, wall_ms};
+use util::*;
+
+fn round_trip(proxy: &Proxy, seq: u64) -> Vec<u8> {
+    let mut c = proxy.connect();
+    c.write_all(format!("REQ {seq} x\n").as_bytes()).unwrap();
+    read_exact_timeout(&mut c, answers(seq..=seq).len())
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("signals-{name}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn sighup_and_other_stray_signals_are_ignored_with_a_log_line() {
+    let server = FooServer::start(ServerOpts::default());
+    let mut proxy = Proxy::start(&server.addr.to_string(), &[]);
+    for (seq, name) in (1..).zip(["HUP", "ALRM", "VTALRM", "PROF", "TTIN", "TTOU", "XFSZ"]) {
+        proxy.signal(name);
+        thread::sleep(Duration::from_millis(50));
+        assert!(proxy.alive(), "SIG{name} killed the proxy");
+        assert_eq!(
+            round_trip(&proxy, seq),
+            answers(seq..=seq),
+            "after SIG{name}"
+        );
+    }
+    assert!(
+        proxy.stderr().contains("ignoring SIGHUP"),
+        "{}",
+        proxy.stderr()
+    );
+}
+
+#[test]
+fn a_recovery_file_over_the_file_size_limit_warns_instead_of_killing() {
+    let server = FooServer::start(ServerOpts::default());
+    let dir = scratch("fsize");
+    let path = dir.join("recovery.json");
+    let bin = env!("CARGO_BIN_EXE_foo-proxy");
+    // Every write to a regular file is over a limit of 0 blocks, from the
+    // start-up probe of the recovery directory on.
+    let script = format!(
+        "ulimit -f 0 && exec {bin} -listen 127.0.0.1:0 -forward {} -http 127.0.0.1:0 -recovery-path={}",
+        server.addr,
+        path.display()
+    );
+    let mut proxy = Proxy::spawn(Command::new("sh").args(["-c", &script]));
+    assert_eq!(round_trip(&proxy, 1), answers(1..=1));
+    // The snapshot is written within a second.
+    let deadline = std::time::Instant::now() + WAIT;
+    // The start-up probe write or a snapshot write fails with EFBIG.
+    while !proxy.stderr().contains("cannot be written") && !proxy.stderr().contains("cannot save") {
+        assert!(proxy.alive(), "SIGXFSZ killed the proxy");
+        assert!(std::time::Instant::now() < deadline, "{}", proxy.stderr());
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(proxy.alive());
+    assert_eq!(round_trip(&proxy, 2), answers(2..=2));
+}
+
+/// A recovery file whose every total is `total`.
+fn totals_file(path: &Path, total: u64) {
+    let snapshot = Snapshot {
+        written_at_ms: wall_ms(),
+        totals: Totals {
+            msg_req: total,
+            msg_ack: total,
+            msg_nak: total,
+            invalid_client_to_server: total,
+            invalid_server_to_client: total,
+            connections_total: total,
+            upstream_errors: total,
+            bytes_client_to_server: total,
+            bytes_server_to_client: total,
+        },
+        window: Vec::new(),
+    };
+    fs::write(path, encode(&snapshot)).unwrap();
+}
+
+/// 16 requests and 2 invalid lines through `proxy`; the report after.
+fn traffic(proxy: &Proxy) -> serde_json::Value {
+    let mut c = proxy.connect();
+    c.write_all(&requests(1..=16)).unwrap();
+    c.write_all(b"ACK 1 wrong way\nnonsense\n").unwrap();
+    let want = answers(1..=16).len() + 2 * "NAK 0 ERRDECODE\n".len();
+    assert_eq!(read_exact_timeout(&mut c, want).len(), want);
+    drop(c);
+    proxy.report_until(|r| r["connections_active"] == 0)
+}
+
+#[test]
+fn restored_totals_at_the_top_never_wrap_with_traffic() {
+    let server = FooServer::start(ServerOpts::default());
+    // Near 2^64: refused (over MAX_TOTAL), so the counts start fresh and
+    // traffic cannot wrap them.
+    let dir = scratch("near-max");
+    let path = dir.join("recovery.json");
+    totals_file(&path, u64::MAX - 2);
+    let flag = format!("-recovery-path={}", path.display());
+    let mut proxy = Proxy::start(&server.addr.to_string(), &[&flag]);
+    let r = traffic(&proxy);
+    assert_eq!(r["msg_req"], 16, "{r}");
+    assert_eq!(r["msg_total"], 34, "{r}");
+    assert!(proxy.alive());
+    drop(proxy);
+    // At the largest total a file may hold: restored, and every sum stays
+    // exact (three totals of 2^62 and the traffic still fit in a u64).
+    let dir = scratch("at-cap");
+    let path = dir.join("recovery.json");
+    totals_file(&path, MAX_TOTAL);
+    let flag = format!("-recovery-path={}", path.display());
+    let mut proxy = Proxy::start(&server.addr.to_string(), &[&flag]);
+    let r = traffic(&proxy);
+    assert_eq!(r["msg_req"].as_u64(), Some(MAX_TOTAL + 16), "{r}");
+    assert_eq!(r["msg_total"].as_u64(), Some(3 * MAX_TOTAL + 34), "{r}");
+    assert_eq!(r["msg_invalid"].as_u64(), Some(2 * MAX_TOTAL + 2), "{r}");
+    assert_eq!(r["connections_total"].as_u64(), Some(MAX_TOTAL + 1), "{r}");
+    assert!(proxy.alive());
+}
