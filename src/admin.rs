@@ -136,9 +136,9 @@ fn route(
     report: &mut dyn FnMut() -> Report,
 ) -> Answer {
     let head_only = method == "HEAD";
-    if !target.starts_with('/') {
+    let Some(target) = origin_form(target) else {
         return error(400, "request target must be a path", &[], head_only, facts);
-    }
+    };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let route = match path {
         "/stats" => Route::Stats,
@@ -177,6 +177,27 @@ fn route(
         status,
         body_len: if head_only { 0 } else { body.len() },
         request_line: String::new(),
+    }
+}
+
+/// The path and query of a request target: the origin form (`/stats?x`)
+/// as it is, the absolute form (`http://host:8088/stats?x`, which RFC 9112
+/// section 3.2.2 requires a server to accept) without its scheme and
+/// authority. `None` for anything else (`*`, `host:port`).
+fn origin_form(target: &str) -> Option<&str> {
+    if target.starts_with('/') {
+        return Some(target);
+    }
+    let scheme_len = ["http://", "https://"].into_iter().find_map(|scheme| {
+        let head = target.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme).then_some(scheme.len())
+    })?;
+    let rest = target.get(scheme_len..)?;
+    match rest.find(['/', '?']) {
+        Some(i) if rest.get(i..)?.starts_with('/') => rest.get(i..),
+        // `http://host?x` has an empty path, which means `/`.
+        Some(_) => None,
+        None => Some("/"),
     }
 }
 
@@ -597,7 +618,7 @@ impl Admin {
         listener_token: Token,
     ) -> Result<Admin, String> {
         let cannot = |e: io::Error| format!("cannot listen for HTTP on {addr}: {}", describe(&e));
-        let mut listener = TcpListener::bind(addr).map_err(cannot)?;
+        let mut listener = crate::net::listen(addr, 128).map_err(cannot)?;
         let local_addr = listener.local_addr().map_err(cannot)?;
         registry
             .register(&mut listener, listener_token, Interest::READABLE)
@@ -949,6 +970,26 @@ mod tests {
         };
         assert_eq!(length(&head_text), length(&get_text));
         assert!(get.body_len > 0);
+    }
+
+    #[test]
+    fn the_absolute_form_of_the_target_is_accepted() {
+        assert_eq!(origin_form("/stats?x=1"), Some("/stats?x=1"));
+        assert_eq!(origin_form("http://h:8088/stats"), Some("/stats"));
+        assert_eq!(
+            origin_form("HTTP://h/metrics?format=prometheus"),
+            Some("/metrics?format=prometheus")
+        );
+        assert_eq!(origin_form("https://h/health"), Some("/health"));
+        assert_eq!(origin_form("http://h"), Some("/"));
+        assert_eq!(origin_form("*"), None);
+        assert_eq!(origin_form("h:8088"), None);
+        let (a, text) =
+            ask("GET http://localhost:8088/stats HTTP/1.1\r\nHost: localhost:8088\r\n\r\n");
+        assert_eq!(a.status, 200, "{text}");
+        assert_eq!(body(&text), sample().to_json() + "\n");
+        let (a, _) = ask("GET http://localhost:8088/nope HTTP/1.1\r\n\r\n");
+        assert_eq!(a.status, 404);
     }
 
     #[test]

@@ -243,7 +243,8 @@ pub fn parse_with(
             None => Ok(default),
         }
     }
-    let listen = resolve(&listen_spec, "0.0.0.0")
+    // `:PORT` listens on every interface, IPv6 too (dual-stack `[::]`).
+    let listen = resolve(&listen_spec, "::")
         .map_err(|why| bad("listen", &listen_spec, why))?
         .into_iter()
         .next()
@@ -251,7 +252,7 @@ pub fn parse_with(
     let http = match http_spec.as_str() {
         "" | "off" => None,
         spec => Some(
-            resolve(spec, "0.0.0.0")
+            resolve(spec, "::")
                 .map_err(|why| bad("http", spec, why))?
                 .into_iter()
                 .next()
@@ -403,7 +404,7 @@ mod tests {
             &["--listen=:9002", "--forward=:9001"],
         ] {
             let c = run(args).unwrap();
-            assert_eq!(c.listen, "0.0.0.0:9002".parse().unwrap(), "{args:?}");
+            assert_eq!(c.listen, "[::]:9002".parse().unwrap(), "{args:?}");
             assert_eq!(c.forward[0], "127.0.0.1:9001".parse().unwrap(), "{args:?}");
         }
     }
@@ -411,7 +412,7 @@ mod tests {
     #[test]
     fn defaults_follow_the_reference() {
         let c = run(&[]).unwrap();
-        assert_eq!(c.listen, "0.0.0.0:8002".parse().unwrap());
+        assert_eq!(c.listen, "[::]:8002".parse().unwrap());
         assert_eq!(c.forward[0].port(), 8001);
         assert!(c.forward[0].ip().is_loopback());
         assert_eq!(c.recovery_path, Some(PathBuf::from(".data/recovery.json")));
@@ -433,7 +434,7 @@ mod tests {
         assert_eq!(run(&["-http="]).unwrap().http, None);
         assert_eq!(
             run(&["-http", ":9"]).unwrap().http,
-            Some("0.0.0.0:9".parse().unwrap())
+            Some("[::]:9".parse().unwrap())
         );
         let e = run(&["-http", "8088"]).unwrap_err();
         assert!(e.0.contains("-http"), "{e}");

@@ -43,6 +43,7 @@ pub mod cli;
 pub mod driver;
 pub mod linger;
 pub mod logging;
+pub mod net;
 pub mod output;
 pub mod pipe;
 pub mod pool;

@@ -57,6 +57,11 @@ fn start(config: cli::Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Known only once the listener has its port: a bad value all the same.
+    if let Some(why) = server.forwards_to_itself() {
+        error!("{why}");
+        return ExitCode::from(2);
+    }
     if let Some(recovery) = recovery {
         server.set_recovery(recovery);
     }

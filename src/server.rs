@@ -133,17 +133,7 @@ pub fn describe(err: &io::Error) -> String {
     }
 }
 
-/// A non-blocking listener with SO_REUSEADDR and the given backlog (mio's
-/// own `bind` fixes the backlog at 128).
-pub fn listen(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(backlog)?;
-    Ok(TcpListener::from_std(socket.into()))
-}
+pub use crate::net::listen;
 
 /// Errors from accept or connect that mean "out of descriptors or memory".
 fn resource_exhausted(err: &io::Error) -> bool {
@@ -425,6 +415,22 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A forward address that is this proxy's own listener, which would
+    /// make every client connect the proxy to itself until the connection
+    /// limit: one line naming it, for an exit 2 at start.
+    pub fn forwards_to_itself(&self) -> Option<String> {
+        let own = self.local_addr;
+        let hit = self
+            .config
+            .forward
+            .iter()
+            .find(|f| crate::net::reaches_itself(own, **f, crate::net::is_local))?;
+        Some(format!(
+            "invalid value {:?} for -forward: {hit} is this proxy's own listen address {own}",
+            self.config.forward_spec
+        ))
     }
 
     /// Where the admin HTTP socket listens, if it is on.

@@ -360,6 +360,19 @@ fn other_methods_get_405_with_allow() {
 }
 
 #[test]
+fn an_absolute_form_request_target_is_served() {
+    let proxy = Proxy::start("127.0.0.1:1", &[]);
+    let admin = proxy.admin.expect("admin on");
+    let answer = raw(
+        &proxy,
+        format!("GET http://{admin}/stats HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert_eq!(json(body)["msg_total"], 0, "{body}");
+}
+
+#[test]
 fn unknown_paths_get_404() {
     let proxy = Proxy::start("127.0.0.1:1", &[]);
     for path in ["/", "/stats/", "/statsx", "/metric", "/favicon.ico"] {
