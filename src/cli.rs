@@ -27,7 +27,8 @@ Flags take one dash or two, and their value after a space or '=':
                                                   [default .data/recovery.json]
     --buffer-size BYTES    unsent bytes held per direction  [default 64KiB]
     --connect-timeout DUR  upstream connect timeout         [default 5s]
-    --fin-timeout DUR      wait for answers after a client half-close [default 5s]
+    --fin-timeout DUR      wait for answers after a client half-close, and
+                           bound of a lingering close       [default 5s]
     --idle-timeout DUR     close a pair that moved no byte for this long [default 10m]
     --drain-timeout DUR    on SIGTERM, let connections finish this long [default 5s]
     --max-connections N    most client connections at once [default 10000]
@@ -35,10 +36,11 @@ Flags take one dash or two, and their value after a space or '=':
     -h, --help             print this help
     --version              print the version
 
-ADDR is HOST:PORT; ':PORT' means every interface for -listen and -http and
-this host for -forward. The admin socket serves statistics to anyone who can
+ADDR is HOST:PORT; ':PORT' means every interface (IPv4 and IPv6) for -listen
+and -http and this host for -forward. The admin socket serves statistics to anyone who can
 reach it: open it to the network deliberately, e.g. -http 0.0.0.0:8088. DUR is a number of seconds or a number with ms, s or m.
 SIGUSR2 (or SIGUSR1) prints the statistics as one JSON line on stdout.
+SIGTERM or SIGINT drains and exits; SIGHUP is ignored.
 ";
 
 /// Everything the proxy needs from the command line.

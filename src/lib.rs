@@ -22,14 +22,21 @@
 //!    second, while counters change, a [`recovery::Snapshot`] of the totals
 //!    and the 10 s window goes to a writer thread that replaces the recovery
 //!    file atomically; the next start restores it.
+//! 7. **close**: a client the proxy is done with gets a lingering close
+//!    ([`linger`]): what is queued, then a FIN, then its input is discarded
+//!    until its EOF (bounded), so a close never turns into a reset that
+//!    destroys answers the client has not read.
 //!
-//! Modules: [`cli`] (Go-compatible flags), [`log`] (stderr lines),
-//! [`scanner`], [`rates`] and [`stats`] (pure logic, clock passed in),
-//! [`recovery`] (snapshot encoding and restore arithmetic, pure; the file
-//! and its writer thread), [`pool`], [`pipe`] and [`server`] (I/O),
-//! [`admin`] (a pure request to response function and the connections the
-//! loop drives). [`driver`] holds what the test binaries in `src/bin/` share
-//! (foo-server, foo-client, foo-load, foo-demo).
+//! Modules: [`cli`] (Go-compatible flags), [`logging`] (the `log` facade's
+//! backend), [`output`] (stdout and stderr through writer threads with
+//! bounded queues: printing never blocks the loop), [`net`] (dual-stack
+//! listeners, self-forward check), [`scanner`], [`rates`] and [`stats`]
+//! (pure logic, clock passed in), [`recovery`] (snapshot encoding and
+//! restore arithmetic, pure; the file and its writer thread), [`pool`],
+//! [`pipe`], [`linger`] and [`server`] (I/O), [`admin`] (a pure request to
+//! response function and the connections the loop drives). [`driver`] holds
+//! what the test binaries in `src/bin/` share (foo-server, foo-client,
+//! foo-load, foo-demo).
 
 #![forbid(unsafe_code)]
 // Input from the network, a file or the command line must never panic.

@@ -389,7 +389,7 @@ fn garbage_requests_get_400_and_the_proxy_is_unaffected() {
         b"GET\r\n\r\n",
         b"GET /stats HTTP/9.9\r\n\r\n",
         b"GET /stats HTTP/1.1\r\nno colon here\r\n\r\n",
-        b"GET http://example/stats HTTP/1.1\r\n\r\n",
+        b"GET example:8088 HTTP/1.1\r\n\r\n",
         b"REQ 1 hello\n\n",
     ] {
         let answer = raw(&proxy, garbage);
