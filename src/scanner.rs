@@ -1,10 +1,11 @@
-//! Incremental Foo frame scanner.
+//! Incremental Foo frame scanner and the one source of the Foo line grammar.
 //!
 //! Pure: no I/O and no allocation. A [`Scanner`] is fed each read's bytes in
 //! order and carries its state between calls, so a frame may span any number
-//! of reads. It decides a frame's class from its first bytes (type, separator,
-//! seq) and afterwards only searches for the newline, so the length of the
-//! data part costs nothing but a `memchr`.
+//! of reads. Each read is searched once for all its newlines (64 bytes at a
+//! time, as a bit mask), and a frame's header (type, separator, seq) is read
+//! only at its start: the data part costs nothing but that search.
+//! [`parse_line`] is the same grammar for one whole line, for the drivers.
 
 /// Which way the bytes flow; decides which message types are legal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,7 +16,7 @@ pub enum Direction {
     ServerToClient,
 }
 
-/// What a completed frame was.
+/// What a completed frame was, in its direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Frame {
     Req,
@@ -39,6 +40,7 @@ impl FrameCounts {
         self.req + self.ack + self.nak + self.invalid
     }
 
+    #[inline]
     pub fn add(&mut self, frame: Frame) {
         match frame {
             Frame::Req => self.req += 1,
@@ -49,20 +51,40 @@ impl FrameCounts {
     }
 }
 
-/// The message type being matched, letter by letter.
+/// Receives each frame [`Scanner::scan`] completes, in stream order.
+///
+/// `scan` is generic over the sink, so a sink that ignores `seq` and `end`
+/// (like [`FrameCounts`]) compiles to a scanner that never computes them.
+pub trait FrameSink {
+    /// One frame: `frame` is its class in the scanner's direction; `seq` is
+    /// its seq when `frame` is not [`Frame::Invalid`] (0 otherwise); `end` is
+    /// the offset just past its `\n` in the bytes given to this `scan` call
+    /// (the frame may have begun in an earlier call).
+    fn frame(&mut self, frame: Frame, seq: u64, end: usize);
+}
+
+impl FrameSink for FrameCounts {
+    #[inline(always)]
+    fn frame(&mut self, frame: Frame, _seq: u64, _end: usize) {
+        self.add(frame);
+    }
+}
+
+/// A message type, whichever way it flows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
     Req,
     Ack,
     Nak,
 }
 
 impl Kind {
-    fn name(self) -> &'static [u8; 3] {
+    /// The type as it is written on the wire.
+    pub fn name(self) -> &'static str {
         match self {
-            Kind::Req => b"REQ",
-            Kind::Ack => b"ACK",
-            Kind::Nak => b"NAK",
+            Kind::Req => "REQ",
+            Kind::Ack => "ACK",
+            Kind::Nak => "NAK",
         }
     }
 
@@ -73,30 +95,171 @@ impl Kind {
             Kind::Nak => Frame::Nak,
         }
     }
+
+    fn legal(self, direction: Direction) -> bool {
+        match direction {
+            Direction::ClientToServer => self == Kind::Req,
+            Direction::ServerToClient => self != Kind::Req,
+        }
+    }
 }
 
-/// Where the scanner is inside the current frame.
+/// One well-formed line, as [`parse_line`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Line<'a> {
+    pub kind: Kind,
+    pub seq: u64,
+    /// The data part: after the separators that follow the seq, without a
+    /// final `\r`; empty when there is none.
+    pub data: &'a [u8],
+}
+
+/// Parses one line given without its `\n` (a final `\r` is tolerated);
+/// `None` when it is not well-formed. The direction is not checked.
+///
+/// This is the grammar [`Scanner::scan`] applies at each frame start (the
+/// same code, inlined), so the drivers and the proxy cannot disagree.
+pub fn parse_line(line: &[u8]) -> Option<Line<'_>> {
+    let (kind, seq, used) = parse_header(line)?;
+    let data = line.get(used..).unwrap_or_default();
+    let data = data.strip_suffix(b"\r").unwrap_or(data);
+    let skip = data.iter().position(|&b| !is_sep(b)).unwrap_or(data.len());
+    Some(Line {
+        kind,
+        seq,
+        data: data.get(skip..).unwrap_or_default(),
+    })
+}
+
+/// The header of a whole line (without its `\n`): type, seq and the offset
+/// just after the separator that ends the seq (the line's length when the
+/// seq ends the line). `None` when the line is not well-formed.
+#[inline(always)]
+fn parse_header(line: &[u8]) -> Option<(Kind, u64, usize)> {
+    let (kind, value, end) = match head(line) {
+        Head::Digits { kind, value, end } => (kind, value, end),
+        Head::Invalid => return None,
+        Head::Unusual => {
+            let kind = type_and_sep(*line.first_chunk::<4>()?)?;
+            let digits = skip_seps(line, 4);
+            let end = skip_digits(line, digits);
+            if end == digits {
+                return None;
+            }
+            (kind, seq_value(0, line.get(digits..end)?)?, end)
+        }
+    };
+    match line.get(end) {
+        None => Some((kind, value, end)),
+        Some(&byte) if is_sep(byte) => Some((kind, value, end + 1)),
+        Some(b'\r') if end + 1 == line.len() => Some((kind, value, end + 1)),
+        Some(_) => None,
+    }
+}
+
+/// What the first twelve bytes of a frame say, read as two words.
+enum Head {
+    /// The type is wrong: the frame is invalid whatever follows.
+    Invalid,
+    /// Type, one separator and one to seven digits ending at `end` (the
+    /// bytes from `end` on are not looked at).
+    Digits { kind: Kind, value: u64, end: usize },
+    /// Anything else (fewer than four bytes, several separators, no digit,
+    /// eight digits or more): the byte loops decide.
+    Unusual,
+}
+
+/// Reads the usual header in a few word operations, branching only on
+/// the outcome. `bytes` may be a whole line or the start of one.
+#[inline(always)]
+fn head(bytes: &[u8]) -> Head {
+    let Some((first, next)) = head_words(bytes) else {
+        return Head::Unusual;
+    };
+    let Some(kind) = type_and_sep(first) else {
+        return Head::Invalid;
+    };
+    match leading_digits(next) {
+        n @ 1..=7 => Head::Digits {
+            kind,
+            value: digits_value(next, n),
+            end: 4 + n,
+        },
+        _ => Head::Unusual,
+    }
+}
+
+/// Bytes 0 to 3 and 4 to 11 of `bytes`, zero past its end (a zero byte is
+/// neither a digit, a separator nor `\r`); `None` below four bytes.
+#[inline(always)]
+fn head_words(bytes: &[u8]) -> Option<([u8; 4], u64)> {
+    let (first, rest) = bytes.split_first_chunk::<4>()?;
+    if let Some(next) = rest.first_chunk::<8>() {
+        return Some((*first, u64::from_le_bytes(*next)));
+    }
+    let next = match (rest.first_chunk::<4>(), rest.last_chunk::<4>()) {
+        // Four to seven bytes: two overlapping loads.
+        (Some(low), Some(high)) => {
+            let low = u64::from(u32::from_le_bytes(*low));
+            let high = u64::from(u32::from_le_bytes(*high));
+            low | high << (8 * (rest.len() - 4))
+        }
+        _ => rest
+            .iter()
+            .rev()
+            .fold(0, |word, &byte| word << 8 | u64::from(byte)),
+    };
+    Some((*first, next))
+}
+
+/// How many of the word's bytes, from the first, are ASCII digits (0 to 8).
+#[inline(always)]
+fn leading_digits(word: u64) -> usize {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let low = word & !HIGH;
+    // Adding to the low seven bits never carries into the next byte, so
+    // each byte's high bit answers "at least 0x30" and "at least 0x3a".
+    let at_least_0 = low + 0x5050_5050_5050_5050;
+    let past_9 = low + 0x4646_4646_4646_4646;
+    let digit = at_least_0 & !past_9 & !word & HIGH;
+    (!digit & HIGH).trailing_zeros() as usize / 8
+}
+
+/// The value of the first `n` (1 to 8) bytes of `word`, all digits: the
+/// digits moved to the top (zeros below are leading zeros), then pairs,
+/// quads and octets combined in three multiplies.
+#[inline(always)]
+fn digits_value(word: u64, n: usize) -> u64 {
+    // Borrows from the bytes after the digits only go up, and are shifted out.
+    let v = word.wrapping_sub(0x3030_3030_3030_3030) << (8 * (8 - n));
+    let v = (v.wrapping_mul(10).wrapping_add(v >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let v = (v.wrapping_mul(100).wrapping_add(v >> 16)) & 0x0000_ffff_0000_ffff;
+    (v.wrapping_mul(10_000).wrapping_add(v >> 32)) & 0xffff_ffff
+}
+
+/// Where the scanner is inside a frame that began in an earlier read. The
+/// header is decided (`Data` or `Skip`) long before the frame ends in the
+/// usual case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// At the first byte of a frame.
     Start,
-    /// Matched `matched` letters (1 or 2) of the type name.
+    /// Matched `matched` letters (1 to 3) of the type name; after all three
+    /// a space or tab must follow.
     Type { kind: Kind, matched: u8 },
-    /// Type complete; at least one space or tab must follow.
-    AfterType(Kind),
     /// Inside the separator; a digit must come next.
     Sep(Kind),
-    /// Inside the seq; `value` guards against u64 overflow.
+    /// Inside the seq; `value` so far (it always fits: overflow is `Skip`).
     Seq { kind: Kind, value: u64 },
     /// Seq followed by `\r`; only `\n` may come next.
-    SeqCr(Kind),
+    SeqCr { kind: Kind, value: u64 },
     /// Header was valid; everything up to `\n` is opaque data.
-    Data(Kind),
+    Data { kind: Kind, seq: u64 },
     /// Header was invalid; skip to `\n`.
     Skip,
 }
 
-/// Scanner state for one direction of one connection. Two words of state.
+/// Scanner state for one direction of one connection: three words.
 #[derive(Clone, Copy, Debug)]
 pub struct Scanner {
     direction: Direction,
@@ -120,121 +283,99 @@ impl Scanner {
         self.state == State::Start
     }
 
-    /// Consumes `bytes`, adding each completed frame to `counts`.
-    pub fn scan(&mut self, bytes: &[u8], counts: &mut FrameCounts) {
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            match self.state {
-                State::Data(_) | State::Skip => match memchr::memchr(b'\n', rest) {
-                    Some(pos) => {
-                        let frame = self.finish();
-                        counts.add(frame);
-                        rest = rest.get(pos + 1..).unwrap_or_default();
-                    }
-                    None => return,
-                },
-                State::Start if let Some((state, used)) = fast_header(rest) => {
-                    let body = rest.get(used..).unwrap_or_default();
-                    // The common case, a whole frame in this chunk, in one go.
-                    if let State::Data(kind) = state
-                        && let Some(pos) = memchr::memchr(b'\n', body)
-                    {
-                        counts.add(self.classify(kind));
-                        rest = body.get(pos + 1..).unwrap_or_default();
-                        continue;
-                    }
-                    self.state = state;
-                    rest = body;
-                }
-                _ => {
-                    let Some((&byte, tail)) = rest.split_first() else {
-                        return;
-                    };
-                    rest = tail;
-                    if let Some(frame) = self.step(byte) {
-                        counts.add(frame);
-                    }
-                }
-            }
+    /// Consumes `bytes`, handing each completed frame to `sink` in order.
+    /// Bytes after the last newline are remembered as the state of a partial
+    /// frame, never copied.
+    #[inline]
+    pub fn scan<S: FrameSink + ?Sized>(&mut self, bytes: &[u8], sink: &mut S) {
+        // One copy of the loop per direction, so the legality test folds away.
+        match self.direction {
+            Direction::ClientToServer => self.scan_in(Direction::ClientToServer, bytes, sink),
+            Direction::ServerToClient => self.scan_in(Direction::ServerToClient, bytes, sink),
         }
     }
 
-    /// Ends the current frame at a newline, returning its class.
-    fn finish(&mut self) -> Frame {
-        let frame = match self.state {
-            State::Seq { kind, .. } | State::SeqCr(kind) | State::Data(kind) => self.classify(kind),
-            _ => Frame::Invalid,
+    #[inline(always)]
+    fn scan_in<S: FrameSink + ?Sized>(&mut self, direction: Direction, bytes: &[u8], sink: &mut S) {
+        // The header state of a frame begun in an earlier read, until its end.
+        let mut carried = self.state;
+        let mut start = 0;
+        for_each_newline(
+            bytes,
+            #[inline(always)]
+            |newline| {
+                let Some(line) = bytes.get(start..newline) else {
+                    return;
+                };
+                let (frame, seq) = if carried == State::Start {
+                    classify(line, direction)
+                } else {
+                    let ended = finish(carried, line, direction);
+                    carried = State::Start;
+                    ended
+                };
+                start = newline + 1;
+                sink.frame(frame, seq, start);
+            },
+        );
+        let rest = bytes.get(start..).unwrap_or_default();
+        self.state = match carried {
+            _ if rest.is_empty() => carried,
+            State::Start => begin(rest),
+            State::Data { .. } | State::Skip => carried,
+            _ => header(carried, rest),
         };
-        self.state = State::Start;
-        frame
     }
+}
 
-    fn classify(&self, kind: Kind) -> Frame {
-        let legal = match self.direction {
-            Direction::ClientToServer => kind == Kind::Req,
-            Direction::ServerToClient => kind != Kind::Req,
-        };
-        if legal { kind.frame() } else { Frame::Invalid }
+/// The class and seq of a whole line that began in this read.
+#[inline(always)]
+fn classify(line: &[u8], direction: Direction) -> (Frame, u64) {
+    match parse_header(line) {
+        Some((kind, seq, _)) if kind.legal(direction) => (kind.frame(), seq),
+        _ => (Frame::Invalid, 0),
     }
+}
 
-    /// Advances the header state machine by one byte.
-    fn step(&mut self, byte: u8) -> Option<Frame> {
-        if byte == b'\n' {
-            return Some(self.finish());
+/// The class and seq of a frame that began in an earlier read, from the
+/// header state it had reached and the rest of its line.
+#[inline(always)]
+fn finish(carried: State, rest: &[u8], direction: Direction) -> (Frame, u64) {
+    let state = match carried {
+        State::Data { .. } | State::Skip => carried,
+        _ => header(carried, rest),
+    };
+    match state {
+        State::Seq { kind, value }
+        | State::SeqCr { kind, value }
+        | State::Data { kind, seq: value }
+            if kind.legal(direction) =>
+        {
+            (kind.frame(), value)
         }
-        self.state = match self.state {
-            State::Start => match byte {
-                b'R' => State::Type {
-                    kind: Kind::Req,
-                    matched: 1,
-                },
-                b'A' => State::Type {
-                    kind: Kind::Ack,
-                    matched: 1,
-                },
-                b'N' => State::Type {
-                    kind: Kind::Nak,
-                    matched: 1,
-                },
-                _ => State::Skip,
-            },
-            State::Type { kind, matched } => {
-                let expected = kind.name().get(usize::from(matched)).copied();
-                match (expected, matched) {
-                    (Some(e), 2) if e == byte => State::AfterType(kind),
-                    (Some(e), _) if e == byte => State::Type {
-                        kind,
-                        matched: matched + 1,
-                    },
-                    _ => State::Skip,
-                }
-            }
-            State::AfterType(kind) | State::Sep(kind) => match byte {
-                b' ' | b'\t' => State::Sep(kind),
-                b'0'..=b'9' if matches!(self.state, State::Sep(_)) => State::Seq {
-                    kind,
-                    value: u64::from(byte - b'0'),
-                },
-                _ => State::Skip,
-            },
-            State::Seq { kind, value } => match byte {
-                b'0'..=b'9' => match value
-                    .checked_mul(10)
-                    .and_then(|v| v.checked_add(u64::from(byte - b'0')))
-                {
-                    Some(value) => State::Seq { kind, value },
-                    None => State::Skip,
-                },
-                b' ' | b'\t' => State::Data(kind),
-                b'\r' => State::SeqCr(kind),
-                _ => State::Skip,
-            },
-            // `\r` not followed by `\n` after the seq is neither end nor separator.
-            State::SeqCr(_) => State::Skip,
-            State::Data(kind) => State::Data(kind),
-            State::Skip => State::Skip,
-        };
-        None
+        _ => (Frame::Invalid, 0),
+    }
+}
+
+/// The state after the first bytes of a frame (no `\n` among them).
+#[inline(always)]
+fn begin(bytes: &[u8]) -> State {
+    let (kind, value, end) = match head(bytes) {
+        Head::Digits { kind, value, end } => (kind, value, end),
+        Head::Invalid => return State::Skip,
+        Head::Unusual => return header(State::Start, bytes),
+    };
+    after_seq(kind, value, bytes, end)
+}
+
+/// The state once the seq's digits end at `end` (of `bytes`, no `\n`).
+#[inline(always)]
+fn after_seq(kind: Kind, value: u64, bytes: &[u8], end: usize) -> State {
+    match bytes.get(end) {
+        None => State::Seq { kind, value },
+        Some(&byte) if is_sep(byte) => State::Data { kind, seq: value },
+        Some(b'\r') if end + 1 == bytes.len() => State::SeqCr { kind, value },
+        Some(_) => State::Skip,
     }
 }
 
@@ -242,57 +383,229 @@ fn is_sep(byte: u8) -> bool {
     byte == b' ' || byte == b'\t'
 }
 
-/// Fast path at the start of a frame: reads the type, separator and seq
-/// straight from the slice and returns the state reached and the bytes
-/// used. `None` (not a known type) leaves the byte-wise machine to decide.
-/// Whatever it returns is exactly where `step` would have been after the
-/// same bytes, so chunking cannot change the result.
-#[inline]
-fn fast_header(bytes: &[u8]) -> Option<(State, usize)> {
-    let kind = match bytes.get(..4)? {
-        [b'R', b'E', b'Q', sep] if is_sep(*sep) => Kind::Req,
-        [b'A', b'C', b'K', sep] if is_sep(*sep) => Kind::Ack,
-        [b'N', b'A', b'K', sep] if is_sep(*sep) => Kind::Nak,
-        _ => return None,
-    };
-    let mut i = 4;
-    while bytes.get(i).copied().is_some_and(is_sep) {
-        i += 1;
+/// The offset of the first byte at or after `from` that is not a separator.
+#[inline(always)]
+fn skip_seps(bytes: &[u8], mut from: usize) -> usize {
+    while bytes.get(from).copied().is_some_and(is_sep) {
+        from += 1;
     }
-    let digits = i;
-    while bytes.get(i).is_some_and(u8::is_ascii_digit) {
-        i += 1;
+    from
+}
+
+/// The offset of the first byte at or after `from` that is not a digit.
+#[inline(always)]
+fn skip_digits(bytes: &[u8], mut from: usize) -> usize {
+    while bytes.get(from).is_some_and(u8::is_ascii_digit) {
+        from += 1;
     }
-    if i == digits {
-        return Some((State::Sep(kind), i));
-    }
-    // The seq's value only matters for overflow, and 19 digits always fit
-    // in a u64: the common frame needs no arithmetic at all.
-    let value = || seq_value(bytes.get(digits..i).unwrap_or_default());
-    match bytes.get(i) {
-        Some(&byte) if is_sep(byte) => {
-            if i - digits > MAX_SAFE_DIGITS && value().is_none() {
-                return Some((State::Skip, i));
+    from
+}
+
+/// `value` followed by the decimal digits `run`, or `None` past `u64::MAX`.
+#[inline(always)]
+fn seq_value(value: u64, run: &[u8]) -> Option<u64> {
+    run.iter().try_fold(value, |v, &d| {
+        v.checked_mul(10)?
+            .checked_add(u64::from(d.wrapping_sub(b'0')))
+    })
+}
+
+/// Runs the header grammar over `bytes` (which hold no `\n`) from `state`,
+/// one part at a time: for a header cut by the end of a read, or an
+/// unusual one (several separators, a long seq).
+#[inline(never)]
+fn header(mut state: State, bytes: &[u8]) -> State {
+    let mut i = 0;
+    if let State::Start | State::Type { .. } = state {
+        if let (State::Start, Some(first)) = (state, bytes.first_chunk::<4>()) {
+            let Some(kind) = type_and_sep(*first) else {
+                return State::Skip;
+            };
+            state = State::Sep(kind);
+            i = 4;
+        } else {
+            while let State::Start | State::Type { .. } = state {
+                let Some(&byte) = bytes.get(i) else {
+                    return state;
+                };
+                state = step_type(state, byte);
+                i += 1;
             }
-            Some((State::Data(kind), i + 1))
         }
-        _ => match value() {
-            Some(value) => Some((State::Seq { kind, value }, i)),
-            None => Some((State::Skip, i)),
-        },
+    }
+    let (kind, value) = match state {
+        State::Sep(kind) => {
+            i = skip_seps(bytes, i);
+            match bytes.get(i) {
+                None => return state,
+                Some(byte) if byte.is_ascii_digit() => (kind, 0),
+                Some(_) => return State::Skip,
+            }
+        }
+        State::Seq { kind, value } => (kind, value),
+        State::SeqCr { .. } if !bytes.is_empty() => return State::Skip,
+        _ => return state,
+    };
+    let end = skip_digits(bytes, i);
+    match seq_value(value, bytes.get(i..end).unwrap_or_default()) {
+        Some(value) => after_seq(kind, value, bytes, end),
+        None => State::Skip,
     }
 }
 
-/// Any run of this many decimal digits fits in a u64.
-const MAX_SAFE_DIGITS: usize = 19;
+/// The type of a frame whose first four bytes are a type name and a
+/// separator, in one 32-bit compare per type.
+#[inline(always)]
+fn type_and_sep(first: [u8; 4]) -> Option<Kind> {
+    const REQ: u32 = u32::from_le_bytes(*b"REQ\0");
+    const ACK: u32 = u32::from_le_bytes(*b"ACK\0");
+    const NAK: u32 = u32::from_le_bytes(*b"NAK\0");
+    let [.., sep] = first;
+    if !is_sep(sep) {
+        return None;
+    }
+    match u32::from_le_bytes(first) & 0x00ff_ffff {
+        REQ => Some(Kind::Req),
+        ACK => Some(Kind::Ack),
+        NAK => Some(Kind::Nak),
+        _ => None,
+    }
+}
 
-/// The value of a run of ASCII digits, or `None` when it overflows a u64.
-fn seq_value(digits: &[u8]) -> Option<u64> {
-    digits.iter().try_fold(0u64, |value, &byte| {
-        value
-            .checked_mul(10)?
-            .checked_add(u64::from(byte.wrapping_sub(b'0')))
-    })
+/// One byte of the type name or the separator after it, for a header cut
+/// inside its first four bytes.
+fn step_type(state: State, byte: u8) -> State {
+    match state {
+        State::Start => match byte {
+            b'R' => State::Type {
+                kind: Kind::Req,
+                matched: 1,
+            },
+            b'A' => State::Type {
+                kind: Kind::Ack,
+                matched: 1,
+            },
+            b'N' => State::Type {
+                kind: Kind::Nak,
+                matched: 1,
+            },
+            _ => State::Skip,
+        },
+        State::Type { kind, matched: 3 } if is_sep(byte) => State::Sep(kind),
+        State::Type { kind, matched }
+            if kind.name().as_bytes().get(usize::from(matched)) == Some(&byte) =>
+        {
+            State::Type {
+                kind,
+                matched: matched + 1,
+            }
+        }
+        State::Type { .. } => State::Skip,
+        other => other,
+    }
+}
+
+/// Bytes searched at once for newlines.
+const BLOCK: usize = 64;
+
+/// Calls `found` with the offset of every `\n` in `bytes`, in order.
+///
+/// Each 64-byte block becomes a 64-bit mask of its newlines (a compare the
+/// compiler vectorises, then one multiply per eight bytes to gather the
+/// bits), so the next newline is a `trailing_zeros` away. A block without
+/// any newline means a long frame: `memchr`'s wide loop finds its end.
+#[inline(always)]
+fn for_each_newline(bytes: &[u8], mut found: impl FnMut(usize)) {
+    let mut base = 0;
+    while let Some(block) = bytes.get(base..).and_then(<[u8]>::first_chunk::<BLOCK>) {
+        let mut mask = newline_mask(block);
+        if mask == 0 {
+            let after = base + BLOCK;
+            match memchr::memchr(b'\n', bytes.get(after..).unwrap_or_default()) {
+                Some(at) => {
+                    found(after + at);
+                    base = after + at + 1;
+                    continue;
+                }
+                None => return,
+            }
+        }
+        while mask != 0 {
+            found(base + mask.trailing_zeros() as usize);
+            mask &= mask - 1;
+        }
+        base += BLOCK;
+    }
+    let rest = bytes.len().saturating_sub(base);
+    if rest == 0 {
+        return;
+    }
+    // The last partial block: the last 64 bytes when there are that many
+    // (the bits already seen shifted out), else word by word.
+    let last = bytes
+        .len()
+        .checked_sub(BLOCK)
+        .and_then(|from| bytes.get(from..))
+        .and_then(<[u8]>::first_chunk::<BLOCK>);
+    let mut mask = match last {
+        Some(last) => newline_mask(last) >> (BLOCK - rest),
+        None => short_mask(bytes.get(base..).unwrap_or_default()),
+    };
+    while mask != 0 {
+        found(base + mask.trailing_zeros() as usize);
+        mask &= mask - 1;
+    }
+}
+
+/// [`newline_mask`] of fewer than 64 bytes (a short read), eight at a
+/// time in a general-purpose register: no copy, no vector setup.
+#[inline(always)]
+fn short_mask(bytes: &[u8]) -> u64 {
+    let (words, rest) = bytes.as_chunks::<8>();
+    // The last one to seven bytes: the last whole word, shifted so that
+    // only they are left, or byte by byte when there is no whole word.
+    let mut mask = match (rest.is_empty(), bytes.last_chunk::<8>()) {
+        (true, _) => 0,
+        (false, Some(word)) => word_mask(u64::from_le_bytes(*word)) >> (8 - rest.len()),
+        (false, None) => rest
+            .iter()
+            .enumerate()
+            .fold(0, |m, (i, &b)| m | (u64::from(b == b'\n') << i)),
+    };
+    // Last word first, shifting the mask up as we go: a chain the
+    // vectoriser leaves alone (its 64-bit multiplies would be emulated).
+    for word in words.iter().rev() {
+        mask = mask << 8 | word_mask(u64::from_le_bytes(*word));
+    }
+    mask
+}
+
+/// Bit `j` (0 to 7) set when byte `j` of `word` (little-endian) is `\n`.
+#[inline(always)]
+fn word_mask(word: u64) -> u64 {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let x = word ^ 0x0a0a_0a0a_0a0a_0a0a;
+    // High bit of each byte set when the byte of `x` is zero; adding to the
+    // low seven bits never carries into the next byte, so this is exact.
+    let zero = !(((x & !HIGH) + !HIGH) | x) & HIGH;
+    zero.wrapping_mul(0x0002_0408_1020_4081) >> 56
+}
+
+/// Bit `i` set when `block[i]` is `\n`.
+#[inline(always)]
+fn newline_mask(block: &[u8; BLOCK]) -> u64 {
+    let mut hits = [0u8; BLOCK];
+    for (hit, &byte) in hits.iter_mut().zip(block) {
+        *hit = u8::from(byte == b'\n');
+    }
+    let (words, _) = hits.as_chunks::<8>();
+    let mut mask = 0;
+    for (k, word) in words.iter().enumerate() {
+        // Byte j of the word is 0 or 1; the multiply moves it to bit 56 + j.
+        let gathered = u64::from_le_bytes(*word).wrapping_mul(0x0102_0408_1020_4080) >> 56;
+        mask |= gathered << (8 * k);
+    }
+    mask
 }
 
 /// One-shot classification of a single line (without its `\n`), written
