@@ -136,6 +136,21 @@ pub fn parse_line(line: &[u8]) -> Option<Line<'_>> {
 /// seq ends the line). `None` when the line is not well-formed.
 #[inline(always)]
 fn parse_header(line: &[u8]) -> Option<(Kind, u64, usize)> {
+    // The usual line, type, one separator, one to seven digits and a
+    // separator, is decided from its first twelve bytes read as two words.
+    if let Some((first, rest)) = line.split_first_chunk::<4>()
+        && let Some(word) = rest.first_chunk::<8>()
+    {
+        let word = u64::from_le_bytes(*word);
+        let n = leading_digits(word);
+        if (1..=7).contains(&n) {
+            let kind = type_and_sep(*first)?;
+            let next = (word >> (8 * n)) as u8;
+            let end = 4 + n;
+            let ends = is_sep(next) || (next == b'\r' && end + 1 == line.len());
+            return ends.then(|| (kind, digits_value(word, n), end + 1));
+        }
+    }
     let (kind, value, end) = match head(line) {
         Head::Digits { kind, value, end } => (kind, value, end),
         Head::Invalid => return None,
@@ -194,22 +209,28 @@ fn head(bytes: &[u8]) -> Head {
 #[inline(always)]
 fn head_words(bytes: &[u8]) -> Option<([u8; 4], u64)> {
     let (first, rest) = bytes.split_first_chunk::<4>()?;
-    if let Some(next) = rest.first_chunk::<8>() {
-        return Some((*first, u64::from_le_bytes(*next)));
+    Some((*first, first_word(rest)))
+}
+
+/// The first eight bytes of `bytes` as a little-endian word, zero past its
+/// end.
+#[inline(always)]
+fn first_word(bytes: &[u8]) -> u64 {
+    if let Some(word) = bytes.first_chunk::<8>() {
+        return u64::from_le_bytes(*word);
     }
-    let next = match (rest.first_chunk::<4>(), rest.last_chunk::<4>()) {
+    match (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
         // Four to seven bytes: two overlapping loads.
         (Some(low), Some(high)) => {
             let low = u64::from(u32::from_le_bytes(*low));
             let high = u64::from(u32::from_le_bytes(*high));
-            low | high << (8 * (rest.len() - 4))
+            low | high << (8 * (bytes.len() - 4))
         }
-        _ => rest
+        _ => bytes
             .iter()
             .rev()
             .fold(0, |word, &byte| word << 8 | u64::from(byte)),
-    };
-    Some((*first, next))
+    }
 }
 
 /// How many of the word's bytes, from the first, are ASCII digits (0 to 8).
@@ -446,12 +467,30 @@ fn header(mut state: State, bytes: &[u8]) -> State {
         State::SeqCr { .. } if !bytes.is_empty() => return State::Skip,
         _ => return state,
     };
-    let end = skip_digits(bytes, i);
-    match seq_value(value, bytes.get(i..end).unwrap_or_default()) {
+    // Usually the digits end within the next eight bytes: one word.
+    let word = first_word(bytes.get(i..).unwrap_or_default());
+    let (value, end) = match leading_digits(word) {
+        0 => (Some(value), i),
+        n @ 1..=7 => {
+            let scale = POWERS_OF_TEN.get(n).copied().unwrap_or(u64::MAX);
+            let value = value
+                .checked_mul(scale)
+                .and_then(|v| v.checked_add(digits_value(word, n)));
+            (value, i + n)
+        }
+        _ => {
+            let end = skip_digits(bytes, i);
+            (seq_value(value, bytes.get(i..end).unwrap_or_default()), end)
+        }
+    };
+    match value {
         Some(value) => after_seq(kind, value, bytes, end),
         None => State::Skip,
     }
 }
+
+/// `10^n` for the one to seven digits [`header`] takes from one word.
+const POWERS_OF_TEN: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
 
 /// The type of a frame whose first four bytes are a type name and a
 /// separator, in one 32-bit compare per type.
@@ -557,27 +596,33 @@ fn for_each_newline(bytes: &[u8], mut found: impl FnMut(usize)) {
     }
 }
 
-/// [`newline_mask`] of fewer than 64 bytes (a short read), eight at a
-/// time in a general-purpose register: no copy, no vector setup.
+/// [`newline_mask`] of fewer than 64 bytes (a short read). Short reads
+/// come in every length, so this does not branch on it: eight words, the
+/// ones past the end slid back to end at the end (their bits are seen
+/// twice); byte by byte below eight bytes.
 #[inline(always)]
 fn short_mask(bytes: &[u8]) -> u64 {
-    let (words, rest) = bytes.as_chunks::<8>();
-    // The last one to seven bytes: the last whole word, shifted so that
-    // only they are left, or byte by byte when there is no whole word.
-    let mut mask = match (rest.is_empty(), bytes.last_chunk::<8>()) {
-        (true, _) => 0,
-        (false, Some(word)) => word_mask(u64::from_le_bytes(*word)) >> (8 - rest.len()),
-        (false, None) => rest
+    let Some(last) = bytes.len().checked_sub(8) else {
+        return bytes
             .iter()
             .enumerate()
-            .fold(0, |m, (i, &b)| m | (u64::from(b == b'\n') << i)),
+            .fold(0, |m, (i, &b)| m | (u64::from(b == b'\n') << i));
     };
-    // Last word first, shifting the mask up as we go: a chain the
-    // vectoriser leaves alone (its 64-bit multiplies would be emulated).
-    for word in words.iter().rev() {
-        mask = mask << 8 | word_mask(u64::from_le_bytes(*word));
+    let mut mask = 0;
+    for k in 0..8 {
+        let at = (8 * k).min(last);
+        if let Some(word) = bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+            mask |= word_mask(u64::from_le_bytes(*word)) << at;
+        }
     }
     mask
+}
+
+/// Byte `j` of `word` is 0 or 1; returns those bits as bits 0 to 7 (the
+/// multiply moves byte `j` to bit 56 + `j`).
+#[inline(always)]
+fn gather(word: u64) -> u64 {
+    word.wrapping_mul(0x0102_0408_1020_4080) >> 56
 }
 
 /// Bit `j` (0 to 7) set when byte `j` of `word` (little-endian) is `\n`.
@@ -601,9 +646,7 @@ fn newline_mask(block: &[u8; BLOCK]) -> u64 {
     let (words, _) = hits.as_chunks::<8>();
     let mut mask = 0;
     for (k, word) in words.iter().enumerate() {
-        // Byte j of the word is 0 or 1; the multiply moves it to bit 56 + j.
-        let gathered = u64::from_le_bytes(*word).wrapping_mul(0x0102_0408_1020_4080) >> 56;
-        mask |= gathered << (8 * k);
+        mask |= gather(u64::from_le_bytes(*word)) << (8 * k);
     }
     mask
 }
