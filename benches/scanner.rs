@@ -1,11 +1,13 @@
 //! Frame scanner throughput: bytes per second for 16-, 64- and 1024-byte
 //! frames, fed as whole buffers and as random small chunks (1 to 64 bytes,
-//! as a fragmenting peer would deliver them).
+//! as a fragmenting peer would deliver them), counting; and whole buffers
+//! with a sink that takes every frame's seq and end (what per-frame
+//! observability would pay).
 //!
 //! Run: `cargo bench --bench scanner`
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use foo_proxy::scanner::{Direction, FrameCounts, Scanner};
+use foo_proxy::scanner::{Direction, Frame, FrameCounts, FrameSink, Scanner};
 use std::hint::black_box;
 
 /// About 1 MiB of `REQ <seq> <data>\n` frames, each exactly `frame_len` bytes.
@@ -38,6 +40,18 @@ fn cuts(len: usize) -> Vec<usize> {
     cuts
 }
 
+/// A sink that uses every frame's seq and end, so none of it is optimised away.
+#[derive(Default)]
+struct SeqSum(u64);
+
+impl FrameSink for SeqSum {
+    fn frame(&mut self, frame: Frame, seq: u64, end: usize) {
+        if frame != Frame::Invalid {
+            self.0 = self.0.wrapping_add(seq ^ end as u64);
+        }
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("scanner");
     for frame_len in [16usize, 64, 1024] {
@@ -63,6 +77,13 @@ fn bench(c: &mut Criterion) {
                     from = to;
                 }
                 counts
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("events", frame_len), &data, |b, data| {
+            b.iter(|| {
+                let mut sum = SeqSum::default();
+                Scanner::new(Direction::ClientToServer).scan(black_box(data), &mut sum);
+                sum.0
             })
         });
     }

@@ -1,74 +1,18 @@
 //! Foo lines as the drivers read and write them. Pure: no I/O.
 //!
-//! [`parse`] accepts exactly the frames [`crate::scanner`] calls well-formed
-//! (a test holds the two together); the drivers also need the seq and data.
+//! Reading uses the proxy's own grammar ([`crate::scanner::parse_line`]), so
+//! the test tools and the proxy cannot disagree on what is well-formed; a
+//! test still holds it to the scanner's reference classifier.
 
 use crate::driver::rng::Rng;
+pub use crate::scanner::Kind;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Req,
-    Ack,
-    Nak,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Req => "REQ",
-            Kind::Ack => "ACK",
-            Kind::Nak => "NAK",
-        }
-    }
-}
-
-/// One well-formed message; `data` excludes the separator and any `\r`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Msg<'a> {
-    pub kind: Kind,
-    pub seq: u64,
-    pub data: &'a [u8],
-}
-
-fn is_sep(b: u8) -> bool {
-    b == b' ' || b == b'\t'
-}
+/// One well-formed message; `data` excludes the separators and any `\r`.
+pub type Msg<'a> = crate::scanner::Line<'a>;
 
 /// Parses one line without its `\n`; `None` when it is not well-formed.
 pub fn parse(line: &[u8]) -> Option<Msg<'_>> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let (kind, rest) = match line.split_at_checked(3)? {
-        (b"REQ", rest) => (Kind::Req, rest),
-        (b"ACK", rest) => (Kind::Ack, rest),
-        (b"NAK", rest) => (Kind::Nak, rest),
-        _ => return None,
-    };
-    let start = rest.iter().position(|b| !is_sep(*b))?;
-    if start == 0 {
-        return None;
-    }
-    let rest = rest.get(start..)?;
-    let digits = rest
-        .iter()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(rest.len());
-    if digits == 0 {
-        return None;
-    }
-    let (seq_bytes, tail) = rest.split_at(digits);
-    let mut seq: u64 = 0;
-    for d in seq_bytes {
-        seq = seq.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-    }
-    let data = match tail.first() {
-        None => tail,
-        Some(b) if is_sep(*b) => {
-            let skip = tail.iter().position(|b| !is_sep(*b)).unwrap_or(tail.len());
-            tail.get(skip..).unwrap_or_default()
-        }
-        Some(_) => return None,
-    };
-    Some(Msg { kind, seq, data })
+    crate::scanner::parse_line(line)
 }
 
 /// Appends the decimal digits of `n` without going through `fmt`.
