@@ -136,20 +136,11 @@ pub fn parse_line(line: &[u8]) -> Option<Line<'_>> {
 /// seq ends the line). `None` when the line is not well-formed.
 #[inline(always)]
 fn parse_header(line: &[u8]) -> Option<(Kind, u64, usize)> {
-    // The usual line, type, one separator, one to seven digits and a
-    // separator, is decided from its first twelve bytes read as two words.
     if let Some((first, rest)) = line.split_first_chunk::<4>()
         && let Some(word) = rest.first_chunk::<8>()
+        && let Some(decided) = quick(*first, u64::from_le_bytes(*word), line.len())
     {
-        let word = u64::from_le_bytes(*word);
-        let n = leading_digits(word);
-        if (1..=7).contains(&n) {
-            let kind = type_and_sep(*first)?;
-            let next = (word >> (8 * n)) as u8;
-            let end = 4 + n;
-            let ends = is_sep(next) || (next == b'\r' && end + 1 == line.len());
-            return ends.then(|| (kind, digits_value(word, n), end + 1));
-        }
+        return decided;
     }
     let (kind, value, end) = match head(line) {
         Head::Digits { kind, value, end } => (kind, value, end),
@@ -170,6 +161,25 @@ fn parse_header(line: &[u8]) -> Option<(Kind, u64, usize)> {
         Some(b'\r') if end + 1 == line.len() => Some((kind, value, end + 1)),
         Some(_) => None,
     }
+}
+
+/// The usual header (type, one separator, one to seven digits and the byte
+/// after them) decided from a line's first twelve bytes read as two words,
+/// `first` and `word`; `len` is the line's length (at least twelve).
+/// `None` when the loops must decide.
+#[inline(always)]
+fn quick(first: [u8; 4], word: u64, len: usize) -> Option<Option<(Kind, u64, usize)>> {
+    let n = leading_digits(word);
+    if !(1..=7).contains(&n) {
+        return None;
+    }
+    let Some(kind) = type_and_sep(first) else {
+        return Some(None);
+    };
+    let next = (word >> (8 * n)) as u8;
+    let end = 4 + n;
+    let ends = is_sep(next) || (next == b'\r' && end + 1 == len);
+    Some(ends.then(|| (kind, digits_value(word, n), end + 1)))
 }
 
 /// What the first twelve bytes of a frame say, read as two words.
@@ -260,11 +270,18 @@ fn digits_value(word: u64, n: usize) -> u64 {
 
 /// Where the scanner is inside a frame that began in an earlier read. The
 /// header is decided (`Data` or `Skip`) long before the frame ends in the
-/// usual case.
+/// usual case; a short start of a frame is kept raw (`Head`), and the
+/// byte-wise states serve headers longer than that.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// At the first byte of a frame.
     Start,
+    /// The first `len` (1 to 15) bytes of a frame whose header may not be
+    /// decided yet, kept raw at the end of `tail`: when the frame's line is
+    /// complete they are read again with it, as one header, by the same
+    /// code as any other line (no state to dispatch on, and so few branches
+    /// to mispredict at every short read).
+    Head { tail: [u8; 16], len: u8 },
     /// Matched `matched` letters (1 to 3) of the type name; after all three
     /// a space or tab must follow.
     Type { kind: Kind, matched: u8 },
@@ -280,7 +297,7 @@ enum State {
     Skip,
 }
 
-/// Scanner state for one direction of one connection: three words.
+/// Scanner state for one direction of one connection: four words.
 #[derive(Clone, Copy, Debug)]
 pub struct Scanner {
     direction: Direction,
@@ -318,9 +335,12 @@ impl Scanner {
 
     #[inline(always)]
     fn scan_in<S: FrameSink + ?Sized>(&mut self, direction: Direction, bytes: &[u8], sink: &mut S) {
-        // The header state of a frame begun in an earlier read, until its end.
-        let mut carried = self.state;
+        // Whether the first line began in an earlier read. The state itself
+        // is read in place, field by field, where it is needed: copying it
+        // whole would load what the last call stored in pieces.
+        let mut pending = self.state != State::Start;
         let mut start = 0;
+        let state = &self.state;
         for_each_newline(
             bytes,
             #[inline(always)]
@@ -328,24 +348,24 @@ impl Scanner {
                 let Some(line) = bytes.get(start..newline) else {
                     return;
                 };
-                let (frame, seq) = if carried == State::Start {
-                    classify(line, direction)
+                let (frame, seq) = if pending {
+                    pending = false;
+                    finish(state, line, bytes, direction)
                 } else {
-                    let ended = finish(carried, line, direction);
-                    carried = State::Start;
-                    ended
+                    classify(line, direction)
                 };
                 start = newline + 1;
                 sink.frame(frame, seq, start);
             },
         );
-        let rest = bytes.get(start..).unwrap_or_default();
-        self.state = match carried {
-            _ if rest.is_empty() => carried,
-            State::Start => begin(rest),
-            State::Data { .. } | State::Skip => carried,
-            _ => header(carried, rest),
-        };
+        if !pending {
+            self.state = State::Start;
+        }
+        carry(
+            &mut self.state,
+            bytes.get(start..).unwrap_or_default(),
+            bytes,
+        );
     }
 }
 
@@ -359,22 +379,112 @@ fn classify(line: &[u8], direction: Direction) -> (Frame, u64) {
 }
 
 /// The class and seq of a frame that began in an earlier read, from the
-/// header state it had reached and the rest of its line.
+/// state it had reached and the rest of its line, `rest`, which starts
+/// `bytes`, this read.
 #[inline(always)]
-fn finish(carried: State, rest: &[u8], direction: Direction) -> (Frame, u64) {
-    let state = match carried {
-        State::Data { .. } | State::Skip => carried,
-        _ => header(carried, rest),
+fn finish(carried: &State, rest: &[u8], bytes: &[u8], direction: Direction) -> (Frame, u64) {
+    let header = match *carried {
+        State::Data { kind, seq } => Some((kind, seq)),
+        State::Skip => None,
+        State::Head { tail, len } => rejoin(tail, usize::from(len), rest, bytes),
+        _ => match header(*carried, rest) {
+            State::Seq { kind, value } | State::SeqCr { kind, value } => Some((kind, value)),
+            State::Data { kind, seq } => Some((kind, seq)),
+            _ => None,
+        },
     };
-    match state {
-        State::Seq { kind, value }
-        | State::SeqCr { kind, value }
-        | State::Data { kind, seq: value }
-            if kind.legal(direction) =>
-        {
-            (kind.frame(), value)
-        }
+    match header {
+        Some((kind, seq)) if kind.legal(direction) => (kind.frame(), seq),
         _ => (Frame::Invalid, 0),
+    }
+}
+
+/// The header of a line whose first `len` bytes were kept raw at the end
+/// of `tail` and whose other bytes are `rest`, which starts `bytes`.
+#[inline(always)]
+fn rejoin(tail: [u8; 16], len: usize, rest: &[u8], bytes: &[u8]) -> Option<(Kind, u64)> {
+    let kept = u128::from_le_bytes(tail) >> (8 * (16 - len));
+    let window = (kept | first_16(bytes) << (8 * len)).to_le_bytes();
+    let total = len + rest.len();
+    // A line of at most 16 bytes is all in the window.
+    if let Some(line) = window.get(..total) {
+        return parse_header(line).map(|(kind, seq, _)| (kind, seq));
+    }
+    if let Some((first, after)) = window.split_first_chunk::<4>()
+        && let Some(word) = after.first_chunk::<8>()
+        && let Some(decided) = quick(*first, u64::from_le_bytes(*word), total)
+    {
+        return decided.map(|(kind, seq, _)| (kind, seq));
+    }
+    let kept = tail.get(16 - len..).unwrap_or_default();
+    match header(header(State::Start, kept), rest) {
+        State::Seq { kind, value } | State::SeqCr { kind, value } => Some((kind, value)),
+        State::Data { kind, seq } => Some((kind, seq)),
+        _ => None,
+    }
+}
+
+/// The first 16 bytes of `bytes`, zero past its end.
+#[inline(always)]
+fn first_16(bytes: &[u8]) -> u128 {
+    match bytes.first_chunk::<16>() {
+        Some(first) => u128::from_le_bytes(*first),
+        None => bytes
+            .iter()
+            .rev()
+            .fold(0, |word, &byte| word << 8 | u128::from(byte)),
+    }
+}
+
+/// Advances `state`, the state at the start of `rest`, over `rest`: the
+/// bytes after this read's last newline (the whole read, `bytes`, when it
+/// had none). Written in place, and not at all when a decided header just
+/// goes on.
+#[inline(always)]
+fn carry(state: &mut State, rest: &[u8], bytes: &[u8]) {
+    if rest.is_empty() {
+        return;
+    }
+    match *state {
+        State::Data { .. } | State::Skip => {}
+        State::Start if rest.len() < 16 => *state = keep(rest, bytes),
+        State::Start => *state = begin(rest),
+        State::Head { tail, len } => {
+            let len = usize::from(len);
+            *state = if len + rest.len() < 16 {
+                // Still short: shift the kept bytes down and add these.
+                let kept = u128::from_le_bytes(tail) >> (8 * rest.len());
+                match keep(rest, bytes) {
+                    State::Head { tail: new, .. } => State::Head {
+                        tail: (kept | u128::from_le_bytes(new)).to_le_bytes(),
+                        len: (len + rest.len()) as u8,
+                    },
+                    other => other,
+                }
+            } else {
+                // Sixteen bytes of the frame now: read them as its start.
+                let kept = u128::from_le_bytes(tail) >> (8 * (16 - len));
+                let window = (kept | first_16(rest) << (8 * len)).to_le_bytes();
+                header(begin(&window), rest.get(16 - len..).unwrap_or_default())
+            };
+        }
+        other => *state = header(other, rest),
+    }
+}
+
+/// `rest` (1 to 15 bytes, the end of `bytes`) kept raw at the end of a
+/// 16-byte array: the last 16 bytes of the read when there are that many.
+#[inline(always)]
+fn keep(rest: &[u8], bytes: &[u8]) -> State {
+    let tail = match bytes.last_chunk::<16>() {
+        Some(last) => u128::from_le_bytes(*last) & (u128::MAX << (8 * (16 - rest.len()))),
+        None => rest
+            .iter()
+            .fold(0, |word, &byte| word >> 8 | u128::from(byte) << 120),
+    };
+    State::Head {
+        tail: tail.to_le_bytes(),
+        len: rest.len() as u8,
     }
 }
 
