@@ -10,7 +10,8 @@
 //!    direction (backpressure). Idle pairs hold no buffer.
 //! 3. **scan**: every byte read passes through a per-direction
 //!    [`scanner::Scanner`], which classifies newline-terminated frames
-//!    incrementally, without buffering them.
+//!    incrementally (one pass per read finds all its newlines; at most 15
+//!    bytes of a partial frame are kept).
 //! 4. **count**: frame counts go into [`stats::Stats`] in place; the moving
 //!    windows ([`rates`]) take them once per loop iteration.
 //! 5. **report**: SIGUSR2 (or SIGUSR1) prints [`stats::Report`] as one JSON

@@ -323,7 +323,7 @@ impl Scanner {
 
     /// Consumes `bytes`, handing each completed frame to `sink` in order.
     /// Bytes after the last newline are remembered as the state of a partial
-    /// frame, never copied.
+    /// frame (its first 15 bytes at most are kept raw, never more).
     #[inline]
     pub fn scan<S: FrameSink + ?Sized>(&mut self, bytes: &[u8], sink: &mut S) {
         // One copy of the loop per direction, so the legality test folds away.
