@@ -1243,6 +1243,12 @@ mod tests {
     }
 
     #[test]
+    fn a_scanner_stays_four_words() {
+        // Two per pair, for every pair: the raw partial header must not grow it.
+        assert!(std::mem::size_of::<Scanner>() <= 32);
+    }
+
+    #[test]
     fn the_portable_newline_mask_matches_the_sse2_one() {
         let mut piece = [b'x'; 16];
         for i in 0..16 {
