@@ -35,6 +35,8 @@ Flags take one dash or two, and their value after a space or '=':
     --log-level LEVEL      error, warn, info or debug       [default info]
     -h, --help             print this help
     --version              print the version
+    --probe URL            GET http://HOST:PORT/PATH and exit 0 on a 2xx
+                           answer, 1 otherwise (a container health check)
 
 ADDR is HOST:PORT; ':PORT' means every interface (IPv4 and IPv6) for -listen
 and -http and this host for -forward. The admin socket serves statistics to anyone who can
@@ -69,6 +71,8 @@ pub enum Command {
     Run(Box<Config>),
     Help,
     Version,
+    /// `--probe URL`: one health-check request instead of serving.
+    Probe(crate::probe::Target),
 }
 
 /// A command-line error: one line naming the flag or value at fault.
@@ -94,6 +98,7 @@ const VALUE_FLAGS: &[&str] = &[
     "drain-timeout",
     "max-connections",
     "log-level",
+    "probe",
 ];
 
 /// Flags that take no value, in their long form (`-h` is `--help`).
@@ -202,6 +207,10 @@ pub fn parse_with(
     }
     if pargs.contains("--version") {
         return Ok(Command::Version);
+    }
+    if let Some(url) = last_value(&mut pargs, "--probe")? {
+        reject_rest(pargs)?;
+        return Ok(Command::Probe(crate::probe::Target::parse(&url)?));
     }
     let listen_spec = last_value(&mut pargs, "--listen")?.unwrap_or_else(|| ":8002".into());
     let forward_spec = last_value(&mut pargs, "--forward")?.unwrap_or_else(|| ":8001".into());

@@ -35,7 +35,8 @@
 //! (pure logic, clock passed in), [`recovery`] (snapshot encoding and
 //! restore arithmetic, pure; the file and its writer thread), [`pool`],
 //! [`pipe`], [`linger`] and [`server`] (I/O), [`admin`] (a pure request to
-//! response function and the connections the loop drives). [`driver`] holds
+//! response function and the connections the loop drives), [`probe`]
+//! (`--probe URL`, the container image's health check). [`driver`] holds
 //! what the test binaries in `src/bin/` share (foo-server, foo-client,
 //! foo-load, foo-demo).
 
@@ -55,6 +56,7 @@ pub mod net;
 pub mod output;
 pub mod pipe;
 pub mod pool;
+pub mod probe;
 pub mod rates;
 pub mod recovery;
 pub mod scanner;

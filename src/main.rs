@@ -26,6 +26,7 @@ fn main() -> ExitCode {
             println!("foo-proxy {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
+        Ok(Command::Probe(target)) => return foo_proxy::probe::main(&target),
         Err(e) => {
             eprintln!("foo-proxy: {e} (see foo-proxy -h)");
             return ExitCode::from(2);
