@@ -384,6 +384,9 @@ fn compose_unavailable() -> Option<String> {
     if !command_works(Command::new("podman-compose").arg("--version")) {
         return Some("podman-compose is not installed (apt-get install podman-compose)".into());
     }
+    if !command_works(Command::new("ip").arg("-V")) {
+        return Some("ip is not installed (apt-get install iproute2)".into());
+    }
     if !command_works(Command::new("unshare").args(["--net", "true"])) {
         return Some("unshare --net is not permitted".into());
     }
