@@ -21,14 +21,18 @@ triple=$(rustc -vV | sed -n 's/^host: //p')
 # apart from the dynamic ones in target/dist.
 RUSTFLAGS="-C target-feature=+crt-static" "${CARGO:-cargo}" build --locked --profile dist \
   --target "$triple" --bin foo-proxy --bin foo-server >&2
+# Wherever cargo puts its output (CARGO_TARGET_DIR, build.target-dir).
+target_dir=$("${CARGO:-cargo}" metadata --format-version 1 --no-deps \
+  | grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)
+bins="$target_dir/$triple/dist"
 
 # A context of its own per run: two builds at once (tests) do not share one.
-mkdir -p target/container
-context=$(mktemp -d target/container/context.XXXXXX)
+mkdir -p "$target_dir/container"
+context=$(mktemp -d "$target_dir/container/context.XXXXXX")
 trap 'rm -rf "$context"' EXIT
 mkdir "$context/data"
 cp -R contrib/container/rootfs/etc "$context/etc"
-cp "target/$triple/dist/foo-proxy" "target/$triple/dist/foo-server" "$context/"
+cp "$bins/foo-proxy" "$bins/foo-server" "$context/"
 
 format=()
 case "$(basename "$engine")" in
