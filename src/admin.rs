@@ -357,8 +357,14 @@ pub fn prometheus(r: &Report, start_unix: f64) -> String {
     metric(
         "foo_upstream_errors_total",
         "counter",
-        "Upstream connections that could not be made.",
+        "Clients that could not be served: no forward address took the connect.",
         &[("", r.upstream_errors)],
+    );
+    metric(
+        "foo_upstream_connect_retries_total",
+        "counter",
+        "Moves to the next forward address after one failed or timed out.",
+        &[("", r.upstream_connect_retries)],
     );
     metric(
         "foo_connection_limit_hits_total",
@@ -371,6 +377,21 @@ pub fn prometheus(r: &Report, start_unix: f64) -> String {
         "counter",
         "Accepts or connects that failed for want of descriptors or memory.",
         &[("", r.resource_errors)],
+    );
+    metric(
+        "foo_partial_frames_total",
+        "counter",
+        "Connections that ended with bytes after the last newline (a tail that forms no frame).",
+        &[
+            (
+                "{direction=\"client_to_server\"}",
+                r.partial_frames_client_to_server,
+            ),
+            (
+                "{direction=\"server_to_client\"}",
+                r.partial_frames_server_to_client,
+            ),
+        ],
     );
     metric(
         "foo_log_lines_dropped_total",
@@ -893,6 +914,8 @@ mod tests {
             "foo_upstream_errors_total",
             "foo_connection_limit_hits_total",
             "foo_resource_errors_total",
+            "foo_upstream_connect_retries_total",
+            "foo_partial_frames_total",
             "foo_bytes_total",
             "foo_connections_active",
             "foo_buffered_bytes",

@@ -40,40 +40,76 @@ fn no_ipv6(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(97 | 99))
 }
 
-/// Whether `ip` is an address of this host: a socket can be bound to it.
-pub fn is_local(ip: IpAddr) -> bool {
-    ip.is_loopback() || ip.is_unspecified() || UdpSocket::bind((ip, 0)).is_ok()
+/// Whether `addr`'s IP is an address of this host: a socket can be bound
+/// to it (port 0). The zone (scope id) goes with it, so a link-local
+/// address counts only on the interface it names.
+pub fn is_local(addr: SocketAddr) -> bool {
+    let ip = addr.ip();
+    if ip.is_loopback() || ip.is_unspecified() {
+        return true;
+    }
+    let mut probe = addr;
+    probe.set_port(0);
+    if let SocketAddr::V6(v6) = &mut probe {
+        v6.set_flowinfo(0);
+    }
+    UdpSocket::bind(probe).is_ok()
 }
 
 /// Whether connecting to `forward` would reach the listener bound at
-/// `listening` (the address it actually got, port 0 resolved): the same
-/// address and port, or the same port on a wildcard listener and an address
-/// of this host that the listener accepts on. `is_local` is passed in so
-/// tests need no network.
+/// `listening` (the address it actually got, port 0 resolved), on the same
+/// port: the unspecified address (`0.0.0.0`, `[::]`, in any spelling,
+/// IPv4-mapped too), which Linux connects to this host itself; the same
+/// address (a link-local one only in the same zone); or, on a wildcard
+/// listener, an address of this host that the listener accepts on.
+/// `is_local` is passed in so tests need no network.
 pub fn reaches_itself(
     listening: SocketAddr,
     forward: SocketAddr,
-    is_local: impl Fn(IpAddr) -> bool,
+    is_local: impl Fn(SocketAddr) -> bool,
 ) -> bool {
     if listening.port() != forward.port() {
         return false;
     }
     let fwd = canonical(forward.ip());
     let own = canonical(listening.ip());
-    if fwd == own {
+    // A connect to 0.0.0.0 or :: goes to this host (the loopback address,
+    // or the socket's own source): treated as every local listener rather
+    // than predicting which one the kernel picks.
+    if fwd.is_unspecified() || same_address(listening, forward) {
         return true;
     }
-    let accepts_family = match listening.ip() {
+    let accepts_family = match own {
         // `[::]` listens dual-stack.
         IpAddr::V6(v6) if v6.is_unspecified() => true,
         IpAddr::V4(v4) if v4.is_unspecified() => fwd.is_ipv4(),
         _ => false,
     };
-    accepts_family && is_local(fwd)
+    // A mapped address is probed as the IPv4 address it stands for.
+    let probe = if fwd == forward.ip() {
+        forward
+    } else {
+        SocketAddr::new(fwd, forward.port())
+    };
+    accepts_family && is_local(probe)
+}
+
+/// The same IP (IPv4-mapped normalised), and for a link-local IPv6 address
+/// the same zone: `fe80::1%eth0` and `fe80::1%eth1` are different hosts.
+fn same_address(a: SocketAddr, b: SocketAddr) -> bool {
+    if canonical(a.ip()) != canonical(b.ip()) {
+        return false;
+    }
+    match (a, b) {
+        (SocketAddr::V6(a), SocketAddr::V6(b)) if a.ip().is_unicast_link_local() => {
+            a.scope_id() == b.scope_id()
+        }
+        _ => true,
+    }
 }
 
 /// `::ffff:a.b.c.d` as `a.b.c.d`, so mapped and plain IPv4 compare equal.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -88,9 +124,28 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// This host, for the tests: loopback, 10.1.2.3, and fe80::7 on
+    /// interface 2 only.
+    fn local(a: SocketAddr) -> bool {
+        match a {
+            SocketAddr::V6(v6) if v6.ip().is_unicast_link_local() => {
+                *v6.ip() == "fe80::7".parse::<std::net::Ipv6Addr>().unwrap() && v6.scope_id() == 2
+            }
+            _ => a.ip().is_loopback() || a.ip() == "10.1.2.3".parse::<IpAddr>().unwrap(),
+        }
+    }
+
+    fn zoned(ip: &str, port: u16, zone: u32) -> SocketAddr {
+        SocketAddr::V6(std::net::SocketAddrV6::new(
+            ip.parse().unwrap(),
+            port,
+            0,
+            zone,
+        ))
+    }
+
     #[test]
     fn a_forward_to_the_own_listener_is_recognised() {
-        let local = |ip: IpAddr| ip.is_loopback() || ip == "10.1.2.3".parse::<IpAddr>().unwrap();
         let yes = [
             ("127.0.0.1:8002", "127.0.0.1:8002"),
             ("[::]:8002", "127.0.0.1:8002"),
@@ -98,6 +153,7 @@ mod tests {
             ("[::]:8002", "10.1.2.3:8002"),
             ("0.0.0.0:8002", "127.0.0.2:8002"),
             ("0.0.0.0:8002", "[::ffff:127.0.0.1]:8002"),
+            ("0.0.0.0:8002", "[::ffff:10.1.2.3]:8002"),
             ("[::1]:8002", "[::1]:8002"),
         ];
         for (listen, forward) in yes {
@@ -111,6 +167,7 @@ mod tests {
             ("127.0.0.1:8002", "127.0.0.2:8002"),
             ("0.0.0.0:8002", "[::1]:8002"),
             ("[::]:8002", "192.0.2.7:8002"),
+            ("127.0.0.1:8002", "0.0.0.0:8001"),
         ];
         for (listen, forward) in no {
             assert!(
@@ -118,5 +175,55 @@ mod tests {
                 "{listen} {forward}"
             );
         }
+    }
+
+    #[test]
+    fn the_unspecified_address_in_every_spelling_is_this_host() {
+        // Linux connects 0.0.0.0 and :: to this host: whatever the listener.
+        let listeners = [
+            "127.0.0.1:8002",
+            "127.0.0.2:8002",
+            "[::1]:8002",
+            "0.0.0.0:8002",
+            "[::]:8002",
+        ];
+        let forwards = [
+            "0.0.0.0:8002",
+            "[::]:8002",
+            "[::0]:8002",
+            "[0:0:0:0:0:0:0:0]:8002",
+            "[::ffff:0.0.0.0]:8002",
+        ];
+        for listen in listeners {
+            for forward in forwards {
+                assert!(
+                    reaches_itself(addr(listen), addr(forward), |_| false),
+                    "{listen} {forward}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_link_local_forward_is_compared_with_its_zone() {
+        let any = addr("[::]:8002");
+        assert!(reaches_itself(any, zoned("fe80::7", 8002, 2), local));
+        // The same address on another interface is another host.
+        assert!(!reaches_itself(any, zoned("fe80::7", 8002, 3), local));
+        let on_2 = zoned("fe80::7", 8002, 2);
+        assert!(reaches_itself(on_2, zoned("fe80::7", 8002, 2), |_| false));
+        assert!(!reaches_itself(on_2, zoned("fe80::7", 8002, 3), |_| false));
+        // An IPv4-only wildcard does not accept IPv6.
+        assert!(!reaches_itself(addr("0.0.0.0:8002"), on_2, local));
+    }
+
+    #[test]
+    fn is_local_knows_loopback_and_needs_the_zone_of_a_link_local_address() {
+        assert!(is_local(addr("127.0.0.1:9")));
+        assert!(is_local(addr("0.0.0.0:9")));
+        // An address no interface here has.
+        assert!(!is_local(addr("192.0.2.77:9")));
+        // Without a zone a link-local address cannot be bound anywhere.
+        assert!(!is_local(zoned("fe80::1234", 9, 0)));
     }
 }

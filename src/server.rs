@@ -1,9 +1,9 @@
 //! The event loop: one mio poll drives the listener, every client/server
 //! pair, and the signal pipe. All state lives here; nothing is shared.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -24,7 +24,7 @@ use crate::pipe::{Ctx, Fault, Pipe, Side, interrupted, would_block};
 use crate::pool::Pool;
 use crate::recovery::Recovery;
 use crate::scanner::Direction;
-use crate::stats::{Report, Stats};
+use crate::stats::{Report, Stats, add};
 use log::{debug, info, warn};
 
 const LISTENER: Token = Token(0);
@@ -164,6 +164,8 @@ struct Pair {
     /// When the pair last moved a byte, for the idle timeout.
     last_active: Instant,
     scheduled: bool,
+    /// The upstream connection's local address is in `Server::loop_watch`.
+    watched: bool,
 }
 
 /// How a pair ends.
@@ -291,8 +293,14 @@ fn connect_state(stream: &TcpStream) -> ConnectState {
     }
 }
 
-/// Starts a connect to the first address from `from` that accepts one.
-fn connect_from(addrs: &[SocketAddr], from: usize) -> Result<(usize, TcpStream), io::Error> {
+/// Starts a connect to the first address from `from` that accepts one;
+/// `retried(failed, why, next)` is told of each address that failed at
+/// once while another one is left to try.
+fn connect_from(
+    addrs: &[SocketAddr],
+    from: usize,
+    mut retried: impl FnMut(SocketAddr, &io::Error, SocketAddr),
+) -> Result<(usize, TcpStream), io::Error> {
     let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no forward address");
     for (i, addr) in addrs.iter().enumerate().skip(from) {
         match TcpStream::connect(*addr) {
@@ -301,10 +309,51 @@ fn connect_from(addrs: &[SocketAddr], from: usize) -> Result<(usize, TcpStream),
                 let _ = stream.set_nodelay(true);
                 return Ok((i, stream));
             }
-            Err(e) => last = e,
+            Err(e) => {
+                if let Some(next) = addrs.get(i + 1) {
+                    retried(*addr, &e, *next);
+                }
+                last = e;
+            }
         }
     }
     Err(last)
+}
+
+/// Counts a move to the next forward address and logs it, throttled: a
+/// black-holed first address costs every client a connect timeout, which
+/// must not go unseen.
+fn note_retry(
+    stats: &mut Stats,
+    log: &mut Throttle,
+    (failed, why, next): (SocketAddr, &io::Error, SocketAddr),
+    now: Instant,
+) {
+    add(&mut stats.upstream_connect_retries, 1);
+    if let Some(suppressed) = log.ready(now) {
+        warn!(
+            "upstream {failed} failed ({}); trying the next address, {next}{}",
+            describe(why),
+            suppressed_note(suppressed)
+        );
+    }
+}
+
+/// `(IP, port)` with an IPv4-mapped IP as plain IPv4: how an accepted
+/// peer and an upstream's local address compare.
+fn endpoint(addr: SocketAddr) -> (IpAddr, u16) {
+    (crate::net::canonical(addr.ip()), addr.port())
+}
+
+/// The key under which an upstream connection to `forward` is watched for
+/// a forwarding loop: its local address, when it goes to our own listen
+/// port (only such a connection can come back to us). `None` otherwise,
+/// which is every connection in a usual setup, at the cost of one compare.
+fn loop_key(forward: SocketAddr, listen_port: u16, stream: &TcpStream) -> Option<(IpAddr, u16)> {
+    if forward.port() != listen_port {
+        return None;
+    }
+    stream.local_addr().ok().map(endpoint)
 }
 
 /// The proxy: owns every socket, buffer, counter and deadline.
@@ -337,6 +386,13 @@ pub struct Server {
     /// Accepting should be retried now (backlog left from a pause).
     accept_again: bool,
     upstream_log: Throttle,
+    /// Moves to the next forward address.
+    retry_log: Throttle,
+    /// Local addresses of upstream connections to our own listen port, by
+    /// pair key: an accepted client from one of them is the proxy itself,
+    /// a forwarding loop the start-up check could not see (an address this
+    /// host gained later). Empty in a usual setup.
+    loop_watch: HashMap<(IpAddr, u16), usize>,
     limit_log: Throttle,
     accept_log: Throttle,
     signal_log: Throttle,
@@ -397,6 +453,8 @@ impl Server {
             at_limit: false,
             accept_again: false,
             upstream_log: Throttle::new(LOG_INTERVAL),
+            retry_log: Throttle::new(LOG_INTERVAL),
+            loop_watch: HashMap::new(),
             limit_log: Throttle::new(LOG_INTERVAL),
             accept_log: Throttle::new(LOG_INTERVAL),
             signal_log: Throttle::new(Duration::from_secs(1)),
@@ -711,7 +769,10 @@ impl Server {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.open_pair(stream, peer, now),
+                Ok((stream, peer)) => match self.loop_watch.get(&endpoint(peer)) {
+                    Some(&origin) => self.cut_loop(origin, stream, now),
+                    None => self.open_pair(stream, peer, now),
+                },
                 Err(e) if would_block(&e) => {
                     // The backlog is empty: any exhaustion episode is over.
                     self.exhausted_logged = false;
@@ -762,7 +823,11 @@ impl Server {
         self.next_id = self.next_id.wrapping_add(1);
         let id = self.next_id;
         debug!("pair {id}: client {peer} accepted");
-        let (upstream, mut server) = match connect_from(&self.config.forward, 0) {
+        let (stats, retry_log) = (&mut self.stats, &mut self.retry_log);
+        let retried = |failed, why: &io::Error, next| {
+            note_retry(stats, retry_log, (failed, why, next), now);
+        };
+        let (upstream, mut server) = match connect_from(&self.config.forward, 0, retried) {
             Ok(ok) => ok,
             Err(e) => {
                 if resource_exhausted(&e) {
@@ -797,6 +862,11 @@ impl Server {
             );
             return;
         }
+        let forward = self.config.forward.get(upstream).copied();
+        let watch = forward.and_then(|f| loop_key(f, self.local_addr.port(), &server));
+        if let Some(k) = watch {
+            self.loop_watch.insert(k, key);
+        }
         entry.insert(Pair {
             id,
             client: Side::new(client),
@@ -812,6 +882,7 @@ impl Server {
             fin_armed: false,
             last_active: now,
             scheduled: false,
+            watched: watch.is_some(),
         });
         self.set_deadline(key, Some(now + self.config.connect_timeout));
     }
@@ -897,7 +968,21 @@ impl Server {
         };
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut pair.server.stream);
-        let next = connect_from(&self.config.forward, pair.upstream.saturating_add(1));
+        if std::mem::take(&mut pair.watched)
+            && let Ok(local) = pair.server.stream.local_addr()
+        {
+            self.loop_watch.remove(&endpoint(local));
+        }
+        let addrs = &self.config.forward;
+        let from = pair.upstream.saturating_add(1);
+        let (stats, retry_log) = (&mut self.stats, &mut self.retry_log);
+        if let (Some(failed), Some(next)) = (addrs.get(pair.upstream), addrs.get(from)) {
+            note_retry(stats, retry_log, (*failed, &err, *next), now);
+        }
+        let retried = |failed, why: &io::Error, next| {
+            note_retry(stats, retry_log, (failed, why, next), now);
+        };
+        let next = connect_from(addrs, from, retried);
         let registered = next.and_then(|(i, mut stream)| {
             registry
                 .register(
@@ -909,15 +994,13 @@ impl Server {
         });
         match registered {
             Ok((i, stream)) => {
-                debug!(
-                    "pair {}: upstream {} failed ({}); trying the next address",
-                    pair.id,
-                    self.config
-                        .forward
-                        .get(pair.upstream)
-                        .map_or_else(String::new, |a| a.to_string()),
-                    describe(&err)
-                );
+                let watch = addrs
+                    .get(i)
+                    .and_then(|f| loop_key(*f, self.local_addr.port(), &stream));
+                if let Some(k) = watch {
+                    self.loop_watch.insert(k, key);
+                }
+                pair.watched = watch.is_some();
                 pair.upstream = i;
                 pair.server = Side::new(stream);
                 self.set_deadline(key, Some(now + self.config.connect_timeout));
@@ -1081,6 +1164,19 @@ impl Server {
         }
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut pair.server.stream);
+        if pair.watched
+            && let Ok(local) = pair.server.stream.local_addr()
+        {
+            self.loop_watch.remove(&endpoint(local));
+        }
+        // Bytes after the last newline form no frame; counted here, once
+        // per connection, so that the frame counts can be reconciled.
+        if !pair.c2s.at_frame_boundary() {
+            add(&mut self.stats.partial_frames_client_to_server, 1);
+        }
+        if !pair.s2c.at_frame_boundary() {
+            add(&mut self.stats.partial_frames_server_to_client, 1);
+        }
         pair.c2s.discard(&mut self.pool);
         Some(pair)
     }
@@ -1094,6 +1190,25 @@ impl Server {
         pair.s2c.discard(&mut self.pool);
         debug!("pair {}: closed", pair.id);
         self.connection_closed();
+    }
+
+    /// An accepted client is our own upstream connection for pair `origin`:
+    /// a forwarding loop. The looped connection is closed at once, and the
+    /// origin's client is not served (an upstream error), so one client
+    /// costs one extra connection instead of every descriptor.
+    fn cut_loop(&mut self, origin: usize, looped: TcpStream, now: Instant) {
+        drop(looped);
+        let target = self
+            .pairs
+            .get(origin)
+            .and_then(|p| self.config.forward.get(p.upstream))
+            .map_or_else(String::new, |a| format!("{a} "));
+        let why = io::Error::other(format!(
+            "{target}leads back to this proxy's own listener {} (a forwarding loop)",
+            self.local_addr
+        ));
+        self.upstream_failed(&why, now);
+        self.linger(origin, now + self.config.fin_timeout);
     }
 
     /// Done with the client: the upstream is closed now, the client gets a

@@ -19,7 +19,15 @@ pub struct Stats {
     pub invalid_server_to_client: u64,
     pub connections_active: u64,
     pub connections_total: u64,
+    /// Clients that could not be served: no forward address took the connect.
     pub upstream_errors: u64,
+    /// Moves to the next forward address after one failed or timed out
+    /// (the client may still be served).
+    pub upstream_connect_retries: u64,
+    /// Connections that ended with bytes after the last newline, by
+    /// direction: a tail that forms no frame (counted at the connection's end).
+    pub partial_frames_client_to_server: u64,
+    pub partial_frames_server_to_client: u64,
     /// Times accepting stopped at `--max-connections`.
     pub connection_limit_hits: u64,
     /// Accepts or connects that failed for want of descriptors or memory.
@@ -49,8 +57,11 @@ pub struct Report {
     pub connections_active: u64,
     pub connections_total: u64,
     pub upstream_errors: u64,
+    pub upstream_connect_retries: u64,
     pub connection_limit_hits: u64,
     pub resource_errors: u64,
+    pub partial_frames_client_to_server: u64,
+    pub partial_frames_server_to_client: u64,
     /// Log lines dropped because stderr was not read fast enough.
     pub log_lines_dropped: u64,
     /// SIGUSR2/SIGUSR1 reports dropped because stdout was not read.
@@ -130,8 +141,11 @@ impl Stats {
             connections_active: self.connections_active,
             connections_total: self.connections_total,
             upstream_errors: self.upstream_errors,
+            upstream_connect_retries: self.upstream_connect_retries,
             connection_limit_hits: self.connection_limit_hits,
             resource_errors: self.resource_errors,
+            partial_frames_client_to_server: self.partial_frames_client_to_server,
+            partial_frames_server_to_client: self.partial_frames_server_to_client,
             // Kept by the output writers, not by the counters: the loop
             // fills them in.
             log_lines_dropped: 0,

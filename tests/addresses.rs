@@ -93,6 +93,18 @@ fn a_name_with_two_addresses_gets_the_second_after_the_first_times_out() {
     }
     let r = proxy.report();
     assert_eq!(r["upstream_errors"], 0, "{r}");
+    // Each client moved on once; the timed-out address is named, in one
+    // throttled line for the three.
+    assert_eq!(r["upstream_connect_retries"], 3, "{r}");
+    let warned = format!(
+        "upstream 127.0.0.1:{port} failed (connect timed out); trying the next address, 127.0.0.2:{port}"
+    );
+    assert_eq!(
+        proxy.stderr().matches(&warned).count(),
+        1,
+        "{}",
+        proxy.stderr()
+    );
 }
 
 /// Starts a proxy on `-listen :PORT -http :PORT2`.
@@ -181,4 +193,137 @@ fn forwarding_to_itself_is_refused_at_start_with_exit_2() {
     exits_2_naming_the_forward(&["-listen", &any, "-forward", &same]);
     exits_2_naming_the_forward(&["-listen", &any, "-forward", &format!("localhost:{port}")]);
     exits_2_naming_the_forward(&["-listen", &any, "-forward", &any]);
+}
+
+#[test]
+fn forwarding_to_the_unspecified_address_in_any_spelling_is_refused_with_exit_2() {
+    // Linux connects 0.0.0.0 and :: to this host: each of these would make
+    // one client chain connections until every descriptor is used.
+    let port = dead_port();
+    let v4 = format!("127.0.0.1:{port}");
+    for forward in ["0.0.0.0", "0", "[::ffff:0.0.0.0]", "[::]"] {
+        exits_2_naming_the_forward(&["-listen", &v4, "-forward", &format!("{forward}:{port}")]);
+    }
+    exits_2_naming_the_forward(&[
+        "-listen",
+        &format!(":{port}"),
+        "-forward",
+        &format!("0.0.0.0:{port}"),
+    ]);
+    if ipv6_loopback() {
+        let v6 = format!("[::1]:{port}");
+        for forward in ["[::]", "[::0]", "[0:0:0:0:0:0:0:0]"] {
+            exits_2_naming_the_forward(&["-listen", &v6, "-forward", &format!("{forward}:{port}")]);
+        }
+    } else {
+        eprintln!(
+            "SKIPPED the [::1] cases of forwarding_to_the_unspecified_address...: no ::1 here"
+        );
+    }
+}
+
+/// Whether the test can make a network namespace of its own (`unshare
+/// -rn`) and set its addresses with `ip`; it dies with the process in it.
+fn private_network() -> bool {
+    Command::new("unshare")
+        .args(["-rn", "ip", "link", "set", "lo", "up"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_forward_to_this_hosts_link_local_address_with_its_zone_is_refused() {
+    if !private_network() {
+        eprintln!(
+            "SKIPPED a_forward_to_this_hosts_link_local_address_with_its_zone_is_refused: \
+             `unshare -rn` or `ip` is not available here"
+        );
+        return;
+    }
+    // A namespace whose loopback also has fe80::1: `[fe80::1%lo]` is this
+    // host, reachable through the dual-stack `:PORT` listener.
+    let bin = env!("CARGO_BIN_EXE_foo-proxy");
+    let script = format!(
+        "ip link set lo up && ip addr add fe80::1/64 dev lo nodad && \
+         exec {bin} -listen :8002 -forward '[fe80::1%lo]:8002' -http=off -recovery-path="
+    );
+    let out = Command::new("unshare")
+        .args([
+            "-rn",
+            "sh",
+            "-c",
+            &format!("timeout 5 sh -c \"{script}\"; echo exit=$?"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("exit=2"), "{stdout} {stderr}");
+    assert!(stderr.contains("own listen address"), "{stderr}");
+}
+
+/// Runs inside a private network namespace: a proxy on `0.0.0.0:8002`
+/// forwarding to 10.9.9.9:8002, which becomes an address of this host only
+/// after the start (a virtual IP moving in); one client; prints how the
+/// client's connection ended, the report and the proxy's log.
+const LOOP_AFTER_START: &str = r#"
+import json, socket, subprocess, sys, time, urllib.request
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+p = subprocess.Popen([sys.argv[1], "-listen", "0.0.0.0:8002", "-forward", "10.9.9.9:8002",
+                      "-http", "127.0.0.1:8088", "-recovery-path=", "--max-connections", "50",
+                      "--fin-timeout", "1s"], stderr=subprocess.PIPE, text=True)
+log = p.stderr.readline()
+subprocess.run(["ip", "addr", "add", "10.9.9.9/32", "dev", "lo"], check=True)
+c = socket.create_connection(("127.0.0.1", 8002), timeout=5)
+c.sendall(b"REQ 1 x\n")
+how = "eof"
+try:
+    while c.recv(65536):
+        pass
+except socket.timeout:
+    how = "timeout"
+except OSError as e:
+    how = "error %s" % e
+time.sleep(0.2)
+stats = json.loads(urllib.request.urlopen("http://127.0.0.1:8088/stats", timeout=5).read())
+p.terminate()
+log += p.communicate(timeout=10)[1]
+print(json.dumps({"how": how, "stats": stats, "log": log}))
+"#;
+
+#[test]
+fn a_forward_that_becomes_this_host_after_start_is_cut_at_the_first_looped_connection() {
+    if !private_network() {
+        eprintln!(
+            "SKIPPED a_forward_that_becomes_this_host_after_start_is_cut_at_the_first_looped_connection: \
+             `unshare -rn` or `ip` is not available here"
+        );
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_foo-proxy");
+    let out = Command::new("timeout")
+        .args([
+            "30",
+            "unshare",
+            "-rn",
+            "python3",
+            "-c",
+            LOOP_AFTER_START,
+            bin,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    let r = &result["stats"];
+    // One client, one looped connection cut at once: the client gets EOF
+    // (not served), and no chain of connections builds up.
+    assert_eq!(result["how"], "eof", "{result}");
+    assert_eq!(r["connections_total"], 1, "{result}");
+    assert_eq!(r["upstream_errors"], 1, "{result}");
+    assert_eq!(r["connection_limit_hits"], 0, "{result}");
+    let log = result["log"].as_str().unwrap();
+    assert_eq!(log.matches("a forwarding loop").count(), 1, "{log}");
 }

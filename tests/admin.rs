@@ -178,6 +178,21 @@ fn http_counts_equal_sigusr2_counts_under_every_format() {
         ("foo_connections_total", &[], "connections_total"),
         ("foo_upstream_errors_total", &[], "upstream_errors"),
         (
+            "foo_upstream_connect_retries_total",
+            &[],
+            "upstream_connect_retries",
+        ),
+        (
+            "foo_partial_frames_total",
+            &["client_to_server"],
+            "partial_frames_client_to_server",
+        ),
+        (
+            "foo_partial_frames_total",
+            &["server_to_client"],
+            "partial_frames_server_to_client",
+        ),
+        (
             "foo_bytes_total",
             &["client_to_server"],
             "bytes_client_to_server",
@@ -231,6 +246,11 @@ fn metrics_speaks_prometheus_to_a_scraper_and_json_to_curl() {
         ("foo_invalid_messages_total", PrometheusType::Counter),
         ("foo_connections_total", PrometheusType::Counter),
         ("foo_upstream_errors_total", PrometheusType::Counter),
+        (
+            "foo_upstream_connect_retries_total",
+            PrometheusType::Counter,
+        ),
+        ("foo_partial_frames_total", PrometheusType::Counter),
         ("foo_connection_limit_hits_total", PrometheusType::Counter),
         ("foo_resource_errors_total", PrometheusType::Counter),
         ("foo_log_lines_dropped_total", PrometheusType::Counter),
@@ -250,7 +270,7 @@ fn metrics_speaks_prometheus_to_a_scraper_and_json_to_curl() {
         assert_eq!(text.matches(&format!("# HELP {family} ")).count(), 1);
         assert_eq!(text.matches(&format!("# TYPE {family} ")).count(), 1);
     }
-    assert_eq!(exposition.families.len(), 13, "{text}");
+    assert_eq!(exposition.families.len(), 15, "{text}");
     assert!(!text.contains("rate"), "no precomputed rates: {text}");
     assert_eq!(sample(&text, "foo_messages_total", &["req"]).1, 5.0);
     let version = env!("CARGO_PKG_VERSION");

@@ -357,3 +357,30 @@ fn a_half_close_after_a_partial_last_line_waits_for_its_answer() {
         assert!(started.elapsed() < Duration::from_secs(2), "round {round}");
     }
 }
+
+#[test]
+fn a_partial_last_line_is_answered_and_counted_as_a_partial_frame_not_a_request() {
+    // The bytes after the last newline form no frame (the README's frame
+    // definition), so `msg_req` stays below `msg_ack`; the unterminated
+    // tail is counted by direction so that the totals can be reconciled.
+    let upstream = answers_the_partial_line_at_eof();
+    let proxy = Proxy::start(&upstream.to_string(), &["--fin-timeout", "3s"]);
+    let mut c = proxy.connect();
+    c.write_all(b"REQ 6 a\nREQ 7 x").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let (got, eof) = read_to_eof(&mut c);
+    assert!(eof);
+    assert_eq!(got, b"ACK 6 ok\nACK 7 ok\n");
+    let r = proxy.report_until(|r| r["connections_active"] == 0);
+    assert_eq!(r["msg_req"], 1, "{r}");
+    assert_eq!(r["msg_ack"], 2, "{r}");
+    assert_eq!(r["partial_frames_client_to_server"], 1, "{r}");
+    assert_eq!(r["partial_frames_server_to_client"], 0, "{r}");
+    // A whole last line leaves no partial frame.
+    let mut c = proxy.connect();
+    c.write_all(b"REQ 8 a\n").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut c), (b"ACK 8 ok\n".to_vec(), true));
+    let r = proxy.report_until(|r| r["connections_active"] == 0 && r["msg_req"] == 2);
+    assert_eq!(r["partial_frames_client_to_server"], 1, "{r}");
+}
