@@ -784,8 +784,19 @@ impl RecoveryLock {
                     ))
                 }
             })?;
+        // Checked on the opened file, before anything is written to it: the
+        // pid write below truncates, and must never reach a file that is
+        // also another name (a planted hard link) or someone else's.
         match file.metadata() {
-            Ok(meta) if meta.is_file() => {}
+            Ok(meta) if meta.is_file() => {
+                let euid = nix::unistd::geteuid().as_raw();
+                if let Some(why) = not_ours(meta.nlink(), meta.uid(), euid) {
+                    return Err(LockError::Unusable(format!(
+                        "lock file {} {why}; refusing to use it",
+                        lock_path.display()
+                    )));
+                }
+            }
             Ok(meta) => return Err(not_regular(kind_of(meta.file_type()))),
             Err(e) => {
                 return Err(LockError::Failed(format!(
@@ -838,6 +849,22 @@ impl RecoveryLock {
             (Ok(held), Ok(named)) => held.dev() == named.dev() && held.ino() == named.ino(),
             _ => false,
         }
+    }
+}
+
+/// Why a regular file we are about to write in place is not ours alone:
+/// another name links to it (`nlink > 1`: writing would change a file
+/// elsewhere, such as a victim someone hard-linked here), or another user
+/// owns it. `None` when it is ours.
+fn not_ours(nlink: u64, owner: u32, euid: u32) -> Option<String> {
+    if nlink > 1 {
+        Some(format!("has {nlink} hard links (another name shares it)"))
+    } else if owner != euid {
+        Some(format!(
+            "is owned by uid {owner}, not by this process's uid {euid}"
+        ))
+    } else {
+        None
     }
 }
 
@@ -1768,6 +1795,37 @@ mod tests {
         assert!(again.still_named());
         fs::remove_file(again.path()).unwrap();
         assert!(!again.still_named());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_written_in_place_must_have_one_name_and_our_owner() {
+        assert_eq!(not_ours(1, 1000, 1000), None);
+        assert_eq!(not_ours(1, 0, 0), None);
+        let linked = not_ours(2, 1000, 1000).unwrap();
+        assert!(linked.contains("2 hard links"), "{linked}");
+        let foreign = not_ours(1, 0, 1000).unwrap();
+        assert!(
+            foreign.contains("uid 0") && foreign.contains("uid 1000"),
+            "{foreign}"
+        );
+        // A link count of 0 (removed while open) is not another name.
+        assert_eq!(not_ours(0, 7, 7), None);
+    }
+
+    #[test]
+    fn a_hard_link_at_the_lock_name_is_refused_and_left_as_it_was() {
+        let dir = scratch_dir("lock-hardlink");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("recovery.json");
+        let victim = dir.join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        fs::hard_link(&victim, lock_path(&path)).unwrap();
+        match RecoveryLock::take(&path) {
+            Err(LockError::Unusable(why)) => assert!(why.contains("hard links"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
         let _ = fs::remove_dir_all(&dir);
     }
 

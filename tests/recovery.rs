@@ -673,6 +673,46 @@ fn a_planted_link_at_the_lock_name_is_refused_and_never_followed() {
     assert_eq!(fs::read(&victim).unwrap(), b"precious");
 }
 
+#[test]
+fn a_hard_link_at_the_lock_name_is_refused_and_never_truncated() {
+    let dir = scratch("lockhardlink");
+    let path = dir.join("recovery.json");
+    let victim = dir.join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    let lock = dir.join("recovery.json.lock");
+    fs::hard_link(&victim, &lock).unwrap();
+    refused_naming(&path, &lock, "hard links");
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+}
+
+#[test]
+fn a_lock_file_owned_by_another_user_is_refused_and_never_truncated() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = scratch("lockowner");
+    let path = dir.join("recovery.json");
+    let lock = dir.join("recovery.json.lock");
+    fs::write(&lock, b"someone else's").unwrap();
+    let other = if fs::metadata(&lock).unwrap().uid() == 0 {
+        "65534"
+    } else {
+        "0"
+    };
+    let chowned = std::process::Command::new("chown")
+        .args([other, &lock.display().to_string()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !chowned {
+        eprintln!(
+            "SKIPPED a_lock_file_owned_by_another_user_is_refused_and_never_truncated: \
+             cannot chown here (not root)"
+        );
+        return;
+    }
+    refused_naming(&path, &lock, "owned by uid");
+    assert_eq!(fs::read(&lock).unwrap(), b"someone else's");
+}
+
 /// The names of `path`'s quarantined copies, oldest first.
 fn quarantined(path: &Path) -> Vec<String> {
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
