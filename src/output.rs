@@ -4,11 +4,18 @@
 //! The loop (or any thread) only does a non-blocking `try_send`; when a
 //! reader stops reading and the queue fills, the line is dropped and counted
 //! ([`reports_dropped`], [`log_lines_dropped`]) and output resumes as soon as
-//! the reader reads again. The writer writes whole lines only, so a report is
-//! never torn. The inherited descriptors stay blocking: `O_NONBLOCK` would be
-//! shared with the parent's terminal.
+//! the reader reads again. The inherited descriptors stay blocking:
+//! `O_NONBLOCK` would be shared with the parent's terminal.
+//!
+//! Every line on the stream is whole or a fragment ended by a newline
+//! ([`LineWriter`]): a write that stops short (a full disk, a file-size
+//! limit) drops the rest of that line, and the next write starts with a
+//! newline. Batches of whole lines up to `PIPE_BUF` go in one `write`,
+//! which a pipe takes all or nothing, so a writer blocked on a pipe at exit
+//! leaves no fragment either.
 
-use std::io::{self, Write};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -19,8 +26,10 @@ use std::time::{Duration, Instant};
 pub const REPORT_QUEUE: usize = 64;
 /// Log lines queued for stderr.
 pub const LOG_QUEUE: usize = 1024;
-/// Most bytes one `write` of a batch of queued lines carries.
-const BATCH_BYTES: usize = 64 * 1024;
+/// Most bytes one `write` of a batch of queued lines carries: `PIPE_BUF`,
+/// so that a pipe takes a batch whole or not at all (a longer line goes
+/// alone).
+const BATCH_BYTES: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stream {
@@ -89,40 +98,115 @@ impl Sink {
     }
 }
 
-/// The writer thread: takes what is queued, up to [`BATCH_BYTES`], and
-/// writes it with one blocking `write_all`. Blocking here is the point: the
-/// loop never waits for it.
+/// The writer thread: takes what is queued, whole lines up to
+/// [`BATCH_BYTES`], and writes them with blocking `write`s. Blocking here is
+/// the point: the loop never waits for it.
 fn run_writer(stream: Stream, rx: Receiver<String>) {
     // A background process that writes to a terminal with `tostop` set gets
     // SIGTTOU, which stops the whole process; with the signal blocked in
     // this thread the kernel lets the write through instead.
     block_job_control_signals();
-    let mut batch = String::new();
-    while let Ok(first) = rx.recv() {
+    let mut writer = LineWriter::default();
+    let mut batch: Vec<String> = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let first = match next.take() {
+            Some(line) => line,
+            None => match rx.recv() {
+                Ok(line) => line,
+                Err(_) => return,
+            },
+        };
+        let mut bytes = first.len();
         batch.clear();
-        batch.push_str(&first);
-        let mut lines = 1u64;
-        while batch.len() < BATCH_BYTES {
+        batch.push(first);
+        while bytes < BATCH_BYTES {
             match rx.try_recv() {
+                Ok(line) if bytes + line.len() <= BATCH_BYTES => {
+                    bytes += line.len();
+                    batch.push(line);
+                }
                 Ok(line) => {
-                    batch.push_str(&line);
-                    lines += 1;
+                    next = Some(line);
+                    break;
                 }
                 Err(_) => break,
             }
         }
-        let written = match stream {
-            Stream::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(batch.as_bytes()).and_then(|()| out.flush())
-            }
-            Stream::Stderr => io::stderr().lock().write_all(batch.as_bytes()),
+        let (stdout, stderr) = (io::stdout(), io::stderr());
+        let fd = match stream {
+            Stream::Stdout => stdout.as_fd(),
+            Stream::Stderr => stderr.as_fd(),
         };
+        let whole = writer.write_lines(&batch, &mut |bytes| write_fd(fd, bytes));
         let sink = sink(stream);
-        if written.is_err() {
-            sink.dropped.fetch_add(lines, Ordering::Relaxed);
+        let lines = batch.len() as u64;
+        let cut = lines.saturating_sub(whole as u64);
+        if cut > 0 {
+            sink.dropped.fetch_add(cut, Ordering::Relaxed);
         }
         sink.done.fetch_add(lines, Ordering::Relaxed);
+    }
+}
+
+/// One `write(2)` on the inherited descriptor (no buffer in between, so the
+/// count is what reached the stream).
+fn write_fd(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    nix::unistd::write(fd, bytes).map_err(io::Error::from)
+}
+
+/// Writes whole lines to a stream whose writes can stop short, keeping
+/// every line on it either whole or a fragment ended by a newline.
+#[derive(Debug, Default)]
+pub struct LineWriter {
+    /// A line was cut: its fragment on the stream has no newline yet.
+    torn: bool,
+    buf: Vec<u8>,
+}
+
+impl LineWriter {
+    /// Writes `lines` (each ending in `\n`) with `write`, one system call
+    /// each time, going on after a short count until all is out or a write
+    /// fails (an error or 0). Returns how many lines reached the stream
+    /// whole; a cut line and the lines after it are dropped, and the next
+    /// call starts with a newline that ends the cut line's fragment.
+    pub fn write_lines(
+        &mut self,
+        lines: &[String],
+        write: &mut dyn FnMut(&[u8]) -> io::Result<usize>,
+    ) -> usize {
+        self.buf.clear();
+        if self.torn {
+            self.buf.push(b'\n');
+        }
+        let prefix = self.buf.len();
+        for line in lines {
+            self.buf.extend_from_slice(line.as_bytes());
+        }
+        let mut written = 0;
+        while let Some(rest) = self.buf.get(written..).filter(|r| !r.is_empty()) {
+            match write(rest) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if written < prefix {
+            // Not even the newline went out: the fragment is still open.
+            return 0;
+        }
+        let mut end = prefix;
+        let mut whole = 0;
+        for line in lines {
+            if end + line.len() > written {
+                break;
+            }
+            end += line.len();
+            whole += 1;
+        }
+        self.torn = written > end;
+        whole
     }
 }
 
@@ -178,5 +262,137 @@ pub fn flush(within: Duration) -> bool {
             return false;
         }
         thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream that takes at most `room` more bytes, then fails as a full
+    /// disk does; `chunk` bytes per call at most.
+    struct Stream {
+        out: Vec<u8>,
+        room: usize,
+        chunk: usize,
+    }
+
+    impl Stream {
+        fn new(room: usize) -> Stream {
+            Stream {
+                out: Vec::new(),
+                room,
+                chunk: usize::MAX,
+            }
+        }
+
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            let n = bytes.len().min(self.room).min(self.chunk);
+            self.out.extend_from_slice(bytes.get(..n).unwrap());
+            self.room -= n;
+            Ok(n)
+        }
+    }
+
+    fn lines(texts: &[&str]) -> Vec<String> {
+        texts.iter().map(|t| format!("{t}\n")).collect()
+    }
+
+    #[test]
+    fn a_short_write_drops_the_rest_of_the_line_and_the_next_write_ends_the_fragment() {
+        let mut w = LineWriter::default();
+        let mut s = Stream::new(10);
+        // "first\n" fits, "second\n" is cut after 4 bytes.
+        assert_eq!(
+            w.write_lines(&lines(&["first", "second", "third"]), &mut |b| s.write(b)),
+            1
+        );
+        assert_eq!(s.out, b"first\nseco");
+        // Still full: not even the newline goes out; the fragment stays open.
+        assert_eq!(w.write_lines(&lines(&["fourth"]), &mut |b| s.write(b)), 0);
+        assert_eq!(s.out, b"first\nseco");
+        // Space again: the newline ends the fragment, then whole lines.
+        s.room = usize::MAX;
+        assert_eq!(
+            w.write_lines(&lines(&["fifth", "sixth"]), &mut |b| s.write(b)),
+            2
+        );
+        assert_eq!(s.out, b"first\nseco\nfifth\nsixth\n");
+        // Whole again: no newline in front any more.
+        assert_eq!(w.write_lines(&lines(&["seventh"]), &mut |b| s.write(b)), 1);
+        assert_eq!(s.out, b"first\nseco\nfifth\nsixth\nseventh\n");
+    }
+
+    #[test]
+    fn a_write_that_stops_exactly_between_lines_leaves_nothing_torn() {
+        let mut w = LineWriter::default();
+        let mut s = Stream::new(6);
+        assert_eq!(
+            w.write_lines(&lines(&["first", "second"]), &mut |b| s.write(b)),
+            1
+        );
+        s.room = usize::MAX;
+        assert_eq!(w.write_lines(&lines(&["third"]), &mut |b| s.write(b)), 1);
+        assert_eq!(s.out, b"first\nthird\n");
+    }
+
+    #[test]
+    fn only_the_newline_going_out_ends_the_fragment_and_nothing_more() {
+        let mut w = LineWriter::default();
+        let mut s = Stream::new(3);
+        assert_eq!(w.write_lines(&lines(&["first"]), &mut |b| s.write(b)), 0);
+        s.room = 1;
+        assert_eq!(w.write_lines(&lines(&["second"]), &mut |b| s.write(b)), 0);
+        assert_eq!(s.out, b"fir\n");
+        s.room = usize::MAX;
+        assert_eq!(w.write_lines(&lines(&["third"]), &mut |b| s.write(b)), 1);
+        assert_eq!(s.out, b"fir\nthird\n");
+    }
+
+    #[test]
+    fn short_counts_and_interruptions_without_an_error_go_on_to_the_end() {
+        let mut w = LineWriter::default();
+        let mut s = Stream::new(usize::MAX);
+        s.chunk = 3;
+        let mut interrupted = false;
+        let mut write = |b: &[u8]| {
+            if !interrupted {
+                interrupted = true;
+                return Err(io::Error::from(io::ErrorKind::Interrupted));
+            }
+            s.write(b)
+        };
+        assert_eq!(w.write_lines(&lines(&["first", "second"]), &mut write), 2);
+        assert_eq!(s.out, b"first\nsecond\n");
+    }
+
+    #[test]
+    fn every_line_on_the_stream_is_whole_or_a_fragment_ended_by_a_newline() {
+        // Whatever the stream takes each time, what it holds splits into
+        // the lines sent, some of them cut, never two glued together.
+        let sent = lines(&["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]);
+        for room in 0..40 {
+            for later in 0..40 {
+                let mut w = LineWriter::default();
+                let mut s = Stream::new(room);
+                w.write_lines(sent.get(..3).unwrap(), &mut |b| s.write(b));
+                s.room = later;
+                w.write_lines(sent.get(3..5).unwrap(), &mut |b| s.write(b));
+                s.room = usize::MAX;
+                w.write_lines(sent.get(5..).unwrap(), &mut |b| s.write(b));
+                let text = String::from_utf8(s.out.clone()).unwrap();
+                assert!(text.ends_with("foxtrot\n"), "{room} {later}: {text:?}");
+                for line in text.lines() {
+                    assert!(
+                        sent.iter()
+                            .any(|l| l.trim_end().starts_with(line) && !line.is_empty()),
+                        "{room} {later}: {line:?} in {text:?}"
+                    );
+                }
+            }
+        }
     }
 }

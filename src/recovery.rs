@@ -872,7 +872,14 @@ fn not_ours(nlink: u64, owner: u32, euid: u32) -> Option<String> {
 fn read_pid(file: &File) -> Option<u32> {
     let mut buf = [0u8; 24];
     let n = file.read_at(&mut buf, 0).ok()?;
-    std::str::from_utf8(buf.get(..n)?).ok()?.trim().parse().ok()
+    parse_pid(buf.get(..n)?)
+}
+
+/// `1234\n` as 1234. Without the newline the write was cut short (a full
+/// disk): a prefix of the pid would name another process, so none.
+fn parse_pid(bytes: &[u8]) -> Option<u32> {
+    let digits = bytes.strip_suffix(b"\n")?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 // ---- Reading, writing, moving aside --------------------------------------
@@ -1796,6 +1803,14 @@ mod tests {
         fs::remove_file(again.path()).unwrap();
         assert!(!again.still_named());
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_pid_cut_short_names_no_process() {
+        assert_eq!(parse_pid(b"1234\n"), Some(1234));
+        assert_eq!(parse_pid(b"12"), None);
+        assert_eq!(parse_pid(b""), None);
+        assert_eq!(parse_pid(b"x\n"), None);
     }
 
     #[test]
