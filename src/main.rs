@@ -16,27 +16,41 @@ use log::error;
 const OUTPUT_FLUSH_WAIT: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
+    // Before anything is printed: in the background on a `tostop` terminal
+    // a write would otherwise stop the whole process (SIGTTOU), `--help`
+    // and a bad flag included.
+    output::block_job_control_signals();
     let config = match cli::parse(std::env::args_os().skip(1).collect()) {
         Ok(Command::Run(config)) => *config,
-        Ok(Command::Help) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
+        Ok(Command::Help) => return printed(output::print_now(false, USAGE)),
         Ok(Command::Version) => {
-            println!("foo-proxy {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
+            let version = format!("foo-proxy {}\n", env!("CARGO_PKG_VERSION"));
+            return printed(output::print_now(false, &version));
         }
         Ok(Command::Probe(target)) => return foo_proxy::probe::main(&target),
         Err(e) => {
-            eprintln!("foo-proxy: {e} (see foo-proxy -h)");
+            // Exit 2 whether or not stderr takes the line.
+            let _ = output::print_now(true, &format!("foo-proxy: {e} (see foo-proxy -h)\n"));
             return ExitCode::from(2);
         }
     };
     logging::init(config.log_level);
     foo_proxy::server::catch_stray_signals();
+    // From here on this thread writes nothing itself (the writer threads
+    // do, with the signals blocked): a `kill -TTOU` is caught and logged.
+    output::unblock_job_control_signals();
     let code = start(config);
     output::flush(OUTPUT_FLUSH_WAIT);
     code
+}
+
+/// Exit 0 once `--help` or `--version` is out, 1 if stdout did not take it
+/// (`foo-proxy --help > /dev/full`), as coreutils do.
+fn printed(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
+    }
 }
 
 /// Claims the recovery file, binds, runs; the exit code.

@@ -210,13 +210,42 @@ impl LineWriter {
     }
 }
 
-fn block_job_control_signals() {
+/// Blocks SIGTTOU and SIGTTIN in the calling thread (and in the threads it
+/// starts later, which inherit its mask): the kernel then lets a write to a
+/// terminal with `tostop` set through instead of stopping the whole process
+/// when it runs in the background. `main` calls it first thing, before
+/// anything can be printed.
+pub fn block_job_control_signals() {
+    // Best effort: without it a terminal stop can only stop, not corrupt.
+    let _ = job_control_signals().thread_block();
+}
+
+/// Undoes [`block_job_control_signals`] in the calling thread, once it
+/// prints nothing itself any more: a SIGTTOU sent with `kill` is then
+/// caught (and logged) by the event loop's handler again.
+pub fn unblock_job_control_signals() {
+    let _ = job_control_signals().thread_unblock();
+}
+
+fn job_control_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTTOU);
     set.add(Signal::SIGTTIN);
-    // Best effort: without it a terminal stop can only stop, not corrupt.
-    let _ = set.thread_block();
+    set
+}
+
+/// Writes `text` to stdout, or stderr, from the calling thread: for the
+/// lines printed before the writer threads exist (`--help`, `--version`, a
+/// bad flag). Unlike `print!` it never panics; the error is returned.
+pub fn print_now(to_stderr: bool, text: &str) -> io::Result<()> {
+    use std::io::Write;
+    if to_stderr {
+        io::stderr().lock().write_all(text.as_bytes())
+    } else {
+        let mut out = io::stdout().lock();
+        out.write_all(text.as_bytes()).and_then(|()| out.flush())
+    }
 }
 
 /// Queues one report line for stdout (the newline is added). Returns false

@@ -24,14 +24,18 @@ pub fn parse_or_exit<T>(
     usage: &str,
     parse: impl FnOnce(Vec<OsString>) -> Result<Option<T>, CliError>,
 ) -> Result<T, ExitCode> {
+    // No SIGTTOU stop in the background on a `tostop` terminal (for the
+    // driver's whole life: it prints from this thread), and no panic on a
+    // stdout that does not take the usage.
+    crate::output::block_job_control_signals();
     match parse(std::env::args_os().skip(1).collect()) {
         Ok(Some(config)) => Ok(config),
-        Ok(None) => {
-            print!("{usage}");
-            Err(ExitCode::SUCCESS)
-        }
+        Ok(None) => match crate::output::print_now(false, usage) {
+            Ok(()) => Err(ExitCode::SUCCESS),
+            Err(_) => Err(ExitCode::from(1)),
+        },
         Err(e) => {
-            eprintln!("{name}: {e} (see {name} -h)");
+            let _ = crate::output::print_now(true, &format!("{name}: {e} (see {name} -h)\n"));
             Err(ExitCode::from(2))
         }
     }
