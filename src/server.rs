@@ -6,12 +6,12 @@ use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
+use libc::{
+    SIGALRM, SIGHUP, SIGINT, SIGIO, SIGPROF, SIGPWR, SIGSTKFLT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1,
+    SIGUSR2, SIGVTALRM, SIGXCPU, SIGXFSZ,
+};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{
-    SIGALRM, SIGHUP, SIGINT, SIGPROF, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGVTALRM,
-    SIGXFSZ,
-};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -49,17 +49,50 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// over and over (upstream failures, the connection limit, accept errors).
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Signals handled by the loop. Besides the reports and the stops, every
-/// signal whose default action would kill or stop the process and that can
-/// plausibly arrive is caught and ignored with a log line: SIGHUP (a closed
-/// terminal, a reload by habit), SIGXFSZ (a file over RLIMIT_FSIZE: the
-/// write returns EFBIG instead), SIGTTIN/SIGTTOU (terminal job control),
-/// SIGALRM/SIGVTALRM/SIGPROF (timers survive `exec`). SIGPIPE is ignored by
-/// the Rust runtime; writes get EPIPE.
-const HANDLED_SIGNALS: [i32; 11] = [
-    SIGUSR1, SIGUSR2, SIGTERM, SIGINT, SIGHUP, SIGXFSZ, SIGTTIN, SIGTTOU, SIGALRM, SIGVTALRM,
-    SIGPROF,
-];
+/// Signals handled by the loop: the reports (SIGUSR2, SIGUSR1), the stops
+/// (SIGTERM, SIGINT, and SIGXCPU: a CPU-time soft limit warns before the
+/// hard limit's SIGKILL, so the proxy drains and saves while it can), and
+/// every asynchronous signal whose default action would kill or stop the
+/// process, caught and ignored with a log line: SIGHUP (a closed terminal,
+/// a reload by habit), SIGXFSZ (a file over RLIMIT_FSIZE: the write returns
+/// EFBIG instead), SIGTTIN/SIGTTOU (terminal job control),
+/// SIGALRM/SIGVTALRM/SIGPROF (timers survive `exec`), SIGPWR (a UPS
+/// daemon's power event), SIGIO/SIGPOLL and SIGSTKFLT (nothing here uses
+/// them), and the real-time signals SIGRTMIN..=SIGRTMAX (a stray
+/// `kill -RTMIN+n`). SIGPIPE is ignored by the Rust runtime; writes get
+/// EPIPE. Left at their default on purpose: synchronous faults (SIGSEGV,
+/// SIGBUS, SIGILL, SIGFPE, SIGSYS from seccomp, SIGTRAP from a debugger,
+/// SIGABRT from `abort`) and explicit user requests (SIGQUIT, SIGTSTP;
+/// SIGKILL and SIGSTOP cannot be caught).
+fn handled_signals() -> Vec<i32> {
+    let mut signals = vec![
+        SIGUSR1, SIGUSR2, SIGTERM, SIGINT, SIGXCPU, SIGHUP, SIGXFSZ, SIGTTIN, SIGTTOU, SIGALRM,
+        SIGVTALRM, SIGPROF, SIGPWR, SIGIO, SIGSTKFLT,
+    ];
+    // The C library keeps the first real-time signals for itself (thread
+    // cancellation, set*id across threads): SIGRTMIN is past them.
+    signals.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    signals
+}
+
+/// The name of `signal` for a log line: `SIGHUP`, `SIGRTMIN+3`.
+fn signal_name(signal: i32) -> String {
+    // signal-hook's table lacks the Linux-only ones.
+    let linux_only = match signal {
+        SIGPWR => Some("SIGPWR"),
+        SIGSTKFLT => Some("SIGSTKFLT"),
+        SIGIO => Some("SIGIO"),
+        _ => None,
+    };
+    match linux_only.or_else(|| signal_hook::low_level::signal_name(signal)) {
+        Some(name) => name.to_string(),
+        None if signal == libc::SIGRTMIN() => "SIGRTMIN".to_string(),
+        None if signal > libc::SIGRTMIN() && signal <= libc::SIGRTMAX() => {
+            format!("SIGRTMIN+{}", signal - libc::SIGRTMIN())
+        }
+        None => format!("signal {signal}"),
+    }
+}
 
 /// Catches the signals the loop ignores from the very start of `main`, so
 /// that one arriving before the loop's own handlers are installed (a
@@ -69,7 +102,7 @@ pub fn catch_stray_signals() {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
     let seen = Arc::new(AtomicBool::new(false));
-    for signal in HANDLED_SIGNALS {
+    for signal in handled_signals() {
         if !matches!(signal, SIGUSR1 | SIGUSR2 | SIGTERM | SIGINT) {
             // Best effort: a signal that cannot be caught keeps its default.
             let _ = signal_hook::flag::register(signal, seen.clone());
@@ -421,7 +454,7 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| format!("cannot poll listener: {}", describe(&e)))?;
-        let mut signals = Signals::new(HANDLED_SIGNALS)
+        let mut signals = Signals::new(handled_signals())
             .map_err(|e| format!("cannot install signal handlers: {}", describe(&e)))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
@@ -623,9 +656,13 @@ impl Server {
             match signal {
                 SIGUSR1 | SIGUSR2 => self.print_report(now),
                 SIGTERM | SIGINT => self.begin_shutdown(now),
+                SIGXCPU => {
+                    warn!("SIGXCPU: the CPU time limit is reached; stopping as on SIGTERM");
+                    self.begin_shutdown(now);
+                }
                 other => {
                     if let Some(suppressed) = self.signal_log.ready(now) {
-                        let name = signal_hook::low_level::signal_name(other).unwrap_or("a signal");
+                        let name = signal_name(other);
                         warn!(
                             "ignoring {name} (SIGTERM or SIGINT stops the proxy){}",
                             suppressed_note(suppressed)
@@ -1305,5 +1342,33 @@ fn report(
         log_lines_dropped: output::log_lines_dropped(),
         reports_dropped: output::reports_dropped(),
         ..stats.report(ms_since(start, now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_time_signals_are_handled_and_named_past_the_c_librarys_own() {
+        let handled = handled_signals();
+        for signal in [
+            SIGPWR,
+            SIGIO,
+            SIGSTKFLT,
+            SIGXCPU,
+            libc::SIGRTMIN(),
+            libc::SIGRTMAX(),
+        ] {
+            assert!(handled.contains(&signal), "{signal}");
+        }
+        // glibc's thread cancellation and set*id signals stay untouched.
+        assert!(!handled.contains(&32) && !handled.contains(&33));
+        assert_eq!(signal_name(SIGPWR), "SIGPWR");
+        assert_eq!(signal_name(SIGSTKFLT), "SIGSTKFLT");
+        assert_eq!(signal_name(SIGIO), "SIGIO");
+        assert_eq!(signal_name(SIGHUP), "SIGHUP");
+        assert_eq!(signal_name(libc::SIGRTMIN()), "SIGRTMIN");
+        assert_eq!(signal_name(libc::SIGRTMIN() + 5), "SIGRTMIN+5");
     }
 }

@@ -48,6 +48,58 @@ fn sighup_and_other_stray_signals_are_ignored_with_a_log_line() {
 }
 
 #[test]
+fn power_io_stack_fault_and_real_time_signals_are_ignored_with_a_log_line() {
+    let server = FooServer::start(ServerOpts::default());
+    let mut proxy = Proxy::start(&server.addr.to_string(), &[]);
+    // `kill -RTMAX` is not understood by every kill: by number.
+    let rtmax = libc::SIGRTMAX().to_string();
+    let names = [
+        "PWR", "IO", "STKFLT", "RTMIN", "RTMIN+5", "RTMIN+12", &rtmax,
+    ];
+    for (seq, name) in (1..).zip(names) {
+        proxy.signal(name);
+        thread::sleep(Duration::from_millis(50));
+        assert!(proxy.alive(), "SIG{name} killed the proxy");
+        assert_eq!(
+            round_trip(&proxy, seq),
+            answers(seq..=seq),
+            "after SIG{name}"
+        );
+    }
+    // One line a second: the first is logged, the rest are counted on the
+    // next one.
+    thread::sleep(Duration::from_millis(1100));
+    proxy.signal("RTMIN+2");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !proxy.stderr().contains("ignoring SIGRTMIN+2") {
+        assert!(std::time::Instant::now() < deadline, "{}", proxy.stderr());
+        thread::sleep(Duration::from_millis(20));
+    }
+    let log = proxy.stderr();
+    assert!(log.contains("ignoring SIGPWR"), "{log}");
+    assert!(log.contains("(6 more since the last one)"), "{log}");
+}
+
+#[test]
+fn sigxcpu_drains_saves_and_exits_0_like_sigterm() {
+    let server = FooServer::start(ServerOpts::default());
+    let dir = scratch("xcpu");
+    let path = dir.join("recovery.json");
+    let flag = format!("-recovery-path={}", path.display());
+    let mut proxy = Proxy::start(&server.addr.to_string(), &[&flag]);
+    assert_eq!(round_trip(&proxy, 1), answers(1..=1));
+    proxy.signal("XCPU");
+    assert_eq!(proxy.wait_exit(WAIT), Some(0), "{}", proxy.stderr());
+    assert!(
+        proxy.stderr().contains("CPU time limit"),
+        "{}",
+        proxy.stderr()
+    );
+    let saved: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(saved["totals"]["msg_req"], 1, "{saved}");
+}
+
+#[test]
 fn a_recovery_file_over_the_file_size_limit_warns_instead_of_killing() {
     let server = FooServer::start(ServerOpts::default());
     let dir = scratch("fsize");
