@@ -8,12 +8,16 @@ use foo_proxy::cli::{self, Command, USAGE};
 use foo_proxy::logging;
 use foo_proxy::output;
 use foo_proxy::recovery::Recovery;
-use foo_proxy::server::{Server, describe};
+use foo_proxy::server::{Server, Stopped, describe};
 use log::error;
 
 /// How long the exit waits for queued report and log lines to be written:
 /// a reader that never reads must not hang it.
 const OUTPUT_FLUSH_WAIT: Duration = Duration::from_secs(1);
+
+/// The exit code when the proxy stopped but its final snapshot is not on
+/// disk (1 is a start failure, 2 a bad flag or path).
+const EXIT_SNAPSHOT_LOST: u8 = 3;
 
 fn main() -> ExitCode {
     // Before anything is printed: in the background on a `tostop` terminal
@@ -81,7 +85,8 @@ fn start(config: cli::Config) -> ExitCode {
         server.set_recovery(recovery);
     }
     match server.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stopped::Clean) => ExitCode::SUCCESS,
+        Ok(Stopped::SnapshotLost) => ExitCode::from(EXIT_SNAPSHOT_LOST),
         Err(e) => {
             error!("event loop failed: {}", describe(&e));
             ExitCode::from(1)

@@ -1090,14 +1090,15 @@ fn hold_lock(path: &Path, lock: &mut Option<RecoveryLock>) -> Result<(), String>
 
 /// The writer thread: writes the newest snapshot it has, holding the lock;
 /// a failure is logged once (not at all if the start already warned), then
-/// retried quietly with backoff until a write succeeds. Exits once the
-/// sender is gone and nothing is left to write.
+/// retried quietly with backoff until a write succeeds. Once the sender is
+/// gone it makes one last attempt and exits: true when the newest snapshot
+/// is on disk.
 fn run_writer(
     path: PathBuf,
     mut lock: Option<RecoveryLock>,
     mut failing: bool,
     rx: Receiver<Snapshot>,
-) {
+) -> bool {
     let mut pending: Option<Snapshot> = None;
     let mut retry = RETRY_MIN;
     loop {
@@ -1141,7 +1142,7 @@ fn run_writer(
             }
         }
         if last_round {
-            return;
+            return pending.is_none();
         }
     }
 }
@@ -1155,7 +1156,7 @@ pub struct Recovery {
     lock: Option<RecoveryLock>,
     /// The start already warned that the file cannot be written.
     warned: bool,
-    writer: Option<(Sender<Snapshot>, JoinHandle<()>)>,
+    writer: Option<(Sender<Snapshot>, JoinHandle<bool>)>,
     /// Totals in the last snapshot handed to the writer (or restored).
     last: Totals,
     dirty: bool,
@@ -1311,26 +1312,45 @@ impl Recovery {
         }
     }
 
-    /// Writes the final snapshot and waits (bounded) for it to be on disk.
-    pub fn finish(mut self, stats: &mut Stats, now_ms: u64) {
+    /// Writes the final snapshot and waits for it to be on disk: at most
+    /// [`FINISH_WAIT`], and not at all once `cut_short` says so (a further
+    /// stop signal). True when it is on disk; false, with one warning, when
+    /// it could not be written or the wait ended first.
+    pub fn finish(
+        mut self,
+        stats: &mut Stats,
+        now_ms: u64,
+        mut cut_short: impl FnMut() -> bool,
+    ) -> bool {
         self.send(stats, now_ms);
+        let path = self.path.display();
         let Some((tx, handle)) = self.writer.take() else {
-            return;
+            warn!("the final snapshot to {path} was not written: no recovery writer");
+            return false;
         };
         drop(tx);
         let deadline = Instant::now() + FINISH_WAIT;
         while !handle.is_finished() {
             if Instant::now() >= deadline {
                 warn!(
-                    "the final snapshot to {} is taking more than {} s; exiting without it",
-                    self.path.display(),
+                    "the final snapshot to {path} is taking more than {} s; exiting without it",
                     FINISH_WAIT.as_secs()
                 );
-                return;
+                return false;
+            }
+            if cut_short() {
+                warn!("stopping now, without waiting for the final snapshot to {path}");
+                return false;
             }
             thread::sleep(Duration::from_millis(5));
         }
-        let _ = handle.join();
+        let saved = handle.join().unwrap_or(false);
+        if !saved {
+            warn!(
+                "the final snapshot could not be written to {path}; the counts since the last one are lost"
+            );
+        }
+        saved
     }
 }
 

@@ -149,6 +149,18 @@ pub(crate) enum Timer {
     Linger(usize),
 }
 
+/// How [`Server::run`] ended after a stop signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Drained, and the final snapshot is on disk (or there is no recovery
+    /// file): exit 0.
+    Clean,
+    /// The final snapshot could not be written, the wait for it ran out, or
+    /// a further signal cut it short: the counts since the last snapshot
+    /// are lost. `main` exits 3.
+    SnapshotLost,
+}
+
 /// Every deadline of the loop, soonest first: `(when, owner id, what)`.
 pub(crate) type Timers = BTreeSet<(Instant, u64, Timer)>;
 
@@ -538,8 +550,8 @@ impl Server {
         ms_since(self.start, now)
     }
 
-    /// Runs until SIGTERM or SIGINT.
-    pub fn run(&mut self) -> io::Result<()> {
+    /// Runs until SIGTERM or SIGINT; whether the final snapshot was saved.
+    pub fn run(&mut self) -> io::Result<Stopped> {
         let forward: Vec<String> = self.config.forward.iter().map(|a| a.to_string()).collect();
         let admin = match self.admin_addr() {
             Some(addr) => format!("; admin listening on {addr}"),
@@ -622,11 +634,17 @@ impl Server {
         for key in keys {
             self.end_linger(key);
         }
+        let mut stopped = Stopped::Clean;
         if let Some(recovery) = self.recovery.take() {
             let now_ms = self.now_ms(Instant::now());
-            recovery.finish(&mut self.stats, now_ms);
+            let signals = &mut self.signals;
+            // One more SIGTERM or SIGINT ends the wait for a slow disk.
+            let cut_short = || signals.pending().any(|s| matches!(s, SIGTERM | SIGINT));
+            if !recovery.finish(&mut self.stats, now_ms, cut_short) {
+                stopped = Stopped::SnapshotLost;
+            }
         }
-        Ok(())
+        Ok(stopped)
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {

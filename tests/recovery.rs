@@ -305,6 +305,125 @@ fn unwritable_path_warns_once_keeps_relaying_and_retries_quietly() {
 }
 
 #[test]
+fn a_final_snapshot_that_cannot_be_written_exits_3_not_0() {
+    let dir = scratch("final-lost");
+    let blocker = dir.join("blocker");
+    fs::write(&blocker, b"in the way").unwrap();
+    let path = blocker.join("recovery.json");
+    let server = FooServer::start(ServerOpts::default());
+    let mut proxy = start(&server, &path);
+    traffic(&proxy, 4);
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(WAIT), Some(3), "{}", proxy.stderr());
+    assert!(
+        proxy
+            .stderr()
+            .contains("the final snapshot could not be written"),
+        "{}",
+        proxy.stderr()
+    );
+    // A final snapshot that lands still exits 0.
+    let path = dir.join("recovery.json");
+    let mut proxy = start(&server, &path);
+    traffic(&proxy, 4);
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(WAIT), Some(0), "{}", proxy.stderr());
+}
+
+/// A tracer process, killed on drop so that a failed test does not leave a
+/// thread frozen (and its process unreapable) behind.
+struct Tracer(std::process::Child);
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Stops process `pid`'s recovery-writer thread with ptrace (a disk that
+/// hangs) until the returned tracer is dropped; `None` when ptrace or
+/// python3 is not available here.
+fn freeze_the_writer(pid: u32) -> Option<Tracer> {
+    const FREEZE: &str = r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+pid = sys.argv[1]
+tid = [t for t in os.listdir("/proc/%s/task" % pid)
+       if open("/proc/%s/task/%s/comm" % (pid, t)).read().strip() == "recovery-writer"][0]
+if libc.ptrace(0x4206, int(tid), None, None) or libc.ptrace(0x4207, int(tid), None, None):
+    sys.exit("ptrace: errno %d" % ctypes.get_errno())
+while open("/proc/%s/task/%s/stat" % (pid, tid)).read().split(")")[1].split()[0] != "t":
+    time.sleep(0.01)
+print("frozen", flush=True)
+time.sleep(60)
+"#;
+    let mut tracer = Tracer(
+        std::process::Command::new("python3")
+            .args(["-c", FREEZE, &pid.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?,
+    );
+    let mut line = String::new();
+    let out = tracer.0.stdout.take()?;
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).ok()?;
+    (line.trim() == "frozen").then_some(tracer)
+}
+
+/// The state letter of process `pid` in /proc (`Z` once it has exited and
+/// waits to be reaped), or `None` when it is gone.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+#[test]
+fn a_further_signal_ends_the_wait_for_a_stuck_final_snapshot_with_exit_3() {
+    let dir = scratch("final-stuck");
+    let path = dir.join("recovery.json");
+    let server = FooServer::start(ServerOpts::default());
+    let mut proxy = start(&server, &path);
+    traffic(&proxy, 4);
+    wait_for_snapshot(&path, |s| s.totals.msg_req == 4);
+    let Some(tracer) = freeze_the_writer(proxy.pid()) else {
+        eprintln!(
+            "SKIPPED a_further_signal_ends_the_wait_for_a_stuck_final_snapshot_with_exit_3: \
+             cannot ptrace here (python3 missing or not permitted)"
+        );
+        return;
+    };
+    traffic(&proxy, 4);
+    // The first signal stops the (idle) proxy; the final snapshot cannot be
+    // written, so the exit would wait its whole bound (5 s).
+    proxy.signal("TERM");
+    thread::sleep(Duration::from_millis(300));
+    let second = Instant::now();
+    proxy.signal("TERM");
+    // The process has exited once its main thread is gone: the frozen
+    // thread keeps it unreaped (state Z) until the tracer lets go.
+    while proc_state(proxy.pid()).is_some_and(|s| s != 'Z') {
+        assert!(
+            second.elapsed() < Duration::from_secs(3),
+            "the second signal did not end the wait: {}",
+            proxy.stderr()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    drop(tracer);
+    assert_eq!(proxy.wait_exit(WAIT), Some(3), "{}", proxy.stderr());
+    assert!(
+        proxy
+            .stderr()
+            .contains("without waiting for the final snapshot"),
+        "{}",
+        proxy.stderr()
+    );
+}
+
+#[test]
 fn leftover_temp_file_is_ignored_and_removed() {
     let dir = scratch("leftover");
     let path = dir.join("recovery.json");
