@@ -136,11 +136,11 @@ fn route(
     report: &mut dyn FnMut() -> Report,
 ) -> Answer {
     let head_only = method == "HEAD";
-    let Some(target) = origin_form(target) else {
-        return error(400, "request target must be a path", &[], head_only, facts);
+    let (path, query) = match path_and_query(target) {
+        Ok(parts) => parts,
+        Err(why) => return error(400, why, &[], head_only, facts),
     };
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let route = match path {
+    let route = match path.as_str() {
         "/stats" => Route::Stats,
         "/metrics" => Route::Metrics,
         "/health" | "/heartbeat" | "/status" => Route::Live,
@@ -160,7 +160,7 @@ fn route(
         Route::Live => (200, JSON, String::from("{\"status\":\"OK\"}\n")),
         Route::Ready if facts.ready => (200, JSON, String::from("{\"status\":\"OK\"}\n")),
         Route::Ready => (503, JSON, String::from("{\"status\":\"unavailable\"}\n")),
-        Route::Metrics if wants_prometheus(query, headers) => {
+        Route::Metrics if wants_prometheus(&query, headers) => {
             (200, PROMETHEUS, prometheus(&report(), facts.start_unix))
         }
         Route::Stats | Route::Metrics => (200, JSON, report().to_json() + "\n"),
@@ -180,25 +180,114 @@ fn route(
     }
 }
 
-/// The path and query of a request target: the origin form (`/stats?x`)
-/// as it is, the absolute form (`http://host:8088/stats?x`, which RFC 9112
-/// section 3.2.2 requires a server to accept) without its scheme and
-/// authority. `None` for anything else (`*`, `host:port`).
-fn origin_form(target: &str) -> Option<&str> {
-    if target.starts_with('/') {
-        return Some(target);
+/// The path and query of a request target, normalised: the origin form
+/// (`/stats?x`), or the absolute form (`http://host:8088/stats?x`, which
+/// RFC 9112 section 3.2.2 requires a server to accept) without its scheme
+/// and authority, an empty path meaning `/`. Percent-encoded unreserved
+/// characters are decoded (RFC 3986 section 6.2.2.2: `/%73tats` is
+/// `/stats`); other escapes stay as they are. `Err` names why the target is
+/// unusable, for a 400: a fragment (never part of a request target), an
+/// authority with userinfo (RFC 9110 section 4.2.4), an empty host or a bad
+/// port, a broken escape, or another form (`*`, `host:port`).
+fn path_and_query(target: &str) -> Result<(String, String), &'static str> {
+    if target.contains('#') {
+        return Err("a request target has no fragment");
     }
-    let scheme_len = ["http://", "https://"].into_iter().find_map(|scheme| {
-        let head = target.get(..scheme.len())?;
-        head.eq_ignore_ascii_case(scheme).then_some(scheme.len())
-    })?;
-    let rest = target.get(scheme_len..)?;
-    match rest.find(['/', '?']) {
-        Some(i) if rest.get(i..)?.starts_with('/') => rest.get(i..),
-        // `http://host?x` has an empty path, which means `/`.
-        Some(_) => None,
-        None => Some("/"),
+    let rest = if target.starts_with('/') {
+        target
+    } else {
+        let scheme_len = ["http://", "https://"]
+            .into_iter()
+            .find_map(|scheme| {
+                let head = target.get(..scheme.len())?;
+                head.eq_ignore_ascii_case(scheme).then_some(scheme.len())
+            })
+            .ok_or("request target must be a path or an http URI")?;
+        let after = target.get(scheme_len..).unwrap_or("");
+        let end = after.find(['/', '?']).unwrap_or(after.len());
+        check_authority(after.get(..end).unwrap_or(""))?;
+        after.get(end..).unwrap_or("")
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let path = if path.is_empty() { "/" } else { path };
+    Ok((decode_unreserved(path)?, decode_unreserved(query)?))
+}
+
+/// `host[:port]` of an http URI: a registered name or an IP literal in
+/// brackets, never empty, no userinfo, a port of digits up to 65535 (or
+/// empty, as RFC 3986 allows).
+fn check_authority(authority: &str) -> Result<(), &'static str> {
+    const BAD: &str = "bad host or port in the request target";
+    if authority.contains('@') {
+        return Err("a request target has no userinfo");
     }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(literal) => {
+            let (ip, after) = literal.split_once(']').ok_or(BAD)?;
+            let ok = !ip.is_empty()
+                && ip
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            if !ok {
+                return Err(BAD);
+            }
+            match after {
+                "" => (ip, None),
+                _ => (ip, Some(after.strip_prefix(':').ok_or(BAD)?)),
+            }
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let reg_name = |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b);
+    if host.is_empty() || (!authority.starts_with('[') && !host.bytes().all(reg_name)) {
+        return Err(BAD);
+    }
+    match port {
+        Some(p)
+            if !p.is_empty()
+                && (!p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err()) =>
+        {
+            Err(BAD)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Decodes `%XX` where it stands for an unreserved character (letters,
+/// digits, `-._~`); other escapes stay. A `%` without two hex digits after
+/// it is an error.
+fn decode_unreserved(text: &str) -> Result<String, &'static str> {
+    const BAD: &str = "bad percent-encoding in the request target";
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b != b'%' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let hex = bytes.get(i + 1..i + 3).ok_or(BAD)?;
+        if !hex.iter().all(u8::is_ascii_hexdigit) {
+            return Err(BAD);
+        }
+        let value = std::str::from_utf8(hex)
+            .ok()
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or(BAD)?;
+        if value.is_ascii_alphanumeric() || b"-._~".contains(&value) {
+            out.push(value);
+        } else {
+            out.push(b'%');
+            out.extend_from_slice(hex);
+        }
+        i += 3;
+    }
+    // Only ASCII was decoded, so what was UTF-8 stays UTF-8.
+    String::from_utf8(out).map_err(|_| BAD)
 }
 
 /// An error answer with a small JSON body.
@@ -531,8 +620,22 @@ struct Conn {
     head: Vec<u8>,
     out: Vec<u8>,
     sent: usize,
+    /// When it was accepted: the oldest idle connection makes room first.
+    accepted: Instant,
     deadline: Instant,
     scheduled: bool,
+}
+
+impl Conn {
+    /// Accepted in an earlier loop turn (so read at least once), not a byte
+    /// of a request since, and no event waiting to be read: it may give its
+    /// slot to a new client.
+    fn idle(&self, now: Instant) -> bool {
+        matches!(self.phase, Phase::Reading)
+            && self.head.is_empty()
+            && !self.scheduled
+            && self.accepted < now
+    }
 }
 
 enum Step {
@@ -669,7 +772,12 @@ impl Admin {
         !self.work.is_empty()
     }
 
-    /// Accepts while there is room.
+    /// Accepts while there is room. When every slot is taken and a client
+    /// waits, the oldest connection that has sent nothing yet is closed to
+    /// make room (as nginx reuses idle keep-alive connections when it runs
+    /// out): silent connections cannot keep a health probe waiting for
+    /// their 5 s deadline. Connections that sent part of a request, or are
+    /// being answered, keep their slot.
     pub(crate) fn accept(&mut self, registry: &Registry, timers: &mut Timers, now: Instant) {
         // While a retry is pending, accepting would only fail again.
         match self.accept_retry {
@@ -677,7 +785,21 @@ impl Admin {
             Some(_) => self.accept_retry = None,
             None => {}
         }
-        while self.conns.len() < MAX_CONNS {
+        loop {
+            let victim = if self.conns.len() < MAX_CONNS {
+                None
+            } else {
+                let oldest_idle = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.idle(now))
+                    .min_by_key(|(_, c)| (c.accepted, c.id))
+                    .map(|(key, _)| key);
+                match oldest_idle {
+                    Some(key) => Some(key),
+                    None => break,
+                }
+            };
             let (mut stream, peer) = match self.listener.accept() {
                 Ok(ok) => ok,
                 Err(e) if would_block(&e) => {
@@ -695,6 +817,10 @@ impl Admin {
                     return;
                 }
             };
+            if let Some(key) = victim {
+                debug!("admin client {key}: idle with every slot taken, closing for {peer}");
+                self.remove(key, registry, timers);
+            }
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             if let Err(e) = registry.register(
@@ -717,9 +843,13 @@ impl Admin {
                 head: Vec::new(),
                 out: Vec::new(),
                 sent: 0,
+                accepted: now,
                 deadline,
-                scheduled: false,
+                // Read in this turn already: a request that came with the
+                // connection makes it not idle before the next accept.
+                scheduled: true,
             });
+            self.work.push(key);
         }
         self.full = true;
     }
@@ -811,14 +941,19 @@ impl Admin {
     }
 
     fn close(&mut self, key: usize, registry: &Registry, timers: &mut Timers, now: Instant) {
+        self.remove(key, registry, timers);
+        if self.full {
+            self.accept(registry, timers, now);
+        }
+    }
+
+    /// Closes a connection and forgets it and its deadline.
+    fn remove(&mut self, key: usize, registry: &Registry, timers: &mut Timers) {
         let Some(mut conn) = self.conns.try_remove(key) else {
             return;
         };
         timers.remove(&(conn.deadline, conn.id, Timer::Admin(key)));
         let _ = registry.deregister(&mut conn.stream);
-        if self.full {
-            self.accept(registry, timers, now);
-        }
     }
 }
 
@@ -997,22 +1132,79 @@ mod tests {
 
     #[test]
     fn the_absolute_form_of_the_target_is_accepted() {
-        assert_eq!(origin_form("/stats?x=1"), Some("/stats?x=1"));
-        assert_eq!(origin_form("http://h:8088/stats"), Some("/stats"));
+        let parts = |p: &str, q: &str| Ok((p.to_string(), q.to_string()));
+        assert_eq!(path_and_query("/stats?x=1"), parts("/stats", "x=1"));
+        assert_eq!(path_and_query("http://h:8088/stats"), parts("/stats", ""));
         assert_eq!(
-            origin_form("HTTP://h/metrics?format=prometheus"),
-            Some("/metrics?format=prometheus")
+            path_and_query("HTTP://h/metrics?format=prometheus"),
+            parts("/metrics", "format=prometheus")
         );
-        assert_eq!(origin_form("https://h/health"), Some("/health"));
-        assert_eq!(origin_form("http://h"), Some("/"));
-        assert_eq!(origin_form("*"), None);
-        assert_eq!(origin_form("h:8088"), None);
+        assert_eq!(path_and_query("https://h/health"), parts("/health", ""));
+        assert_eq!(
+            path_and_query("http://[::1]:8088/health"),
+            parts("/health", "")
+        );
+        assert_eq!(path_and_query("http://h:/health"), parts("/health", ""));
+        assert!(path_and_query("*").is_err());
+        assert!(path_and_query("h:8088").is_err());
         let (a, text) =
             ask("GET http://localhost:8088/stats HTTP/1.1\r\nHost: localhost:8088\r\n\r\n");
         assert_eq!(a.status, 200, "{text}");
         assert_eq!(body(&text), sample().to_json() + "\n");
         let (a, _) = ask("GET http://localhost:8088/nope HTTP/1.1\r\n\r\n");
         assert_eq!(a.status, 404);
+    }
+
+    #[test]
+    fn an_empty_path_is_slash_with_or_without_a_query() {
+        let parts = |p: &str, q: &str| Ok((p.to_string(), q.to_string()));
+        assert_eq!(path_and_query("http://h"), parts("/", ""));
+        assert_eq!(path_and_query("http://h:8088?x=1"), parts("/", "x=1"));
+        for target in ["http://h:8088", "http://h:8088?x=1"] {
+            let (a, _) = ask(&format!("GET {target} HTTP/1.1\r\n\r\n"));
+            assert_eq!(a.status, 404, "{target}");
+        }
+    }
+
+    #[test]
+    fn fragments_userinfo_empty_hosts_and_bad_ports_are_400() {
+        for target in [
+            "http://h#frag/health",
+            "/health#x",
+            "http://h:99999/health",
+            "http://h:80x/health",
+            "http:///health",
+            "http://:8088/health",
+            "http://user:pw@h/health",
+            "http://@h/health",
+            "http://[::1/health",
+            "http://[zz]/health",
+            "http://h h/health",
+            "/%zz",
+            "/%4",
+            "/stats?x=%g1",
+        ] {
+            let (a, text) = ask(&format!("GET {target} HTTP/1.1\r\n\r\n"));
+            assert_eq!(a.status, 400, "{target}: {text}");
+        }
+    }
+
+    #[test]
+    fn percent_encoded_unreserved_characters_are_decoded_others_kept() {
+        assert_eq!(
+            decode_unreserved("/%73t%41ts%7E%2d"),
+            Ok("/stAts~-".to_string())
+        );
+        assert_eq!(
+            decode_unreserved("/a%2Fb%20c%25"),
+            Ok("/a%2Fb%20c%25".to_string())
+        );
+        let (a, _) = ask("GET /%73tats HTTP/1.1\r\n\r\n");
+        assert_eq!(a.status, 200);
+        let (a, _) = ask("GET /%2Fstats HTTP/1.1\r\n\r\n");
+        assert_eq!(a.status, 404);
+        let (_, text) = ask("GET /metrics?format=%70rometheus HTTP/1.1\r\n\r\n");
+        assert!(text.contains(PROMETHEUS), "{text}");
     }
 
     #[test]

@@ -393,6 +393,35 @@ fn an_absolute_form_request_target_is_served() {
 }
 
 #[test]
+fn request_targets_are_read_as_rfc_3986_says() {
+    let proxy = Proxy::start("127.0.0.1:1", &[]);
+    let admin = proxy.admin.expect("admin on");
+    for (target, status) in [
+        // An empty path is `/`, with a query or without.
+        (format!("http://{admin}"), "404"),
+        (format!("http://{admin}?x=1"), "404"),
+        // Never in a request target: a fragment, userinfo.
+        (format!("http://{admin}#frag/health"), "400"),
+        (format!("http://user:pw@{admin}/health"), "400"),
+        // A host is never empty, a port never over 65535.
+        ("http:///health".to_string(), "400"),
+        ("http://localhost:99999/health".to_string(), "400"),
+        // An escaped unreserved character is that character.
+        ("/%73tats".to_string(), "200"),
+        ("/%2Fstats".to_string(), "404"),
+    ] {
+        let answer = raw(
+            &proxy,
+            format!("GET {target} HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes(),
+        );
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{target}: {answer}"
+        );
+    }
+}
+
+#[test]
 fn unknown_paths_get_404() {
     let proxy = Proxy::start("127.0.0.1:1", &[]);
     for path in ["/", "/stats/", "/statsx", "/metric", "/favicon.ico"] {
@@ -526,8 +555,13 @@ fn a_silent_or_dribbling_admin_client_is_closed_after_five_seconds() {
 fn at_most_64_admin_connections_at_once() {
     let proxy = Proxy::start("127.0.0.1:1", &[]);
     let admin = proxy.admin.unwrap();
-    let mut idle: Vec<TcpStream> = (0..64)
-        .map(|_| TcpStream::connect_timeout(&admin, WAIT).unwrap())
+    // Each has sent part of a request: none is idle, none gives way.
+    let mut busy: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut s = TcpStream::connect_timeout(&admin, WAIT).unwrap();
+            s.write_all(b"GET /stats HTTP/1.1\r\n").unwrap();
+            s
+        })
         .collect();
     // Give the proxy time to accept all 64.
     thread::sleep(Duration::from_millis(300));
@@ -541,11 +575,53 @@ fn at_most_64_admin_connections_at_once() {
         waiting.read(&mut buf).is_err(),
         "the 65th connection waits while 64 are open"
     );
-    idle.pop();
+    busy.pop();
     waiting.set_read_timeout(Some(WAIT)).unwrap();
     let (answer, _) = read_to_eof(&mut waiting);
     let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+}
+
+#[test]
+fn with_every_slot_held_by_a_silent_connection_a_health_probe_is_answered_at_once() {
+    let proxy = Proxy::start("127.0.0.1:1", &[]);
+    let admin = proxy.admin.unwrap();
+    let silent: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect_timeout(&admin, WAIT).unwrap())
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    // Before: the probe waited in the backlog until the silent ones hit
+    // their 5 s deadline. Now the oldest silent one makes room.
+    let started = Instant::now();
+    let mut probe = TcpStream::connect_timeout(&admin, WAIT).unwrap();
+    probe.write_all(b"GET /health HTTP/1.1\r\n\r\n").unwrap();
+    probe.set_read_timeout(Some(WAIT)).unwrap();
+    let (answer, _) = read_to_eof(&mut probe);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "the probe waited {:?}, as for the silent ones' deadline",
+        started.elapsed()
+    );
+    // Exactly one silent connection gave way, the oldest.
+    let closed: Vec<usize> = silent
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            let mut reader: &TcpStream = s;
+            match reader.read(&mut [0u8; 16]) {
+                Ok(n) => n == 0,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            }
+        })
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(closed, vec![0], "closed: {closed:?}");
 }
 
 /// One round trip on a data-path connection, in seconds.
