@@ -635,7 +635,9 @@ impl fmt::Display for StartError {
 /// accepted: it is read through, and the first write replaces the link.
 /// Looks only (`lstat`, `stat`): never opens, so never blocks.
 pub fn check_path(path: &Path) -> Result<(), StartError> {
-    if path.file_name().is_none() {
+    // `x/` names a directory (`Path` would drop the slash, and the lock
+    // file would become `x/.lock`, inside it).
+    if path.file_name().is_none() || path.as_os_str().as_bytes().ends_with(b"/") {
         return Err(StartError::unusable(format!(
             "recovery path {} does not name a file",
             path.display()
@@ -1796,6 +1798,9 @@ mod tests {
         let (_, msg) = refused(&to_dir).unwrap_err();
         assert!(msg.contains("a symbolic link to a directory"), "{msg}");
         let (_, msg) = refused(&dir.join("..")).unwrap_err();
+        assert!(msg.contains("does not name a file"), "{msg}");
+        let (code, msg) = refused(Path::new("missing/recovery.json/")).unwrap_err();
+        assert_eq!(code, 2);
         assert!(msg.contains("does not name a file"), "{msg}");
         let _ = fs::remove_dir_all(&dir);
     }

@@ -530,8 +530,13 @@ impl Server {
             .forward
             .iter()
             .find(|f| crate::net::reaches_itself(own, **f, crate::net::is_local))?;
+        let why = if crate::net::canonical(hit.ip()).is_unspecified() {
+            " (the unspecified address connects to this host)"
+        } else {
+            ""
+        };
         Some(format!(
-            "invalid value {:?} for -forward: {hit} is this proxy's own listen address {own}",
+            "invalid value {:?} for -forward: {hit}{why} is this proxy's own listen address {own}",
             self.config.forward_spec
         ))
     }
