@@ -79,7 +79,9 @@ pub fn main(target: &Target) -> ExitCode {
     match probe(target, PROBE_TIMEOUT) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("foo-proxy: probe {}: {e}", target.url);
+            // Exit 1 whether or not stderr takes the line (no panic).
+            let line = format!("foo-proxy: probe {}: {e}\n", target.url);
+            let _ = crate::output::print_now(true, &line);
             ExitCode::from(1)
         }
     }
