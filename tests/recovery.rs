@@ -882,6 +882,13 @@ fn at_most_five_corrupt_files_are_kept_the_oldest_removed_first() {
     let server = FooServer::start(ServerOpts::default());
     let proxy = start(&server, &path);
     assert_eq!(wait_for_warnings(&proxy, 1).len(), 1, "{}", proxy.stderr());
+    // The warning comes before the pruning: wait for its two removals, or
+    // the listing below races with them.
+    let deadline = Instant::now() + WAIT;
+    while proxy.stderr().matches("(keeping the newest 5)").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", proxy.stderr());
+        thread::sleep(Duration::from_millis(10));
+    }
     let regular: Vec<String> = quarantined(&path)
         .into_iter()
         .filter(|n| fs::symlink_metadata(dir.join(n)).unwrap().is_file())
