@@ -829,10 +829,17 @@ impl Server {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => match self.loop_watch.get(&endpoint(peer)) {
-                    Some(&origin) => self.cut_loop(origin, stream, now),
-                    None => self.open_pair(stream, peer, now),
-                },
+                Ok((stream, peer)) => {
+                    // Empty unless a forward goes to our own listen port.
+                    let looped = match self.loop_watch.is_empty() {
+                        true => None,
+                        false => self.loop_watch.get(&endpoint(peer)).copied(),
+                    };
+                    match looped {
+                        Some(origin) => self.cut_loop(origin, stream, now),
+                        None => self.open_pair(stream, peer, now),
+                    }
+                }
                 Err(e) if would_block(&e) => {
                     // The backlog is empty: any exhaustion episode is over.
                     self.exhausted_logged = false;
