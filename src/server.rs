@@ -209,8 +209,6 @@ struct Pair {
     /// When the pair last moved a byte, for the idle timeout.
     last_active: Instant,
     scheduled: bool,
-    /// The upstream connection's local address is in `Server::loop_watch`.
-    watched: bool,
 }
 
 /// How a pair ends.
@@ -388,6 +386,23 @@ fn note_retry(
 /// peer and an upstream's local address compare.
 fn endpoint(addr: SocketAddr) -> (IpAddr, u16) {
     (crate::net::canonical(addr.ip()), addr.port())
+}
+
+/// Forgets pair `key`'s upstream connection in the loop map, if it is
+/// there. Nothing to do, and no system call, in a usual setup (the map is
+/// empty); the map is keyed by the local address only, so an entry is
+/// removed only if it is this pair's (two sockets to different peers can
+/// share a local address).
+fn unwatch(map: &mut HashMap<(IpAddr, u16), usize>, key: usize, stream: &TcpStream) {
+    if map.is_empty() {
+        return;
+    }
+    if let Ok(local) = stream.local_addr() {
+        let local = endpoint(local);
+        if map.get(&local) == Some(&key) {
+            map.remove(&local);
+        }
+    }
 }
 
 /// The key under which an upstream connection to `forward` is watched for
@@ -949,7 +964,6 @@ impl Server {
             fin_armed: false,
             last_active: now,
             scheduled: false,
-            watched: watch.is_some(),
         });
         self.set_deadline(key, Some(now + self.config.connect_timeout));
     }
@@ -1035,11 +1049,7 @@ impl Server {
         };
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut pair.server.stream);
-        if std::mem::take(&mut pair.watched)
-            && let Ok(local) = pair.server.stream.local_addr()
-        {
-            self.loop_watch.remove(&endpoint(local));
-        }
+        unwatch(&mut self.loop_watch, key, &pair.server.stream);
         let addrs = &self.config.forward;
         let from = pair.upstream.saturating_add(1);
         let (stats, retry_log) = (&mut self.stats, &mut self.retry_log);
@@ -1067,7 +1077,6 @@ impl Server {
                 if let Some(k) = watch {
                     self.loop_watch.insert(k, key);
                 }
-                pair.watched = watch.is_some();
                 pair.upstream = i;
                 pair.server = Side::new(stream);
                 self.set_deadline(key, Some(now + self.config.connect_timeout));
@@ -1231,11 +1240,7 @@ impl Server {
         }
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut pair.server.stream);
-        if pair.watched
-            && let Ok(local) = pair.server.stream.local_addr()
-        {
-            self.loop_watch.remove(&endpoint(local));
-        }
+        unwatch(&mut self.loop_watch, key, &pair.server.stream);
         // Bytes after the last newline form no frame; counted here, once
         // per connection, so that the frame counts can be reconciled.
         if !pair.c2s.at_frame_boundary() {
