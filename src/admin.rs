@@ -19,8 +19,8 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use crate::logging::{Throttle, civil_from_days};
-use crate::pipe::{interrupted, would_block};
-use crate::server::{Timer, Timers, describe};
+use crate::net::{self, Io, describe};
+use crate::server::{Timer, Timers};
 use crate::stats::{Report, Stats};
 use log::{debug, info};
 
@@ -659,12 +659,10 @@ impl Conn {
         }
         if let Phase::Writing = self.phase {
             while let Some(rest) = self.out.get(self.sent..).filter(|r| !r.is_empty()) {
-                match self.stream.write(rest) {
-                    Ok(0) => return Step::Close,
-                    Ok(n) => self.sent += n,
-                    Err(e) if would_block(&e) => return Step::Continue,
-                    Err(e) if interrupted(&e) => {}
-                    Err(_) => return Step::Close,
+                match net::io(|| self.stream.write(rest)) {
+                    Io::Done(0) | Io::Failed(_) => return Step::Close,
+                    Io::Done(n) => self.sent += n,
+                    Io::WouldBlock => return Step::Continue,
                 }
             }
             self.out = Vec::new();
@@ -675,12 +673,10 @@ impl Conn {
         }
         let mut chunk = [0u8; READ_CHUNK];
         for _ in 0..DISCARD_READS_PER_TURN {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Step::Close,
-                Ok(_) => {}
-                Err(e) if would_block(&e) => return Step::Continue,
-                Err(e) if interrupted(&e) => {}
-                Err(_) => return Step::Close,
+            match net::io(|| self.stream.read(&mut chunk)) {
+                Io::Done(0) | Io::Failed(_) => return Step::Close,
+                Io::Done(_) => {}
+                Io::WouldBlock => return Step::Continue,
             }
         }
         Step::Requeue
@@ -695,15 +691,15 @@ impl Conn {
         let mut chunk = [0u8; READ_CHUNK];
         loop {
             let room = MAX_HEAD.saturating_sub(self.head.len());
-            let n = match Read::by_ref(&mut self.stream)
-                .take(room as u64)
-                .read(&mut chunk)
-            {
-                Ok(0) if room > 0 => return Err(()),
-                Ok(n) => n,
-                Err(e) if would_block(&e) => return Ok(None),
-                Err(e) if interrupted(&e) => continue,
-                Err(_) => return Err(()),
+            let n = match net::io(|| {
+                Read::by_ref(&mut self.stream)
+                    .take(room as u64)
+                    .read(&mut chunk)
+            }) {
+                Io::Done(0) if room > 0 => return Err(()),
+                Io::Done(n) => n,
+                Io::WouldBlock => return Ok(None),
+                Io::Failed(_) => return Err(()),
             };
             let new = chunk.get(..n).unwrap_or_default();
             self.head.extend_from_slice(new);
@@ -742,7 +738,7 @@ impl Admin {
         listener_token: Token,
     ) -> Result<Admin, String> {
         let cannot = |e: io::Error| format!("cannot listen for HTTP on {addr}: {}", describe(&e));
-        let mut listener = crate::net::listen(addr, 128).map_err(cannot)?;
+        let mut listener = net::listen(addr, 128).map_err(cannot)?;
         let local_addr = listener.local_addr().map_err(cannot)?;
         registry
             .register(&mut listener, listener_token, Interest::READABLE)
@@ -800,14 +796,13 @@ impl Admin {
                     None => break,
                 }
             };
-            let (mut stream, peer) = match self.listener.accept() {
-                Ok(ok) => ok,
-                Err(e) if would_block(&e) => {
+            let (mut stream, peer) = match net::io(|| self.listener.accept()) {
+                Io::Done(ok) => ok,
+                Io::WouldBlock => {
                     self.full = false;
                     return;
                 }
-                Err(e) if interrupted(&e) => continue,
-                Err(e) => {
+                Io::Failed(e) => {
                     // Out of descriptors, most likely: the backlog is
                     // retried shortly, through the loop's timer set.
                     debug!("admin accept failed: {}", describe(&e));

@@ -14,7 +14,8 @@ use std::io::{self, Read};
 use std::net::Shutdown;
 use std::time::Instant;
 
-use crate::pipe::{Fault, Pipe, Side, interrupted, would_block};
+use crate::net::{self, Io};
+use crate::pipe::{Fault, Pipe, Side};
 use crate::pool::Pool;
 
 /// Most input discarded from a lingering client before giving up on it.
@@ -100,9 +101,9 @@ impl Linger {
             let Some(buf) = scratch.get_mut(..want) else {
                 return Step::Requeue;
             };
-            match self.client.stream.read(buf) {
-                Ok(0) => return Step::Done,
-                Ok(n) => {
+            match net::io(|| self.client.stream.read(buf)) {
+                Io::Done(0) => return Step::Done,
+                Io::Done(n) => {
                     left = left.saturating_sub(n);
                     self.discarded = self.discarded.saturating_add(n as u64);
                     if self.discarded > MAX_DISCARD {
@@ -112,9 +113,8 @@ impl Linger {
                         self.client.readable = false;
                     }
                 }
-                Err(e) if would_block(&e) => self.client.readable = false,
-                Err(e) if interrupted(&e) => {}
-                Err(e) => return Step::Failed(e),
+                Io::WouldBlock => self.client.readable = false,
+                Io::Failed(e) => return Step::Failed(e),
             }
         }
         Step::Wait

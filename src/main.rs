@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use foo_proxy::cli::{self, Command, USAGE};
 use foo_proxy::logging;
+use foo_proxy::net::describe;
 use foo_proxy::output;
 use foo_proxy::recovery::Recovery;
-use foo_proxy::server::{Server, Stopped, describe};
+use foo_proxy::server::{Server, Stopped};
 use log::error;
 
 /// How long the exit waits for queued report and log lines to be written:

@@ -1,10 +1,12 @@
-//! Listening sockets and address questions: dual-stack `:PORT`, and whether
-//! a forward address is this proxy's own listener.
+//! Sockets and their errors: listening (dual-stack `:PORT`), non-blocking
+//! connects and their progress, one outcome type for every non-blocking
+//! call, error messages and classes, and whether a forward address is this
+//! proxy's own listener. A leaf: it uses nothing else of the crate.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 
-use mio::net::TcpListener;
+use mio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// A non-blocking listener with SO_REUSEADDR and the given backlog (mio's
@@ -35,9 +37,116 @@ fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
-/// EAFNOSUPPORT (IPv6 disabled) or EADDRNOTAVAIL (no IPv6 address).
+/// IPv6 is disabled (`EAFNOSUPPORT`) or the host has no IPv6 address
+/// (`EADDRNOTAVAIL`).
 fn no_ipv6(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(97 | 99))
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+    )
+}
+
+/// Out of descriptors (`EMFILE`, `ENFILE`) or memory (`ENOBUFS`,
+/// `ENOMEM`): a condition of this host that passes, unlike a peer's error.
+pub fn out_of_resources(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// An error for a one-line message: `Address already in use (os error 98)`
+/// becomes `address already in use`.
+pub fn describe(err: &io::Error) -> String {
+    let text = err.to_string();
+    let text = match text.find(" (os error") {
+        Some(i) => text.get(..i).unwrap_or(&text).to_string(),
+        None => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
+    }
+}
+
+/// What one non-blocking call (read, write, accept, poll) did, with
+/// `EINTR` already retried: every call site matches these three cases and
+/// nothing else.
+#[derive(Debug)]
+pub enum Io<T> {
+    /// It completed. For a read, `0` is the peer's end of file; for a
+    /// write, `0` means the peer took nothing.
+    Done(T),
+    /// Nothing can be done now (`EAGAIN`): the next readiness event says
+    /// when to try again. For a blocking socket with a timeout, the timeout.
+    WouldBlock,
+    /// It failed for good: a reset, a broken pipe, out of descriptors.
+    Failed(io::Error),
+}
+
+/// Runs `call`, again while a signal interrupts it, and sorts its result.
+#[inline]
+pub fn io<T>(mut call: impl FnMut() -> io::Result<T>) -> Io<T> {
+    loop {
+        match call() {
+            Ok(value) => return Io::Done(value),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Io::WouldBlock,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Io::Failed(e),
+        }
+    }
+}
+
+/// Where a non-blocking connect stands.
+#[derive(Debug)]
+pub enum Connect {
+    /// Still in progress: wait for the next writable event.
+    Pending,
+    Connected,
+    Failed(io::Error),
+}
+
+/// Non-blocking connect progress, as mio documents it: `take_error`, then
+/// `peer_addr` (`NotConnected` means keep waiting).
+pub fn connect_progress(stream: &TcpStream) -> Connect {
+    match stream.take_error() {
+        Ok(Some(e)) | Err(e) => return Connect::Failed(e),
+        Ok(None) => {}
+    }
+    match stream.peer_addr() {
+        Ok(_) => Connect::Connected,
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Connect::Pending,
+        Err(e) => Connect::Failed(e),
+    }
+}
+
+/// Starts a non-blocking connect to the first of `addrs[from..]` that
+/// takes one, with `TCP_NODELAY` set; its index and stream. `retried(failed,
+/// why, next)` is told of each address that failed at once while another
+/// one is left. The error is the last address's.
+pub fn connect_first(
+    addrs: &[SocketAddr],
+    from: usize,
+    mut retried: impl FnMut(SocketAddr, &io::Error, SocketAddr),
+) -> io::Result<(usize, TcpStream)> {
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no forward address");
+    for (i, addr) in addrs.iter().enumerate().skip(from) {
+        match TcpStream::connect(*addr) {
+            Ok(stream) => {
+                // Best effort: latency matters more than packet count here.
+                let _ = stream.set_nodelay(true);
+                return Ok((i, stream));
+            }
+            Err(e) => {
+                if let Some(next) = addrs.get(i + 1) {
+                    retried(*addr, &e, *next);
+                }
+                last = e;
+            }
+        }
+    }
+    Err(last)
 }
 
 /// Whether `addr`'s IP is an address of this host: a socket can be bound
@@ -114,6 +223,12 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
+}
+
+/// `(IP, port)` with an IPv4-mapped IP as plain IPv4: how an accepted
+/// peer and an upstream's local address compare.
+pub fn endpoint(addr: SocketAddr) -> (IpAddr, u16) {
+    (canonical(addr.ip()), addr.port())
 }
 
 #[cfg(test)]
@@ -215,6 +330,36 @@ mod tests {
         assert!(!reaches_itself(on_2, zoned("fe80::7", 8002, 3), |_| false));
         // An IPv4-only wildcard does not accept IPv6.
         assert!(!reaches_itself(addr("0.0.0.0:8002"), on_2, local));
+    }
+
+    #[test]
+    fn errors_are_described_in_one_lower_case_phrase_and_classified_by_errno() {
+        let in_use = io::Error::from_raw_os_error(libc::EADDRINUSE);
+        assert_eq!(describe(&in_use), "address already in use");
+        assert_eq!(describe(&io::Error::other("Odd")), "odd");
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(out_of_resources(&io::Error::from_raw_os_error(errno)));
+        }
+        assert!(!out_of_resources(&in_use));
+        assert!(no_ipv6(&io::Error::from_raw_os_error(libc::EAFNOSUPPORT)));
+        assert!(!no_ipv6(&in_use));
+    }
+
+    #[test]
+    fn an_interrupted_call_is_retried_and_would_block_is_its_own_case() {
+        let mut calls = 0;
+        let out = io(|| {
+            calls += 1;
+            match calls {
+                1 => Err(io::Error::from(io::ErrorKind::Interrupted)),
+                _ => Ok(7),
+            }
+        });
+        assert!(matches!(out, Io::Done(7)) && calls == 2);
+        let blocked: Io<usize> = io(|| Err(io::ErrorKind::WouldBlock.into()));
+        assert!(matches!(blocked, Io::WouldBlock));
+        let reset: Io<usize> = io(|| Err(io::ErrorKind::ConnectionReset.into()));
+        assert!(matches!(reset, Io::Failed(e) if e.kind() == io::ErrorKind::ConnectionReset));
     }
 
     #[test]

@@ -22,6 +22,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::net::{self, Io};
+
 /// Report lines queued for stdout; a report is about 700 bytes.
 pub const REPORT_QUEUE: usize = 64;
 /// Log lines queued for stderr.
@@ -185,11 +187,9 @@ impl LineWriter {
         }
         let mut written = 0;
         while let Some(rest) = self.buf.get(written..).filter(|r| !r.is_empty()) {
-            match write(rest) {
-                Ok(0) => break,
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
+            match net::io(|| write(rest)) {
+                Io::Done(0) | Io::WouldBlock | Io::Failed(_) => break,
+                Io::Done(n) => written += n,
             }
         }
         if written < prefix {
@@ -317,7 +317,7 @@ mod tests {
 
         fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
             if self.room == 0 {
-                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
             }
             let n = bytes.len().min(self.room).min(self.chunk);
             self.out.extend_from_slice(bytes.get(..n).unwrap());

@@ -10,17 +10,10 @@ use std::io::{self, Read, Write};
 
 use mio::net::TcpStream;
 
+use crate::net::{self, Io};
 use crate::pool::Pool;
 use crate::scanner::{Direction, FrameCounts, Scanner};
 use crate::stats::{Stats, add};
-
-pub fn would_block(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::WouldBlock
-}
-
-pub fn interrupted(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::Interrupted
-}
 
 /// A socket plus what the kernel last told us about it (edge-triggered).
 pub struct Side {
@@ -151,18 +144,17 @@ impl Pipe {
             let Some(pending) = buf.data.get(buf.start..buf.end) else {
                 break;
             };
-            match dst.stream.write(pending) {
-                Ok(0) => return Err(Fault::Destination(io::ErrorKind::WriteZero.into())),
-                Ok(n) => {
+            match net::io(|| dst.stream.write(pending)) {
+                Io::Done(0) => return Err(Fault::Destination(io::ErrorKind::WriteZero.into())),
+                Io::Done(n) => {
                     progress = true;
                     buf.start += n;
                     if buf.start >= buf.end {
                         self.discard(pool);
                     }
                 }
-                Err(e) if would_block(&e) => dst.writable = false,
-                Err(e) if interrupted(&e) => {}
-                Err(e) => return Err(Fault::Destination(e)),
+                Io::WouldBlock => dst.writable = false,
+                Io::Failed(e) => return Err(Fault::Destination(e)),
             }
         }
         Ok(progress)
@@ -206,22 +198,22 @@ impl Pipe {
                     }
                     let end = buf.end;
                     match buf.data.get_mut(end..end + want) {
-                        Some(dst_slice) => src.stream.read(dst_slice),
+                        Some(dst_slice) => net::io(|| src.stream.read(dst_slice)),
                         None => break,
                     }
                 }
                 None => match ctx.scratch.get_mut(..want) {
-                    Some(dst_slice) => src.stream.read(dst_slice),
+                    Some(dst_slice) => net::io(|| src.stream.read(dst_slice)),
                     None => break,
                 },
             };
             match read {
-                Ok(0) => {
+                Io::Done(0) => {
                     src.readable = false;
                     out.eof = true;
                     break;
                 }
-                Ok(n) => {
+                Io::Done(n) => {
                     budget = budget.saturating_sub(n);
                     progress = true;
                     out.moved = true;
@@ -234,9 +226,8 @@ impl Pipe {
                     }
                     self.accept_read(n, dst, dst_open, ctx)?;
                 }
-                Err(e) if would_block(&e) => src.readable = false,
-                Err(e) if interrupted(&e) => progress = true,
-                Err(e) => return Err(Fault::Source(e)),
+                Io::WouldBlock => src.readable = false,
+                Io::Failed(e) => return Err(Fault::Source(e)),
             }
             if !progress {
                 break;
@@ -272,12 +263,11 @@ impl Pipe {
             let Some(rest) = fresh.get(written..) else {
                 break;
             };
-            match dst.stream.write(rest) {
-                Ok(0) => return Err(Fault::Destination(io::ErrorKind::WriteZero.into())),
-                Ok(w) => written += w,
-                Err(e) if would_block(&e) => dst.writable = false,
-                Err(e) if interrupted(&e) => {}
-                Err(e) => return Err(Fault::Destination(e)),
+            match net::io(|| dst.stream.write(rest)) {
+                Io::Done(0) => return Err(Fault::Destination(io::ErrorKind::WriteZero.into())),
+                Io::Done(w) => written += w,
+                Io::WouldBlock => dst.writable = false,
+                Io::Failed(e) => return Err(Fault::Destination(e)),
             }
         }
         if let Some(rest) = fresh.get(written..).filter(|r| !r.is_empty()) {

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crate::cli::{self, CliError};
-use crate::server::describe;
+use crate::net::{self, Io, describe};
 
 /// The whole probe (resolve, connect, request, status line) gets this long.
 /// Shorter than the image's `HEALTHCHECK --timeout` (3 s), so the probe
@@ -140,11 +140,11 @@ pub fn probe(target: &Target, timeout: Duration) -> Result<u16, ProbeError> {
         stream
             .set_read_timeout(Some(left()?))
             .map_err(|e| io("read the answer", e))?;
-        let n = match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io("read the answer", e)),
+        let n = match net::io(|| stream.read(&mut buf)) {
+            Io::Done(0) => break,
+            Io::Done(n) => n,
+            Io::WouldBlock => return Err(io("read the answer", ErrorKind::WouldBlock.into())),
+            Io::Failed(e) => return Err(io("read the answer", e)),
         };
         head.extend_from_slice(buf.get(..n).unwrap_or(&[]));
     }

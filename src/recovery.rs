@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::logging::civil_from_days;
+use crate::net::describe;
 use crate::rates::{BUCKET_MS, BUCKETS, Bucket};
-use crate::server::describe;
 use crate::stats::Stats;
 use log::{debug, info, warn};
 

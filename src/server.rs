@@ -19,8 +19,9 @@ use crate::admin::{self, Admin};
 use crate::cli::Config;
 use crate::linger::{self, Linger};
 use crate::logging::{Throttle, suppressed_note};
+use crate::net::{self, Connect, Io, connect_first, connect_progress, describe, endpoint};
 use crate::output;
-use crate::pipe::{Ctx, Fault, Pipe, Side, interrupted, would_block};
+use crate::pipe::{Ctx, Fault, Pipe, Side};
 use crate::pool::Pool;
 use crate::recovery::Recovery;
 use crate::scanner::Direction;
@@ -164,28 +165,6 @@ pub enum Stopped {
 /// Every deadline of the loop, soonest first: `(when, owner id, what)`.
 pub(crate) type Timers = BTreeSet<(Instant, u64, Timer)>;
 
-/// `Address already in use (os error 98)` → `address already in use`.
-pub fn describe(err: &io::Error) -> String {
-    let text = err.to_string();
-    let text = match text.find(" (os error") {
-        Some(i) => text.get(..i).unwrap_or(&text).to_string(),
-        None => text,
-    };
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => text,
-    }
-}
-
-pub use crate::net::listen;
-
-/// Errors from accept or connect that mean "out of descriptors or memory".
-fn resource_exhausted(err: &io::Error) -> bool {
-    // EMFILE, ENFILE, ENOBUFS, ENOMEM
-    matches!(err.raw_os_error(), Some(24 | 23 | 105 | 12))
-}
-
 /// A client connection and its upstream connection.
 struct Pair {
     /// Unique for the process lifetime; slab keys are reused.
@@ -316,53 +295,6 @@ impl Pair {
     }
 }
 
-enum ConnectState {
-    Pending,
-    Connected,
-    Failed(io::Error),
-}
-
-/// Non-blocking connect progress, as mio documents it: take_error, then
-/// peer_addr (NotConnected means keep waiting).
-fn connect_state(stream: &TcpStream) -> ConnectState {
-    match stream.take_error() {
-        Ok(Some(e)) | Err(e) => return ConnectState::Failed(e),
-        Ok(None) => {}
-    }
-    match stream.peer_addr() {
-        Ok(_) => ConnectState::Connected,
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => ConnectState::Pending,
-        Err(e) => ConnectState::Failed(e),
-    }
-}
-
-/// Starts a connect to the first address from `from` that accepts one;
-/// `retried(failed, why, next)` is told of each address that failed at
-/// once while another one is left to try.
-fn connect_from(
-    addrs: &[SocketAddr],
-    from: usize,
-    mut retried: impl FnMut(SocketAddr, &io::Error, SocketAddr),
-) -> Result<(usize, TcpStream), io::Error> {
-    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no forward address");
-    for (i, addr) in addrs.iter().enumerate().skip(from) {
-        match TcpStream::connect(*addr) {
-            Ok(stream) => {
-                // Best effort: latency matters more than packet count here.
-                let _ = stream.set_nodelay(true);
-                return Ok((i, stream));
-            }
-            Err(e) => {
-                if let Some(next) = addrs.get(i + 1) {
-                    retried(*addr, &e, *next);
-                }
-                last = e;
-            }
-        }
-    }
-    Err(last)
-}
-
 /// Counts a move to the next forward address and logs it, throttled: a
 /// black-holed first address costs every client a connect timeout, which
 /// must not go unseen.
@@ -380,12 +312,6 @@ fn note_retry(
             suppressed_note(suppressed)
         );
     }
-}
-
-/// `(IP, port)` with an IPv4-mapped IP as plain IPv4: how an accepted
-/// peer and an upstream's local address compare.
-fn endpoint(addr: SocketAddr) -> (IpAddr, u16) {
-    (crate::net::canonical(addr.ip()), addr.port())
 }
 
 /// Forgets pair `key`'s upstream connection in the loop map, if it is
@@ -473,7 +399,7 @@ impl Server {
         // A backlog as deep as the connection limit (the kernel caps it at
         // net.core.somaxconn): a burst of clients must not overflow it.
         let backlog = i32::try_from(config.max_connections.max(1024)).unwrap_or(i32::MAX);
-        let mut listener = listen(config.listen, backlog)
+        let mut listener = net::listen(config.listen, backlog)
             .map_err(|e| format!("cannot listen on {}: {}", config.listen, describe(&e)))?;
         let local_addr = listener
             .local_addr()
@@ -544,8 +470,8 @@ impl Server {
             .config
             .forward
             .iter()
-            .find(|f| crate::net::reaches_itself(own, **f, crate::net::is_local))?;
-        let why = if crate::net::canonical(hit.ip()).is_unspecified() {
+            .find(|f| net::reaches_itself(own, **f, net::is_local))?;
+        let why = if net::canonical(hit.ip()).is_unspecified() {
             " (the unspecified address connects to this host)"
         } else {
             ""
@@ -591,10 +517,8 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         while !self.stopping {
             let timeout = self.poll_timeout(Instant::now());
-            match self.poll.poll(&mut events, timeout) {
-                Ok(()) => {}
-                Err(e) if interrupted(&e) => continue,
-                Err(e) => return Err(e),
+            if let Io::Failed(e) = net::io(|| self.poll.poll(&mut events, timeout)) {
+                return Err(e);
             }
             // The clock is read once per iteration, not per message.
             let now = Instant::now();
@@ -843,8 +767,8 @@ impl Server {
             let Some(listener) = self.listener.as_ref() else {
                 return;
             };
-            match listener.accept() {
-                Ok((stream, peer)) => {
+            match net::io(|| listener.accept()) {
+                Io::Done((stream, peer)) => {
                     // Empty unless a forward goes to our own listen port.
                     let looped = match self.loop_watch.is_empty() {
                         true => None,
@@ -855,17 +779,16 @@ impl Server {
                         None => self.open_pair(stream, peer, now),
                     }
                 }
-                Err(e) if would_block(&e) => {
+                Io::WouldBlock => {
                     // The backlog is empty: any exhaustion episode is over.
                     self.exhausted_logged = false;
                     return;
                 }
-                Err(e) if interrupted(&e) => {}
-                Err(e) if resource_exhausted(&e) => {
+                Io::Failed(e) if net::out_of_resources(&e) => {
                     self.exhausted(&format!("cannot accept on {}", self.local_addr), &e, now);
                     return;
                 }
-                Err(e) => {
+                Io::Failed(e) => {
                     if let Some(suppressed) = self.accept_log.ready(now) {
                         debug!(
                             "accept failed: {}{}",
@@ -909,10 +832,10 @@ impl Server {
         let retried = |failed, why: &io::Error, next| {
             note_retry(stats, retry_log, (failed, why, next), now);
         };
-        let (upstream, mut server) = match connect_from(&self.config.forward, 0, retried) {
+        let (upstream, mut server) = match connect_first(&self.config.forward, 0, retried) {
             Ok(ok) => ok,
             Err(e) => {
-                if resource_exhausted(&e) {
+                if net::out_of_resources(&e) {
                     self.exhausted("cannot open an upstream socket", &e, now);
                 } else {
                     self.upstream_failed(&e, now);
@@ -1000,16 +923,16 @@ impl Server {
             pair.server.writable |= writable;
             pair.server.read_closed |= read_closed;
             if !pair.connected {
-                match connect_state(&pair.server.stream) {
-                    ConnectState::Pending => return,
-                    ConnectState::Connected => {
+                match connect_progress(&pair.server.stream) {
+                    Connect::Pending => return,
+                    Connect::Connected => {
                         pair.connected = true;
                         pair.server.writable = true;
                         pair.last_active = now;
                         debug!("pair {}: upstream connected", pair.id);
                         self.set_deadline(key, Some(now + self.config.idle_timeout));
                     }
-                    ConnectState::Failed(e) => {
+                    Connect::Failed(e) => {
                         self.retry_connect(key, e, now);
                         return;
                     }
@@ -1059,7 +982,7 @@ impl Server {
         let retried = |failed, why: &io::Error, next| {
             note_retry(stats, retry_log, (failed, why, next), now);
         };
-        let next = connect_from(addrs, from, retried);
+        let next = connect_first(addrs, from, retried);
         let registered = next.and_then(|(i, mut stream)| {
             registry
                 .register(

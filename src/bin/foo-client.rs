@@ -18,8 +18,7 @@ use foo_proxy::cli::{self, CliError};
 use foo_proxy::driver::proto::{self, Kind, push_msg, show};
 use foo_proxy::driver::rng::{Rng, seed_from_clock};
 use foo_proxy::driver::wire::{Filled, LineReader, Outbox};
-use foo_proxy::pipe::interrupted;
-use foo_proxy::server::describe;
+use foo_proxy::net::{self, Io, describe};
 
 const USAGE: &str = "\
 foo-client: a checking Foo client for trying foo-proxy
@@ -302,10 +301,8 @@ fn run(config: &Config, progress: &mut Progress) -> Result<(), String> {
                 None => "timed out".into(),
             });
         }
-        match poll.poll(&mut events, Some(deadline - now)) {
-            Ok(()) => {}
-            Err(e) if interrupted(&e) => continue,
-            Err(e) => return Err(io_err("poll", e)),
+        if let Io::Failed(e) = net::io(|| poll.poll(&mut events, Some(deadline - now))) {
+            return Err(io_err("poll", e));
         }
         for event in events.iter() {
             let Some(conn) = conns.get_mut(event.token().0) else {

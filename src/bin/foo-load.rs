@@ -22,8 +22,7 @@ use foo_proxy::driver::hist::Histogram;
 use foo_proxy::driver::proto::{self, Kind, push_msg, show};
 use foo_proxy::driver::rng::Rng;
 use foo_proxy::driver::wire::{Filled, LineReader, Outbox};
-use foo_proxy::pipe::interrupted;
-use foo_proxy::server::describe;
+use foo_proxy::net::{self, Io, describe};
 
 const USAGE: &str = "\
 foo-load: closed-loop, pipelined load against a Foo server or proxy
@@ -272,10 +271,8 @@ fn worker(config: &Config, index: usize, count: usize, start: &Barrier) -> Resul
         if now >= deadline {
             break;
         }
-        match poll.poll(&mut events, Some(deadline - now)) {
-            Ok(()) => {}
-            Err(e) if interrupted(&e) => continue,
-            Err(e) => return Err(io_err("poll", e)),
+        if let Io::Failed(e) = net::io(|| poll.poll(&mut events, Some(deadline - now))) {
+            return Err(io_err("poll", e));
         }
         for event in events.iter() {
             let i = event.token().0;

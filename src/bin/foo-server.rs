@@ -22,8 +22,7 @@ use foo_proxy::driver::proto::push_answer;
 use foo_proxy::driver::rng::{Rng, seed_from_clock};
 use foo_proxy::driver::wire::{Filled, LineReader, Outbox};
 use foo_proxy::logging::{self, Level};
-use foo_proxy::pipe::{interrupted, would_block};
-use foo_proxy::server::describe;
+use foo_proxy::net::{self, Io, describe};
 use log::{debug, error, info, warn};
 
 const USAGE: &str = "\
@@ -141,7 +140,7 @@ struct Server {
 impl Server {
     fn bind(config: Config) -> Result<Server, String> {
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {}", describe(&e)))?;
-        let mut listener = foo_proxy::server::listen(config.listen, LISTEN_BACKLOG)
+        let mut listener = net::listen(config.listen, LISTEN_BACKLOG)
             .map_err(|e| format!("cannot listen on {}: {}", config.listen, describe(&e)))?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
@@ -184,10 +183,8 @@ impl Server {
             .flatten()
             .min();
             let timeout = next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1));
-            match self.poll.poll(&mut events, timeout) {
-                Ok(()) => {}
-                Err(e) if interrupted(&e) => continue,
-                Err(e) => return Err(e),
+            if let Io::Failed(e) = net::io(|| self.poll.poll(&mut events, timeout)) {
+                return Err(e);
             }
             let now = Instant::now();
             let mut accept = self.accept_paused_until.is_some_and(|t| t <= now);
@@ -213,8 +210,8 @@ impl Server {
     fn accept(&mut self, now: Instant) {
         self.accept_paused_until = None;
         loop {
-            match self.listener.accept() {
-                Ok((mut stream, peer)) => {
+            match net::io(|| self.listener.accept()) {
+                Io::Done((mut stream, peer)) => {
                     // Split writes should reach the peer as separate segments.
                     let _ = stream.set_nodelay(true);
                     let entry = self.conns.vacant_entry();
@@ -238,9 +235,8 @@ impl Server {
                         read_closed: false,
                     });
                 }
-                Err(e) if would_block(&e) => return,
-                Err(e) if interrupted(&e) => {}
-                Err(e) => {
+                Io::WouldBlock => return,
+                Io::Failed(e) => {
                     warn!("cannot accept: {}; pausing accepts briefly", describe(&e));
                     self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
                     return;

@@ -5,7 +5,7 @@
 use std::io::{self, Read, Write};
 
 use crate::driver::rng::Rng;
-use crate::pipe::{interrupted, would_block};
+use crate::net::{self, Io};
 
 /// Longest line a driver accepts before it gives up on the peer.
 pub const MAX_LINE: usize = 1 << 20;
@@ -60,17 +60,14 @@ impl LineReader {
             }
         }
         let free = self.buf.get_mut(self.end..).unwrap_or_default();
-        loop {
-            return match r.read(free) {
-                Ok(0) => Ok(Filled::Eof),
-                Ok(n) => {
-                    self.end += n;
-                    Ok(Filled::Bytes(n))
-                }
-                Err(e) if would_block(&e) => Ok(Filled::WouldBlock),
-                Err(e) if interrupted(&e) => continue,
-                Err(e) => Err(e),
-            };
+        match net::io(|| r.read(free)) {
+            Io::Done(0) => Ok(Filled::Eof),
+            Io::Done(n) => {
+                self.end += n;
+                Ok(Filled::Bytes(n))
+            }
+            Io::WouldBlock => Ok(Filled::WouldBlock),
+            Io::Failed(e) => Err(e),
         }
     }
 
@@ -106,12 +103,11 @@ impl Outbox {
                 Some(rng) => rng.range(1, rest.len() as u64) as usize,
                 None => rest.len(),
             };
-            match w.write(rest.get(..len).unwrap_or(rest)) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.pos += n,
-                Err(e) if would_block(&e) => return Ok(false),
-                Err(e) if interrupted(&e) => {}
-                Err(e) => return Err(e),
+            match net::io(|| w.write(rest.get(..len).unwrap_or(rest))) {
+                Io::Done(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Io::Done(n) => self.pos += n,
+                Io::WouldBlock => return Ok(false),
+                Io::Failed(e) => return Err(e),
             }
         }
         self.buf.clear();
