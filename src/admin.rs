@@ -18,7 +18,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::logging::{Throttle, civil_from_days};
+use crate::dates::{self, http_date};
+use crate::logging::Throttle;
 use crate::net::{self, Io, describe};
 use crate::server::{Timer, Timers};
 use crate::stats::{Report, Stats};
@@ -542,47 +543,12 @@ fn escape(s: &str) -> String {
     out
 }
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-
-/// UTC calendar parts of `t`: (days since epoch, year, month, day, secs of day).
-fn civil(t: SystemTime) -> (u64, i64, &'static str, u32, u64) {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let days = secs / 86_400;
-    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    let month = MONTHS
-        .get(usize::try_from(m).unwrap_or(0).wrapping_sub(1))
-        .copied()
-        .unwrap_or("Jan");
-    (days, y, month, d, secs % 86_400)
-}
-
-/// IMF-fixdate for the `Date` header: `Fri, 27 Nov 2026 22:10:11 GMT`.
-pub fn http_date(t: SystemTime) -> String {
-    let (days, y, month, d, rem) = civil(t);
-    let weekday = WEEKDAYS
-        .get(usize::try_from(days % 7).unwrap_or(0))
-        .copied()
-        .unwrap_or("Thu");
-    format!(
-        "{weekday}, {d:02} {month} {y:04} {:02}:{:02}:{:02} GMT",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// Common Log Format, as Go's gorilla/handlers writes it:
 /// `127.0.0.1 - - [27/Nov/2026:22:10:11 +0000] "GET /stats HTTP/1.1" 200 512`.
 pub fn access_line(peer: IpAddr, t: SystemTime, answer: &Answer) -> String {
-    let (_, y, month, d, rem) = civil(t);
     format!(
-        "{peer} - - [{d:02}/{month}/{y:04}:{:02}:{:02}:{:02} +0000] \"{}\" {} {}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
+        "{peer} - - [{}] \"{}\" {} {}",
+        dates::clf(t),
         answer.request_line,
         answer.status,
         answer.body_len
@@ -743,10 +709,7 @@ impl Admin {
         registry
             .register(&mut listener, listener_token, Interest::READABLE)
             .map_err(cannot)?;
-        let start_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
+        let start_unix = dates::unix_secs(SystemTime::now());
         Ok(Admin {
             listener,
             local_addr,

@@ -49,6 +49,7 @@
 
 pub mod admin;
 pub mod cli;
+mod dates;
 pub mod driver;
 pub mod linger;
 pub mod logging;

@@ -7,9 +7,9 @@
 //! over and over go through a [`Throttle`].
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::output;
+use crate::{dates, output};
 
 /// The levels the `--log-level` flag takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -58,7 +58,7 @@ impl log::Log for Logger {
         let _ = writeln!(
             line,
             "{} {} {}",
-            timestamp(SystemTime::now()),
+            dates::rfc3339_ms(SystemTime::now()),
             record.level(),
             record.args()
         );
@@ -133,36 +133,6 @@ pub fn suppressed_note(suppressed: u64) -> String {
     }
 }
 
-/// RFC 3339 UTC timestamp with milliseconds.
-pub fn timestamp(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,13 +154,5 @@ mod tests {
         assert_eq!(burst.ready(t0 + second), Some(1));
         assert_eq!(suppressed_note(2), " (2 more since the last one)");
         assert_eq!(suppressed_note(0), "");
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_795_817_411_123);
-        assert_eq!(timestamp(t), "2026-11-27T22:10:11.123Z");
-        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     }
 }

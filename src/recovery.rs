@@ -26,12 +26,12 @@ use std::process;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::logging::civil_from_days;
+use crate::dates;
 use crate::net::describe;
 use crate::rates::{BUCKET_MS, BUCKETS, Bucket};
 use crate::stats::Stats;
@@ -428,13 +428,7 @@ pub fn restore(snapshot: &Snapshot, stats: &mut Stats, now_wall_ms: u64, now_ms:
     plan
 }
 
-/// Milliseconds since the Unix epoch (0 for a clock before it).
-pub fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::dates::wall_ms;
 
 // ---- Names beside the recovery file ------------------------------------
 
@@ -482,17 +476,7 @@ pub fn legacy_temp_path(path: &Path) -> PathBuf {
 /// `PATH.corrupt.YYYYMMDDTHHMMSS.mmmZ` (UTC, so names sort by age), with
 /// `-N` appended when `n > 0` (two in one millisecond).
 pub fn corrupt_path(path: &Path, wall_ms: u64, n: u32) -> PathBuf {
-    let secs = wall_ms / 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
-    let (y, m, d) = civil_from_days(days);
-    let rem = secs % 86_400;
-    let mut stamp = format!(
-        ".corrupt.{y:04}{m:02}{d:02}T{:02}{:02}{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        wall_ms % 1000
-    );
+    let mut stamp = format!(".corrupt.{}", dates::compact_ms(wall_ms));
     if n > 0 {
         stamp.push_str(&format!("-{n}"));
     }
