@@ -21,8 +21,8 @@ use slab::Slab;
 use crate::dates::{self, http_date};
 use crate::logging::Throttle;
 use crate::net::{self, Io, describe};
-use crate::server::{Timer, Timers};
 use crate::stats::{Report, Stats};
+use crate::timer::{Slot, Timer, Timers};
 use log::{debug, info};
 
 /// Longest request head; a longer one gets 431.
@@ -588,7 +588,7 @@ struct Conn {
     sent: usize,
     /// When it was accepted: the oldest idle connection makes room first.
     accepted: Instant,
-    deadline: Instant,
+    deadline: Slot,
     scheduled: bool,
 }
 
@@ -771,7 +771,7 @@ impl Admin {
                     debug!("admin accept failed: {}", describe(&e));
                     let when = now + ACCEPT_BACKOFF;
                     self.accept_retry = Some(when);
-                    timers.insert((when, 0, Timer::AdminAccept));
+                    timers.arm(when, 0, Timer::AdminAccept);
                     return;
                 }
             };
@@ -791,8 +791,13 @@ impl Admin {
             }
             let _ = stream.set_nodelay(true);
             self.next_id = self.next_id.wrapping_add(1);
-            let deadline = now + DEADLINE;
-            timers.insert((deadline, self.next_id, Timer::Admin(key)));
+            let mut deadline = Slot::default();
+            deadline.set(
+                timers,
+                Some(now + DEADLINE),
+                self.next_id,
+                Timer::Admin(key),
+            );
             entry.insert(Conn {
                 id: self.next_id,
                 stream,
@@ -873,11 +878,10 @@ impl Admin {
             }
             // Once answered, a client gets a short grace to read and close.
             if let Phase::Lingering = conn.phase
-                && conn.deadline > now + LINGER
+                && conn.deadline.when().is_some_and(|t| t > now + LINGER)
             {
-                timers.remove(&(conn.deadline, conn.id, Timer::Admin(key)));
-                conn.deadline = now + LINGER;
-                timers.insert((conn.deadline, conn.id, Timer::Admin(key)));
+                let (id, timer) = (conn.id, Timer::Admin(key));
+                conn.deadline.set(timers, Some(now + LINGER), id, timer);
             }
         }
         self.access_log = access_log;
@@ -892,7 +896,8 @@ impl Admin {
         timers: &mut Timers,
         now: Instant,
     ) {
-        if self.conns.get(key).is_some_and(|c| c.id == id) {
+        if let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) {
+            conn.deadline.fired();
             debug!("admin client {key}: deadline reached, closing");
             self.close(key, registry, timers, now);
         }
@@ -910,7 +915,7 @@ impl Admin {
         let Some(mut conn) = self.conns.try_remove(key) else {
             return;
         };
-        timers.remove(&(conn.deadline, conn.id, Timer::Admin(key)));
+        conn.deadline.set(timers, None, conn.id, Timer::Admin(key));
         let _ = registry.deregister(&mut conn.stream);
     }
 }

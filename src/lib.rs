@@ -63,3 +63,4 @@ pub mod recovery;
 pub mod scanner;
 pub mod server;
 pub mod stats;
+mod timer;

@@ -12,11 +12,11 @@
 
 use std::io::{self, Read};
 use std::net::Shutdown;
-use std::time::Instant;
 
 use crate::net::{self, Io};
 use crate::pipe::{Fault, Pipe, Side};
 use crate::pool::Pool;
+use crate::timer::Slot;
 
 /// Most input discarded from a lingering client before giving up on it.
 pub const MAX_DISCARD: u64 = 1 << 20;
@@ -32,7 +32,7 @@ pub struct Linger {
     /// The client's EOF has been read: nothing more can arrive.
     client_eof: bool,
     discarded: u64,
-    pub deadline: Instant,
+    pub(crate) deadline: Slot,
     pub scheduled: bool,
 }
 
@@ -52,7 +52,7 @@ pub enum Step {
 }
 
 impl Linger {
-    pub fn new(id: u64, client: Side, s2c: Pipe, client_eof: bool, deadline: Instant) -> Linger {
+    pub fn new(id: u64, client: Side, s2c: Pipe, client_eof: bool) -> Linger {
         Linger {
             id,
             client,
@@ -60,7 +60,7 @@ impl Linger {
             fin_sent: false,
             client_eof,
             discarded: 0,
-            deadline,
+            deadline: Slot::default(),
             scheduled: false,
         }
     }

@@ -1,7 +1,7 @@
 //! The event loop: one mio poll drives the listener, every client/server
 //! pair, and the signal pipe. All state lives here; nothing is shared.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use crate::pool::Pool;
 use crate::recovery::Recovery;
 use crate::scanner::Direction;
 use crate::stats::{Report, Stats, add};
+use crate::timer::{Slot, Timer, Timers};
 use log::{debug, info, warn};
 
 const LISTENER: Token = Token(0);
@@ -137,19 +138,6 @@ fn linger_of(token: Token) -> Option<usize> {
         .filter(|k| *k < LINGER_BASE)
 }
 
-/// What a deadline in [`Timers`] is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Timer {
-    /// A pair, by slab key.
-    Pair(usize),
-    /// An admin connection, by its slab key in [`Admin`].
-    Admin(usize),
-    /// Retry accepting admin clients after running out of descriptors.
-    AdminAccept,
-    /// The bound of a lingering client, by its slab key.
-    Linger(usize),
-}
-
 /// How [`Server::run`] ended after a stop signal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stopped {
@@ -161,9 +149,6 @@ pub enum Stopped {
     /// are lost. `main` exits 3.
     SnapshotLost,
 }
-
-/// Every deadline of the loop, soonest first: `(when, owner id, what)`.
-pub(crate) type Timers = BTreeSet<(Instant, u64, Timer)>;
 
 /// A client connection and its upstream connection.
 struct Pair {
@@ -182,7 +167,7 @@ struct Pair {
     server_done: bool,
     /// We shut down the upstream's write side after the client's FIN.
     upstream_shut: bool,
-    deadline: Option<Instant>,
+    deadline: Slot,
     /// The deadline is the fin timeout (no longer connect or idle).
     fin_armed: bool,
     /// When the pair last moved a byte, for the idle timeout.
@@ -364,7 +349,9 @@ pub struct Server {
     next_id: u64,
     /// Pairs to drive in this iteration, and those that used their budget.
     work: Vec<usize>,
-    accept_paused_until: Option<Instant>,
+    /// Accepting pauses until this deadline after running out of
+    /// descriptors or memory.
+    accept_pause: Slot,
     /// Out of descriptors or memory: logged once per episode.
     exhausted_logged: bool,
     /// At `--max-connections`: accepting waits until below 90 %.
@@ -382,10 +369,12 @@ pub struct Server {
     limit_log: Throttle,
     accept_log: Throttle,
     signal_log: Throttle,
-    /// SIGTERM/SIGINT seen: connections get until this instant to finish.
-    drain_deadline: Option<Instant>,
+    /// SIGTERM/SIGINT seen: connections get until this deadline to finish.
+    drain: Slot,
     /// The drain is over: lingering clients get until this instant.
     exit_deadline: Option<Instant>,
+    /// The recovery file's next snapshot, while counters changed.
+    snapshot: Slot,
     stopping: bool,
     /// The recovery file main claimed before `bind` (`set_recovery`);
     /// `run` restores it. `None` when disabled.
@@ -429,12 +418,12 @@ impl Server {
             pool: Pool::new(buffer_size, POOL_CAP),
             scratch: vec![0u8; buffer_size].into_boxed_slice(),
             stats: Stats::default(),
-            timers: Timers::new(),
+            timers: Timers::default(),
             admin,
             start: Instant::now(),
             next_id: 0,
             work: Vec::new(),
-            accept_paused_until: None,
+            accept_pause: Slot::default(),
             exhausted_logged: false,
             at_limit: false,
             accept_again: false,
@@ -444,8 +433,9 @@ impl Server {
             limit_log: Throttle::new(LOG_INTERVAL),
             accept_log: Throttle::new(LOG_INTERVAL),
             signal_log: Throttle::new(Duration::from_secs(1)),
-            drain_deadline: None,
+            drain: Slot::default(),
             exit_deadline: None,
+            snapshot: Slot::default(),
             stopping: false,
             recovery: None,
         })
@@ -541,7 +531,7 @@ impl Server {
                     },
                 }
             }
-            if accept || self.accept_paused_until.is_some_and(|t| t <= now) {
+            if accept {
                 self.accept_clients(now);
             }
             self.drive_work(now);
@@ -555,16 +545,16 @@ impl Server {
             self.stats.commit_window(now_ms);
             if let Some(recovery) = &mut self.recovery {
                 recovery.tick(&mut self.stats, now, now_ms);
+                let due = recovery.deadline();
+                self.snapshot.set(&mut self.timers, due, 0, Timer::Snapshot);
             }
-            if let Some(deadline) = self.drain_deadline
+            if self.drain.when().is_some()
                 && self.exit_deadline.is_none()
-                && (self.connections() == 0 || now >= deadline)
+                && self.connections() == 0
             {
                 self.begin_exit(now);
             }
-            if let Some(deadline) = self.exit_deadline
-                && (self.lingering.is_empty() || now >= deadline)
-            {
+            if self.exit_deadline.is_some() && self.lingering.is_empty() {
                 self.stopping = true;
             }
         }
@@ -598,18 +588,10 @@ impl Server {
         if !self.linger_work.is_empty() {
             return Some(Duration::ZERO);
         }
-        let next = [
-            self.timers.first().map(|(t, _, _)| *t),
-            self.accept_paused_until,
-            self.drain_deadline,
-            self.exit_deadline,
-            self.recovery.as_ref().and_then(Recovery::deadline),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
         // Round up so a deadline is never polled for just before it is due.
-        next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
+        self.timers
+            .next()
+            .map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
     }
 
     fn handle_signals(&mut self, now: Instant) {
@@ -648,12 +630,14 @@ impl Server {
             self.stopping = true;
             return;
         }
-        if self.drain_deadline.is_some() || self.connections() == 0 {
+        if self.drain.when().is_some() || self.connections() == 0 {
             self.begin_exit(now);
             return;
         }
         self.stop_listening();
-        self.drain_deadline = Some(now + self.config.drain_timeout);
+        let until = now + self.config.drain_timeout;
+        self.drain
+            .set(&mut self.timers, Some(until), 0, Timer::Drain);
         info!(
             "draining: {} connection(s) get up to {:?} to finish; signal again to stop now",
             self.pairs.len(),
@@ -665,7 +649,8 @@ impl Server {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        self.accept_paused_until = None;
+        self.accept_pause
+            .set(&mut self.timers, None, 0, Timer::Accept);
     }
 
     /// The drain is over: every pair still open gets its lingering close,
@@ -673,8 +658,10 @@ impl Server {
     /// than `--fin-timeout`), so the exit is bounded.
     fn begin_exit(&mut self, now: Instant) {
         self.stop_listening();
+        self.drain.set(&mut self.timers, None, 0, Timer::Drain);
         let until = now + EXIT_LINGER.min(self.config.fin_timeout);
         self.exit_deadline = Some(until);
+        self.timers.arm(until, 0, Timer::Exit);
         if !self.pairs.is_empty() {
             info!("closing {} connection(s) still open", self.pairs.len());
         }
@@ -685,11 +672,10 @@ impl Server {
         let keys: Vec<usize> = self.lingering.iter().map(|(k, _)| k).collect();
         for key in keys {
             if let Some(l) = self.lingering.get_mut(key)
-                && l.deadline > until
+                && l.deadline.when().is_some_and(|t| t > until)
             {
-                self.timers.remove(&(l.deadline, l.id, Timer::Linger(key)));
-                l.deadline = until;
-                self.timers.insert((until, l.id, Timer::Linger(key)));
+                l.deadline
+                    .set(&mut self.timers, Some(until), l.id, Timer::Linger(key));
             }
         }
     }
@@ -706,7 +692,9 @@ impl Server {
             );
             self.exhausted_logged = true;
         }
-        self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+        let resume = now + ACCEPT_BACKOFF;
+        self.accept_pause
+            .set(&mut self.timers, Some(resume), 0, Timer::Accept);
     }
 
     /// The report as the admin socket and the signals show it.
@@ -745,10 +733,9 @@ impl Server {
     }
 
     fn accept_clients(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some_and(|t| t > now) || self.at_limit {
+        if self.accept_pause.when().is_some() || self.at_limit {
             return;
         }
-        self.accept_paused_until = None;
         loop {
             if self.connections() >= self.config.max_connections {
                 // New clients wait in the kernel backlog until we are below 90 %.
@@ -798,7 +785,7 @@ impl Server {
                     }
                 }
             }
-            if self.accept_paused_until.is_some() {
+            if self.accept_pause.when().is_some() {
                 return;
             }
         }
@@ -883,7 +870,7 @@ impl Server {
             client_eof: false,
             server_done: false,
             upstream_shut: false,
-            deadline: None,
+            deadline: Slot::default(),
             fin_armed: false,
             last_active: now,
             scheduled: false,
@@ -1092,21 +1079,12 @@ impl Server {
         let Some(pair) = self.pairs.get_mut(key) else {
             return;
         };
-        if let Some(old) = pair.deadline.take() {
-            self.timers.remove(&(old, pair.id, Timer::Pair(key)));
-        }
-        if let Some(when) = when {
-            pair.deadline = Some(when);
-            self.timers.insert((when, pair.id, Timer::Pair(key)));
-        }
+        pair.deadline
+            .set(&mut self.timers, when, pair.id, Timer::Pair(key));
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some(&(when, id, timer)) = self.timers.first() {
-            if when > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some((id, timer)) = self.timers.pop_due(now) {
             let key = match timer {
                 Timer::Pair(key) => key,
                 Timer::Admin(key) => {
@@ -1122,10 +1100,30 @@ impl Server {
                     continue;
                 }
                 Timer::Linger(key) => {
-                    if self.lingering.get(key).is_some_and(|l| l.id == id) {
+                    if let Some(l) = self.lingering.get_mut(key).filter(|l| l.id == id) {
+                        l.deadline.fired();
                         debug!("pair {id}: lingering close reached its bound");
                         self.end_linger(key);
                     }
+                    continue;
+                }
+                Timer::Accept => {
+                    self.accept_pause.fired();
+                    self.accept_clients(now);
+                    continue;
+                }
+                Timer::Drain => {
+                    self.drain.fired();
+                    self.begin_exit(now);
+                    continue;
+                }
+                Timer::Exit => {
+                    self.stopping = true;
+                    continue;
+                }
+                Timer::Snapshot => {
+                    // The tick at the end of this iteration writes it.
+                    self.snapshot.fired();
                     continue;
                 }
             };
@@ -1135,7 +1133,7 @@ impl Server {
             if pair.id != id {
                 continue;
             }
-            pair.deadline = None;
+            pair.deadline.fired();
             if pair.fin_armed {
                 debug!("pair {}: fin timeout", pair.id);
                 self.linger(key, now + self.config.fin_timeout);
@@ -1158,9 +1156,8 @@ impl Server {
     /// sockets from the poll, and closes the upstream.
     fn take_pair(&mut self, key: usize) -> Option<Pair> {
         let mut pair = self.pairs.try_remove(key)?;
-        if let Some(when) = pair.deadline.take() {
-            self.timers.remove(&(when, pair.id, Timer::Pair(key)));
-        }
+        pair.deadline
+            .set(&mut self.timers, None, pair.id, Timer::Pair(key));
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut pair.server.stream);
         unwatch(&mut self.loop_watch, key, &pair.server.stream);
@@ -1252,11 +1249,12 @@ impl Server {
         // Try at once; the events say when to try again.
         client.readable = true;
         client.writable = true;
-        let mut l = Linger::new(id, client, s2c, client_eof, until);
+        let mut l = Linger::new(id, client, s2c, client_eof);
         l.scheduled = true;
+        l.deadline
+            .set(&mut self.timers, Some(until), id, Timer::Linger(key));
         entry.insert(l);
         self.linger_work.push(key);
-        self.timers.insert((until, id, Timer::Linger(key)));
     }
 
     /// Ends a lingering close: the socket is closed (a reset if the bound
@@ -1265,7 +1263,8 @@ impl Server {
         let Some(mut l) = self.lingering.try_remove(key) else {
             return;
         };
-        self.timers.remove(&(l.deadline, l.id, Timer::Linger(key)));
+        l.deadline
+            .set(&mut self.timers, None, l.id, Timer::Linger(key));
         let _ = self.poll.registry().deregister(&mut l.client.stream);
         l.release(&mut self.pool);
         self.connection_closed();
