@@ -10,6 +10,7 @@ use foo_proxy::net::describe;
 use foo_proxy::output;
 use foo_proxy::recovery::Recovery;
 use foo_proxy::server::{Server, Stopped};
+use foo_proxy::signals::{self, Signals};
 use log::error;
 
 /// How long the exit waits for queued report and log lines to be written:
@@ -39,12 +40,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before the recovery file and the sockets: a signal during the start
+    // waits for the loop instead of killing the process (or being lost).
+    let signals = signals::install();
     logging::init(config.log_level);
-    foo_proxy::server::catch_stray_signals();
+    let signals = match signals {
+        Ok(signals) => signals,
+        Err(e) => {
+            error!("cannot install signal handlers: {}", describe(&e));
+            output::flush(OUTPUT_FLUSH_WAIT);
+            return ExitCode::from(1);
+        }
+    };
     // From here on this thread writes nothing itself (the writer threads
     // do, with the signals blocked): a `kill -TTOU` is caught and logged.
     output::unblock_job_control_signals();
-    let code = start(config);
+    let code = start(config, signals);
     output::flush(OUTPUT_FLUSH_WAIT);
     code
 }
@@ -59,7 +70,7 @@ fn printed(result: std::io::Result<()>) -> ExitCode {
 }
 
 /// Claims the recovery file, binds, runs; the exit code.
-fn start(config: cli::Config) -> ExitCode {
+fn start(config: cli::Config, signals: Signals) -> ExitCode {
     // Before any socket is bound: an unusable recovery path or a second
     // owner stops the start here, with no client left hanging.
     let recovery = match config.recovery_path.clone().map(Recovery::claim) {
@@ -70,7 +81,7 @@ fn start(config: cli::Config) -> ExitCode {
         Some(Ok(recovery)) => Some(recovery),
         None => None,
     };
-    let mut server = match Server::bind(config) {
+    let mut server = match Server::bind(config, signals) {
         Ok(server) => server,
         Err(e) => {
             error!("{e}");

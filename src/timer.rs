@@ -11,8 +11,6 @@ pub(crate) enum Timer {
     /// A pair, by slab key: its state says which deadline it is (connect,
     /// idle, fin or the bound of a lingering close).
     Pair(usize),
-    /// A lingering client, by its slab key.
-    Linger(usize),
     /// An admin connection, by its slab key in the admin socket.
     Admin(usize),
     /// Accept admin clients again after running out of descriptors.

@@ -1,0 +1,479 @@
+//! One client connection and its upstream connection, over their whole
+//! life: the connect (each forward address in turn), the relay both ways,
+//! the client's half-close, and the lingering close that ends it.
+//!
+//! Each phase is a [`State`], holding only what that phase has (no upstream
+//! socket once the relay is over), and each state has exactly one kind of
+//! [`Deadline`]; why a relay ended is a [`Reason`]. The pair does its own
+//! socket I/O through its [`Pipe`]s; the table that owns it
+//! ([`crate::pairs`]) registers its sockets, arms its deadline and counts.
+
+pub(crate) mod linger;
+
+use std::fmt;
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use log::debug;
+use mio::net::TcpStream;
+
+use crate::net::describe;
+use crate::pipe::{Ctx, Fault, Pipe, Side};
+use crate::pool::Pool;
+use crate::scanner::Direction;
+use crate::timer::Slot;
+use linger::{Ending, Linger, Step};
+
+/// A client connection and its upstream connection.
+pub(crate) struct Pair {
+    /// Unique for the process lifetime; slab keys are reused.
+    pub id: u64,
+    pub client: Side,
+    pub state: State,
+    pub c2s: Pipe,
+    pub s2c: Pipe,
+    pub deadline: Slot,
+    /// When the pair last moved a byte, for the idle timeout.
+    pub last_active: Instant,
+    /// In the loop's work list.
+    pub scheduled: bool,
+}
+
+/// Where a pair is in its life.
+pub(crate) enum State {
+    /// Connecting to the forward address number `attempt`. The client's
+    /// bytes are read and held meanwhile, up to `--buffer-size`.
+    Connecting {
+        upstream: Side,
+        attempt: u32,
+        /// The client sent its FIN before the connect completed.
+        client_eof: bool,
+    },
+    /// Connected: relaying both ways.
+    Relaying { upstream: Side, client: Client },
+    /// The relay is over and the upstream closed: the client gets what is
+    /// queued, a FIN, and its input discarded until its EOF.
+    Lingering(Linger),
+}
+
+/// The client's side while relaying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Client {
+    Open,
+    /// It sent its FIN. Its bytes are flushed, then the upstream's write
+    /// side is shut (`upstream_shut`), and answers flow back until each
+    /// line it sent is answered or the fin timeout.
+    HalfClosed {
+        upstream_shut: bool,
+    },
+}
+
+/// The one deadline a state has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Deadline {
+    /// `--connect-timeout` for the current forward address.
+    Connect,
+    /// `--idle-timeout` since the last byte moved.
+    Idle,
+    /// `--fin-timeout` for the answers to a half-closed client.
+    Fin,
+    /// The bound of the lingering close (`--fin-timeout`, shorter at exit).
+    Linger,
+}
+
+/// Why the proxy stopped relaying for a pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// Every line the half-closed client sent was answered.
+    Answered,
+    /// The upstream closed its side.
+    UpstreamClosed,
+    /// Reading from or writing to the upstream failed.
+    UpstreamFailed,
+    /// No forward address took the connect, or no socket could be opened.
+    Unreachable,
+    /// The upstream connection came back to this proxy's own listener.
+    Looped,
+    /// The client reset or failed: both sides are closed at once.
+    ClientFailed,
+    /// The half-closed client's answers did not all come in time.
+    FinTimeout,
+    /// No byte moved either way for `--idle-timeout`.
+    IdleTimeout,
+    /// The drain is over (or a second stop signal came).
+    Shutdown,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::Answered => "every line answered",
+            Reason::UpstreamClosed => "upstream closed",
+            Reason::UpstreamFailed => "upstream failed",
+            Reason::Unreachable => "upstream unreachable",
+            Reason::Looped => "forwarding loop",
+            Reason::ClientFailed => "client failed",
+            Reason::FinTimeout => "fin timeout",
+            Reason::IdleTimeout => "idle timeout",
+            Reason::Shutdown => "shutdown",
+        })
+    }
+}
+
+/// The timeouts the flags set.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    pub connect: Duration,
+    pub idle: Duration,
+    pub fin: Duration,
+}
+
+/// What a drive came to.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Going on. `requeue`: the read budget ran out with input left;
+    /// `moved`: bytes moved; `rearm`: the state now has another deadline.
+    Going {
+        requeue: bool,
+        moved: bool,
+        rearm: bool,
+    },
+    /// The relay is over.
+    End(Reason),
+    /// The lingering close is over.
+    Closed(Ending),
+}
+
+/// What a deadline that came due asks for.
+#[derive(Debug)]
+pub(crate) enum Due {
+    /// Try the next forward address (or give up).
+    ConnectTimedOut,
+    /// Not due after all (bytes moved since it was armed): again then.
+    Later(Instant),
+    End(Reason),
+    Close(Ending),
+}
+
+impl State {
+    pub fn deadline(&self) -> Deadline {
+        match self {
+            State::Connecting { .. } => Deadline::Connect,
+            State::Relaying {
+                client: Client::Open,
+                ..
+            } => Deadline::Idle,
+            State::Relaying {
+                client: Client::HalfClosed { .. },
+                ..
+            } => Deadline::Fin,
+            State::Lingering(_) => Deadline::Linger,
+        }
+    }
+}
+
+impl Pair {
+    /// A client whose upstream connect to forward address `attempt` started.
+    pub fn connecting(
+        id: u64,
+        client: TcpStream,
+        upstream: TcpStream,
+        attempt: u32,
+        now: Instant,
+    ) -> Pair {
+        Pair::new(
+            id,
+            client,
+            State::Connecting {
+                upstream: Side::new(upstream),
+                attempt,
+                client_eof: false,
+            },
+            now,
+        )
+    }
+
+    /// A client that cannot be served: it goes straight to its lingering
+    /// close, for `reason`.
+    pub fn unserved(id: u64, client: TcpStream, reason: Reason, now: Instant) -> Pair {
+        Pair::new(
+            id,
+            client,
+            State::Lingering(Linger::new(reason, false)),
+            now,
+        )
+    }
+
+    fn new(id: u64, client: TcpStream, state: State, now: Instant) -> Pair {
+        Pair {
+            id,
+            client: Side::new(client),
+            state,
+            c2s: Pipe::new(Direction::ClientToServer),
+            s2c: Pipe::new(Direction::ServerToClient),
+            deadline: Slot::default(),
+            last_active: now,
+            scheduled: false,
+        }
+    }
+
+    /// The upstream connection, while there is one.
+    pub fn upstream(&mut self) -> Option<&mut Side> {
+        match &mut self.state {
+            State::Connecting { upstream, .. } | State::Relaying { upstream, .. } => Some(upstream),
+            State::Lingering(_) => None,
+        }
+    }
+
+    /// The connect completed: relay, half-closed already if the client's
+    /// FIN came first.
+    pub fn connected(&mut self, now: Instant) {
+        let old = std::mem::replace(
+            &mut self.state,
+            State::Lingering(Linger::new(Reason::Shutdown, false)),
+        );
+        self.state = match old {
+            State::Connecting {
+                mut upstream,
+                client_eof,
+                ..
+            } => {
+                upstream.writable = true;
+                let client = match client_eof {
+                    true => Client::HalfClosed {
+                        upstream_shut: false,
+                    },
+                    false => Client::Open,
+                };
+                State::Relaying { upstream, client }
+            }
+            other => other,
+        };
+        self.last_active = now;
+    }
+
+    /// Ends the relay: the upstream is handed back to be closed, the bytes
+    /// the client sent that it will never take are dropped, and the client
+    /// starts its lingering close.
+    pub fn stop_relaying(&mut self, reason: Reason, pool: &mut Pool) -> Option<Side> {
+        let client_eof = match &self.state {
+            State::Connecting { client_eof, .. } => *client_eof,
+            State::Relaying { client, .. } => *client != Client::Open,
+            State::Lingering(_) => return None,
+        };
+        let old = std::mem::replace(
+            &mut self.state,
+            State::Lingering(Linger::new(reason, client_eof)),
+        );
+        self.c2s.discard(pool);
+        match old {
+            State::Connecting { upstream, .. } | State::Relaying { upstream, .. } => Some(upstream),
+            State::Lingering(_) => None,
+        }
+    }
+
+    /// Bytes read but not yet written, both ways.
+    pub fn buffered(&self) -> usize {
+        self.c2s.pending().saturating_add(self.s2c.pending())
+    }
+
+    /// What the deadline that came due at `now` asks for.
+    pub fn due(&self, now: Instant, idle: Duration) -> Due {
+        match self.state.deadline() {
+            Deadline::Connect => Due::ConnectTimedOut,
+            Deadline::Idle => {
+                let idle_until = self.last_active + idle;
+                if idle_until <= now {
+                    Due::End(Reason::IdleTimeout)
+                } else {
+                    Due::Later(idle_until)
+                }
+            }
+            Deadline::Fin => Due::End(Reason::FinTimeout),
+            Deadline::Linger => Due::Close(Ending::Bound),
+        }
+    }
+
+    /// Moves what the sockets allow, within `ctx.budget` bytes read per
+    /// direction.
+    pub fn drive(&mut self, ctx: &mut Ctx<'_>) -> Outcome {
+        let id = self.id;
+        let Pair {
+            client,
+            state,
+            c2s,
+            s2c,
+            ..
+        } = self;
+        match state {
+            State::Lingering(l) => match l.drive(client, s2c, ctx) {
+                Step::Wait => Outcome::Going {
+                    requeue: false,
+                    moved: false,
+                    rearm: false,
+                },
+                Step::Requeue => Outcome::Going {
+                    requeue: true,
+                    moved: false,
+                    rearm: false,
+                },
+                Step::Done(ending) => Outcome::Closed(ending),
+            },
+            // Bytes are held, not written, until the connect completes.
+            State::Connecting {
+                upstream,
+                client_eof,
+                ..
+            } => match c2s.pump(client, upstream, false, ctx) {
+                Ok(p) => {
+                    *client_eof |= p.eof;
+                    Outcome::Going {
+                        requeue: p.exhausted,
+                        moved: p.moved,
+                        rearm: false,
+                    }
+                }
+                Err(Fault::Source(e)) => {
+                    debug!("pair {id}: client read failed: {}", describe(&e));
+                    Outcome::End(Reason::ClientFailed)
+                }
+                Err(Fault::Destination(_)) => Outcome::End(Reason::UpstreamFailed),
+            },
+            State::Relaying {
+                upstream,
+                client: half,
+            } => relay(id, client, upstream, half, c2s, s2c, ctx),
+        }
+    }
+}
+
+/// One drive of a connected pair: client to upstream, then upstream to
+/// client, then the half-close's progress.
+fn relay(
+    id: u64,
+    client: &mut Side,
+    upstream: &mut Side,
+    half: &mut Client,
+    c2s: &mut Pipe,
+    s2c: &mut Pipe,
+    ctx: &mut Ctx<'_>,
+) -> Outcome {
+    let (mut requeue, mut moved, mut rearm) = (false, false, false);
+    let mut ended = None;
+    match c2s.pump(client, upstream, true, ctx) {
+        Ok(p) => {
+            if p.eof && *half == Client::Open {
+                *half = Client::HalfClosed {
+                    upstream_shut: false,
+                };
+                rearm = true;
+            }
+            requeue |= p.exhausted;
+            moved |= p.moved;
+        }
+        Err(Fault::Source(e)) => {
+            debug!("pair {id}: client read failed: {}", describe(&e));
+            return Outcome::End(Reason::ClientFailed);
+        }
+        Err(Fault::Destination(e)) => {
+            debug!("pair {id}: upstream write failed: {}", describe(&e));
+            ended = Some(Reason::UpstreamFailed);
+        }
+    }
+    // Once the upstream is done, it is no longer read: only the bytes
+    // already held are flushed to the client.
+    if ended.is_some() {
+        upstream.readable = false;
+    }
+    match s2c.pump(upstream, client, true, ctx) {
+        Ok(p) => {
+            if p.eof {
+                ended.get_or_insert(Reason::UpstreamClosed);
+            }
+            requeue |= p.exhausted;
+            moved |= p.moved;
+        }
+        Err(Fault::Source(e)) => {
+            debug!("pair {id}: upstream read failed: {}", describe(&e));
+            ended.get_or_insert(Reason::UpstreamFailed);
+        }
+        Err(Fault::Destination(e)) => {
+            debug!("pair {id}: client write failed: {}", describe(&e));
+            return Outcome::End(Reason::ClientFailed);
+        }
+    }
+    if let Some(reason) = ended {
+        // What the upstream sent is delivered by the lingering close.
+        return Outcome::End(reason);
+    }
+    if let Client::HalfClosed { upstream_shut } = half {
+        if c2s.pending() == 0 && !*upstream_shut {
+            *upstream_shut = true;
+            if let Err(e) = upstream.stream.shutdown(Shutdown::Write) {
+                debug!("pair {id}: upstream shutdown failed: {}", describe(&e));
+            }
+        }
+        // A Foo server answers each line with one line: once every line
+        // the client sent is answered and delivered, nothing is left. A
+        // partial last line (no newline before the FIN) is answered too by
+        // servers that read to EOF: wait for one more line then.
+        let sent = c2s
+            .lines
+            .saturating_add(u64::from(!c2s.at_frame_boundary()));
+        if *upstream_shut && s2c.pending() == 0 && s2c.lines >= sent {
+            return Outcome::End(Reason::Answered);
+        }
+    }
+    Outcome::Going {
+        requeue,
+        moved,
+        rearm,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_state_has_its_one_deadline() {
+        let (client, upstream) = loopback_pair();
+        let now = Instant::now();
+        let mut pair = Pair::connecting(1, client, upstream, 0, now);
+        assert_eq!(pair.state.deadline(), Deadline::Connect);
+        pair.connected(now);
+        assert_eq!(pair.state.deadline(), Deadline::Idle);
+        if let State::Relaying { client, .. } = &mut pair.state {
+            *client = Client::HalfClosed {
+                upstream_shut: false,
+            };
+        }
+        assert_eq!(pair.state.deadline(), Deadline::Fin);
+        let (client, _) = loopback_pair();
+        let lingering = Pair::unserved(2, client, Reason::Unreachable, now);
+        assert_eq!(lingering.state.deadline(), Deadline::Linger);
+        assert!(matches!(
+            lingering.due(now, Duration::ZERO),
+            Due::Close(Ending::Bound)
+        ));
+    }
+
+    #[test]
+    fn a_pair_stays_small() {
+        // About 280 bytes per idle pair is a published figure (README,
+        // BENCHMARKS.md); the slab entry is most of it.
+        let size = std::mem::size_of::<Pair>();
+        eprintln!("Pair: {size} bytes");
+        assert!(size <= 216, "{size}");
+    }
+
+    /// Two connected non-blocking loopback streams.
+    fn loopback_pair() -> (TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (b, _) = listener.accept().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        (TcpStream::from_std(a), TcpStream::from_std(b))
+    }
+}

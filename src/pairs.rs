@@ -1,0 +1,455 @@
+//! The loop's pairs: a slab of [`Pair`]s with their tokens, the work list,
+//! the shared scratch buffer and buffer pool, and every step of a pair's
+//! life that needs the poll registry, the timers or the counters: opening,
+//! connect progress and the next forward address ([`Upstreams`]), driving,
+//! deadlines, and the two ways a pair ends (a lingering close, or at once).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+use crate::logging::{Throttle, suppressed_note};
+use crate::net::{Connect, connect_progress, describe};
+use crate::pair::linger::Ending;
+use crate::pair::{Deadline, Due, Outcome, Pair, Reason, State, Timeouts};
+use crate::pipe::{Ctx, Side};
+use crate::pool::Pool;
+use crate::stats::{Stats, add};
+use crate::timer::{Timer, Timers};
+use crate::upstream::{NotStarted, Upstreams};
+
+/// Pair tokens start here: `PAIR_BASE + 2 * key` is the client, `+ 1` the
+/// upstream. Below it are the loop's own tokens.
+pub(crate) const PAIR_BASE: usize = 16;
+/// Free buffers kept for reuse; more than this go back to the allocator.
+const POOL_CAP: usize = 32;
+/// Reads per direction per drive before other pairs get their turn.
+const READS_PER_TURN: usize = 4;
+/// At most one line per this interval for clients that cannot be polled.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+fn client_token(key: usize) -> Token {
+    Token(PAIR_BASE + 2 * key)
+}
+
+fn upstream_token(key: usize) -> Token {
+    Token(PAIR_BASE + 2 * key + 1)
+}
+
+/// Which side of which pair a token names: `(key, is_client)`.
+fn side_of(token: Token) -> Option<(usize, bool)> {
+    let n = token.0.checked_sub(PAIR_BASE)?;
+    Some((n / 2, n % 2 == 0))
+}
+
+/// What the loop lends the pairs for one step.
+pub(crate) struct Env<'a> {
+    pub registry: &'a Registry,
+    pub timers: &'a mut Timers,
+    pub stats: &'a mut Stats,
+    pub now: Instant,
+}
+
+/// How opening a pair went, for the accept gate.
+pub(crate) enum Opened {
+    Yes,
+    /// No upstream socket could be made for want of descriptors or memory:
+    /// accepting should pause.
+    OutOfResources(io::Error),
+}
+
+/// Every pair of the loop.
+pub(crate) struct Pairs {
+    slab: Slab<Pair>,
+    /// Pairs to drive in this iteration, and those that used their budget.
+    work: Vec<usize>,
+    scratch: Box<[u8]>,
+    pool: Pool,
+    next_id: u64,
+    upstreams: Upstreams,
+    timeouts: Timeouts,
+    /// At exit, no lingering close lasts past this.
+    exit: Option<Instant>,
+    /// Clients that could not be registered with the poll.
+    poll_log: Throttle,
+}
+
+impl Pairs {
+    pub fn new(upstreams: Upstreams, timeouts: Timeouts, buffer_size: usize) -> Pairs {
+        Pairs {
+            slab: Slab::new(),
+            work: Vec::new(),
+            scratch: vec![0u8; buffer_size].into_boxed_slice(),
+            pool: Pool::new(buffer_size, POOL_CAP),
+            next_id: 0,
+            upstreams,
+            timeouts,
+            exit: None,
+            poll_log: Throttle::new(LOG_INTERVAL),
+        }
+    }
+
+    /// Client connections open, lingering ones included: what the
+    /// connection limit and `connections_active` count.
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// Connections in their lingering close.
+    pub fn lingering(&self) -> usize {
+        let lingering = |(_, p): (usize, &Pair)| matches!(p.state, State::Lingering(_));
+        self.slab.iter().filter(|entry| lingering(*entry)).count()
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.work.is_empty()
+    }
+
+    /// Bytes read but not yet written, over every pair.
+    pub fn buffered(&self) -> u64 {
+        let held = self.slab.iter().map(|(_, p)| p.buffered() as u64);
+        held.fold(0, u64::saturating_add)
+    }
+
+    /// Serves a new client: starts the connect to the first forward address
+    /// that takes one, or, when none does, gives the client its lingering
+    /// close at once (an upstream error).
+    pub fn open(&mut self, mut client: TcpStream, peer: SocketAddr, env: &mut Env<'_>) -> Opened {
+        let _ = client.set_nodelay(true);
+        let key = self.slab.vacant_key();
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = env
+            .registry
+            .register(&mut client, client_token(key), interest)
+        {
+            if let Some(suppressed) = self.poll_log.ready(env.now) {
+                let note = suppressed_note(suppressed);
+                warn!("cannot poll client {peer}: {}{note}", describe(&e));
+            }
+            return Opened::Yes;
+        }
+        add(&mut env.stats.connections_total, 1);
+        add(&mut env.stats.connections_active, 1);
+        self.next_id = self.next_id.wrapping_add(1);
+        let id = self.next_id;
+        debug!("pair {id}: client {peer} accepted");
+        let token = upstream_token(key);
+        let started = self
+            .upstreams
+            .connect(key, 0, token, env.registry, env.stats, env.now);
+        let mut opened = Opened::Yes;
+        let pair = match started {
+            Ok((attempt, upstream)) => Pair::connecting(id, client, upstream, attempt, env.now),
+            Err(NotStarted::OutOfResources(e)) => {
+                opened = Opened::OutOfResources(e);
+                Pair::unserved(id, client, Reason::Unreachable, env.now)
+            }
+            Err(NotStarted::Failed(e)) => {
+                self.upstreams.failed(&e, env.stats, env.now);
+                Pair::unserved(id, client, Reason::Unreachable, env.now)
+            }
+        };
+        let lingering = matches!(pair.state, State::Lingering(_));
+        self.slab.insert(pair);
+        match lingering {
+            true => self.begin_linger(key, env),
+            false => self.rearm(key, env),
+        }
+        opened
+    }
+
+    /// Notes what the kernel said about a pair's socket; the pair is
+    /// driven later in this iteration. An upstream still connecting is
+    /// checked first.
+    pub fn note_event(&mut self, token: Token, event: &Event, env: &mut Env<'_>) {
+        let Some((key, is_client)) = side_of(token) else {
+            return;
+        };
+        let Some(pair) = self.slab.get_mut(key) else {
+            return;
+        };
+        let side = match is_client {
+            true => &mut pair.client,
+            false => match pair.upstream() {
+                Some(upstream) => upstream,
+                None => return,
+            },
+        };
+        side.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+        side.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
+        side.read_closed |= event.is_read_closed() || event.is_error();
+        let progress = match &pair.state {
+            State::Connecting { upstream, .. } if !is_client => {
+                Some(connect_progress(&upstream.stream))
+            }
+            _ => None,
+        };
+        match progress {
+            None => {}
+            Some(Connect::Pending) => return,
+            Some(Connect::Connected) => {
+                pair.connected(env.now);
+                debug!("pair {}: upstream connected", pair.id);
+                self.rearm(key, env);
+            }
+            Some(Connect::Failed(e)) => {
+                self.next_address(key, e, env);
+                return;
+            }
+        }
+        self.schedule(key);
+    }
+
+    /// Drives every pair that had an event or work left, a bounded amount
+    /// each.
+    pub fn drive(&mut self, env: &mut Env<'_>) {
+        let budget = READS_PER_TURN * self.pool.buffer_size();
+        for key in std::mem::take(&mut self.work) {
+            let Some(pair) = self.slab.get_mut(key) else {
+                continue;
+            };
+            pair.scheduled = false;
+            let mut ctx = Ctx {
+                scratch: &mut self.scratch,
+                pool: &mut self.pool,
+                stats: env.stats,
+                budget,
+            };
+            match pair.drive(&mut ctx) {
+                Outcome::Going {
+                    requeue,
+                    moved,
+                    rearm,
+                } => {
+                    if moved {
+                        pair.last_active = env.now;
+                    }
+                    if rearm {
+                        self.rearm(key, env);
+                    }
+                    if requeue {
+                        self.schedule(key);
+                    }
+                }
+                Outcome::End(reason) => self.end(key, reason, env),
+                Outcome::Closed(ending) => self.close(key, ending, env),
+            }
+        }
+    }
+
+    /// A pair's deadline came due.
+    pub fn fire(&mut self, key: usize, id: u64, env: &mut Env<'_>) {
+        let Some(pair) = self.slab.get_mut(key).filter(|p| p.id == id) else {
+            return;
+        };
+        pair.deadline.fired();
+        match pair.due(env.now, self.timeouts.idle) {
+            Due::ConnectTimedOut => {
+                let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+                self.next_address(key, err, env);
+            }
+            Due::Later(when) => self.arm(key, when, env),
+            Due::End(reason) => self.end(key, reason, env),
+            Due::Close(ending) => self.close(key, ending, env),
+        }
+    }
+
+    /// The pair whose upstream connection an accepted client `peer` is, if
+    /// it is one of ours to our own listen port (a forwarding loop).
+    pub fn looped(&self, peer: SocketAddr) -> Option<usize> {
+        self.upstreams.looped(peer)
+    }
+
+    /// An accepted client is our own upstream connection for pair `origin`:
+    /// a forwarding loop. The looped connection is closed at once, and the
+    /// origin's client is not served (an upstream error), so one client
+    /// costs one extra connection instead of every descriptor.
+    pub fn cut_loop(
+        &mut self,
+        origin: usize,
+        looped: TcpStream,
+        own: SocketAddr,
+        env: &mut Env<'_>,
+    ) {
+        drop(looped);
+        let target = match self.slab.get(origin).map(|p| &p.state) {
+            Some(State::Connecting { attempt, .. }) => self.upstreams.address(*attempt),
+            _ => None,
+        };
+        let target = target.map_or_else(String::new, |a| format!("{a} "));
+        let why = io::Error::other(format!(
+            "{target}leads back to this proxy's own listener {own} (a forwarding loop)"
+        ));
+        self.upstreams.failed(&why, env.stats, env.now);
+        self.end(origin, Reason::Looped, env);
+    }
+
+    /// The drain is over: every pair still relaying gets its lingering
+    /// close, and no lingering close lasts past `until`.
+    pub fn shut_down(&mut self, until: Instant, env: &mut Env<'_>) {
+        self.exit = Some(until);
+        let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.end(key, Reason::Shutdown, env);
+            if let Some(pair) = self.slab.get(key)
+                && pair.deadline.when().is_some_and(|t| t > until)
+            {
+                self.arm(key, until, env);
+            }
+        }
+    }
+
+    /// Closes every pair now, at exit (a reset where input is unread).
+    pub fn close_all(&mut self, env: &mut Env<'_>) {
+        let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key, Ending::Bound, env);
+        }
+    }
+
+    /// Ends the relay for `reason`: the upstream is closed now, and the
+    /// client either gets its lingering close or, if it failed, is closed
+    /// at once too.
+    fn end(&mut self, key: usize, reason: Reason, env: &mut Env<'_>) {
+        let Some(pair) = self.slab.get_mut(key) else {
+            return;
+        };
+        let Some(mut upstream) = pair.stop_relaying(reason, &mut self.pool) else {
+            return;
+        };
+        let _ = env.registry.deregister(&mut upstream.stream);
+        self.upstreams.release(key, &upstream.stream);
+        drop(upstream);
+        // Bytes after the last newline form no frame; counted here, once
+        // per connection, so that the frame counts can be reconciled.
+        if !pair.c2s.at_frame_boundary() {
+            add(&mut env.stats.partial_frames_client_to_server, 1);
+        }
+        if !pair.s2c.at_frame_boundary() {
+            add(&mut env.stats.partial_frames_server_to_client, 1);
+        }
+        debug!("pair {}: relay ended ({reason})", pair.id);
+        match reason {
+            Reason::ClientFailed => self.close(key, Ending::AtOnce, env),
+            _ => self.begin_linger(key, env),
+        }
+    }
+
+    /// Starts the lingering close of a pair whose relay is over: at once
+    /// when there is nothing to do, else driven now, bounded by
+    /// `--fin-timeout` (and by the exit).
+    fn begin_linger(&mut self, key: usize, env: &mut Env<'_>) {
+        let Some(pair) = self.slab.get_mut(key) else {
+            return;
+        };
+        if let State::Lingering(linger) = &pair.state
+            && linger.over_before_it_starts(&pair.s2c)
+        {
+            self.close(key, Ending::Clean, env);
+            return;
+        }
+        // Try at once; the events say when to try again.
+        pair.client.readable = true;
+        pair.client.writable = true;
+        self.rearm(key, env);
+        self.schedule(key);
+    }
+
+    /// Closes a pair for good: both sockets, its deadline, its buffers.
+    fn close(&mut self, key: usize, ending: Ending, env: &mut Env<'_>) {
+        let Some(mut pair) = self.slab.try_remove(key) else {
+            return;
+        };
+        pair.deadline
+            .set(env.timers, None, pair.id, Timer::Pair(key));
+        if let Some(upstream) = pair.upstream() {
+            let _ = env.registry.deregister(&mut upstream.stream);
+            self.upstreams.release(key, &upstream.stream);
+        }
+        let _ = env.registry.deregister(&mut pair.client.stream);
+        pair.c2s.discard(&mut self.pool);
+        pair.s2c.discard(&mut self.pool);
+        let reason = match &pair.state {
+            State::Lingering(linger) => linger.reason,
+            _ => Reason::Shutdown,
+        };
+        debug!("pair {}: {ending} ({reason})", pair.id);
+        env.stats.connections_active = env.stats.connections_active.saturating_sub(1);
+    }
+
+    /// Tries the next forward address after `err`, or gives up on the pair.
+    /// Each attempt gets the whole `--connect-timeout`.
+    fn next_address(&mut self, key: usize, err: io::Error, env: &mut Env<'_>) {
+        let Some(pair) = self.slab.get_mut(key) else {
+            return;
+        };
+        let State::Connecting {
+            upstream, attempt, ..
+        } = &mut pair.state
+        else {
+            return;
+        };
+        let _ = env.registry.deregister(&mut upstream.stream);
+        self.upstreams.release(key, &upstream.stream);
+        let failed = *attempt;
+        self.upstreams.retrying(failed, &err, env.stats, env.now);
+        let from = (failed as usize).saturating_add(1);
+        let token = upstream_token(key);
+        let started = self
+            .upstreams
+            .connect(key, from, token, env.registry, env.stats, env.now);
+        match started {
+            Ok((next, stream)) => {
+                *attempt = next;
+                *upstream = Side::new(stream);
+                self.rearm(key, env);
+            }
+            Err(_) => {
+                self.upstreams.failed(&err, env.stats, env.now);
+                self.end(key, Reason::Unreachable, env);
+            }
+        }
+    }
+
+    /// Arms the one deadline the pair's state has, counted from now (the
+    /// idle one from the last byte moved).
+    fn rearm(&mut self, key: usize, env: &mut Env<'_>) {
+        let Some(pair) = self.slab.get(key) else {
+            return;
+        };
+        let t = &self.timeouts;
+        let when = match pair.state.deadline() {
+            Deadline::Connect => env.now + t.connect,
+            Deadline::Idle => pair.last_active + t.idle,
+            Deadline::Fin => env.now + t.fin,
+            Deadline::Linger => {
+                let until = env.now + t.fin;
+                self.exit.map_or(until, |exit| exit.min(until))
+            }
+        };
+        self.arm(key, when, env);
+    }
+
+    /// Moves the pair's deadline to `when`.
+    fn arm(&mut self, key: usize, when: Instant, env: &mut Env<'_>) {
+        if let Some(pair) = self.slab.get_mut(key) {
+            pair.deadline
+                .set(env.timers, Some(when), pair.id, Timer::Pair(key));
+        }
+    }
+
+    fn schedule(&mut self, key: usize) {
+        if let Some(pair) = self.slab.get_mut(key)
+            && !pair.scheduled
+        {
+            pair.scheduled = true;
+            self.work.push(key);
+        }
+    }
+}

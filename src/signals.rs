@@ -1,0 +1,144 @@
+//! The signals the proxy handles, what each one asks for, and their
+//! registration, which `main` does as soon as it knows it will serve.
+
+use std::io;
+
+use libc::{
+    SIGALRM, SIGHUP, SIGINT, SIGIO, SIGPROF, SIGPWR, SIGSTKFLT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1,
+    SIGUSR2, SIGVTALRM, SIGXCPU, SIGXFSZ,
+};
+use nix::sys::signal::{SigSet, Signal};
+pub use signal_hook_mio::v1_0::Signals;
+
+/// What the loop does on a signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// SIGUSR2, SIGUSR1: print the report.
+    Report,
+    /// SIGTERM, SIGINT: drain, then stop (again: stop sooner).
+    Stop,
+    /// SIGXCPU: the CPU-time soft limit, before the hard limit's SIGKILL:
+    /// stop as on SIGTERM while the proxy can still save.
+    CpuLimit,
+    /// Anything else handled: log it (throttled) and go on.
+    Ignore,
+}
+
+/// What `signal` asks of the loop.
+pub(crate) fn action(signal: i32) -> Action {
+    match signal {
+        SIGUSR1 | SIGUSR2 => Action::Report,
+        SIGTERM | SIGINT => Action::Stop,
+        SIGXCPU => Action::CpuLimit,
+        _ => Action::Ignore,
+    }
+}
+
+/// Signals handled by the loop: the reports (SIGUSR2, SIGUSR1), the stops
+/// (SIGTERM, SIGINT, SIGXCPU), and every asynchronous signal whose default
+/// action would kill or stop the process, caught and ignored with a log
+/// line: SIGHUP (a closed terminal, a reload by habit), SIGXFSZ (a file
+/// over RLIMIT_FSIZE: the write returns EFBIG instead), SIGTTIN/SIGTTOU
+/// (terminal job control), SIGALRM/SIGVTALRM/SIGPROF (timers survive
+/// `exec`), SIGPWR (a UPS daemon's power event), SIGIO/SIGPOLL and
+/// SIGSTKFLT (nothing here uses them), and the real-time signals
+/// SIGRTMIN..=SIGRTMAX (a stray `kill -RTMIN+n`). SIGPIPE is ignored by the
+/// Rust runtime; writes get EPIPE. Left at their default on purpose:
+/// synchronous faults (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGSYS from
+/// seccomp, SIGTRAP from a debugger, SIGABRT from `abort`) and explicit
+/// user requests (SIGQUIT, SIGTSTP; SIGKILL and SIGSTOP cannot be caught).
+fn handled() -> Vec<i32> {
+    let mut signals = vec![
+        SIGUSR1, SIGUSR2, SIGTERM, SIGINT, SIGXCPU, SIGHUP, SIGXFSZ, SIGTTIN, SIGTTOU, SIGALRM,
+        SIGVTALRM, SIGPROF, SIGPWR, SIGIO, SIGSTKFLT,
+    ];
+    // The C library keeps the first real-time signals for itself (thread
+    // cancellation, set*id across threads): SIGRTMIN is past them.
+    signals.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    signals
+}
+
+/// Installs the handlers of every handled signal. `main` calls it right
+/// after reading the flags, before the name lookups, the recovery file and
+/// the sockets: a signal that comes during the start waits in the
+/// handlers' pipe until the loop reads it, instead of killing the process
+/// or, for PID 1 in a container (no default actions), being lost.
+///
+/// Then unblocks them in this thread (and so in the threads it starts): a
+/// parent may have left them blocked (the signal mask is inherited across
+/// `exec`), which would make the proxy deaf to SIGTERM, and a signal sent
+/// while they were blocked is delivered now. SIGTTOU and SIGTTIN are left
+/// as `main` set them (blocked while it prints), and so are the real-time
+/// signals, which nix cannot name: blocked, they would only be ignored.
+pub fn install() -> io::Result<Signals> {
+    let signals = Signals::new(handled())?;
+    let mut set = SigSet::empty();
+    for signal in handled() {
+        if let Ok(known) = Signal::try_from(signal)
+            && signal != SIGTTOU
+            && signal != SIGTTIN
+        {
+            set.add(known);
+        }
+    }
+    set.thread_unblock().map_err(io::Error::from)?;
+    Ok(signals)
+}
+
+/// The name of `signal` for a log line: `SIGHUP`, `SIGRTMIN+3`.
+pub(crate) fn name(signal: i32) -> String {
+    // signal-hook's table lacks the Linux-only ones.
+    let linux_only = match signal {
+        SIGPWR => Some("SIGPWR"),
+        SIGSTKFLT => Some("SIGSTKFLT"),
+        SIGIO => Some("SIGIO"),
+        _ => None,
+    };
+    match linux_only.or_else(|| signal_hook::low_level::signal_name(signal)) {
+        Some(name) => name.to_string(),
+        None if signal == libc::SIGRTMIN() => "SIGRTMIN".to_string(),
+        None if signal > libc::SIGRTMIN() && signal <= libc::SIGRTMAX() => {
+            format!("SIGRTMIN+{}", signal - libc::SIGRTMIN())
+        }
+        None => format!("signal {signal}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_time_signals_are_handled_and_named_past_the_c_librarys_own() {
+        let handled = handled();
+        for signal in [
+            SIGPWR,
+            SIGIO,
+            SIGSTKFLT,
+            SIGXCPU,
+            libc::SIGRTMIN(),
+            libc::SIGRTMAX(),
+        ] {
+            assert!(handled.contains(&signal), "{signal}");
+        }
+        // glibc's thread cancellation and set*id signals stay untouched.
+        assert!(!handled.contains(&32) && !handled.contains(&33));
+        assert_eq!(name(SIGPWR), "SIGPWR");
+        assert_eq!(name(SIGSTKFLT), "SIGSTKFLT");
+        assert_eq!(name(SIGIO), "SIGIO");
+        assert_eq!(name(SIGHUP), "SIGHUP");
+        assert_eq!(name(libc::SIGRTMIN()), "SIGRTMIN");
+        assert_eq!(name(libc::SIGRTMIN() + 5), "SIGRTMIN+5");
+    }
+
+    #[test]
+    fn each_signal_asks_for_one_thing() {
+        assert_eq!(action(SIGUSR2), Action::Report);
+        assert_eq!(action(SIGUSR1), Action::Report);
+        assert_eq!(action(SIGTERM), Action::Stop);
+        assert_eq!(action(SIGINT), Action::Stop);
+        assert_eq!(action(SIGXCPU), Action::CpuLimit);
+        assert_eq!(action(SIGHUP), Action::Ignore);
+        assert_eq!(action(libc::SIGRTMIN() + 2), Action::Ignore);
+    }
+}
