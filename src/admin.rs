@@ -21,7 +21,7 @@ use slab::Slab;
 use crate::dates::{self, http_date};
 use crate::logging::Throttle;
 use crate::net::{self, Io, describe};
-use crate::stats::{Report, Stats};
+use crate::stats::{Kind, Report, Stats};
 use crate::timer::{Slot, Timer, Timers};
 use log::{debug, info};
 
@@ -404,118 +404,36 @@ fn quality(accept: &[&str], t: &str, s: &str) -> f32 {
 }
 
 /// Text exposition format 0.0.4: HELP and TYPE once per metric, samples of a
-/// metric together, counters ending in `_total`, no rates.
+/// metric together, counters (ending in `_total`) before gauges, no rates.
+/// The metrics are the report's samples ([`Report::visit_samples`]).
 pub fn prometheus(r: &Report, start_unix: f64) -> String {
+    let mut samples = Vec::with_capacity(32);
+    r.visit_samples(&mut |sample, value| samples.push((*sample, value)));
     let mut out = String::with_capacity(2048);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
+    for kind in [Kind::Counter, Kind::Gauge] {
+        let mut done: Vec<&str> = Vec::new();
+        for (first, _) in samples.iter().filter(|(s, _)| s.kind == kind) {
+            if done.contains(&first.name) {
+                continue;
+            }
+            done.push(first.name);
+            let of_metric = || samples.iter().filter(|(s, _)| s.name == first.name);
+            let help = of_metric().map(|(s, _)| s.help).find(|h| !h.is_empty());
+            let name = first.name;
+            let kind = match kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            let _ = write!(
+                out,
+                "# HELP {name} {}\n# TYPE {name} {kind}\n",
+                help.unwrap_or_default()
+            );
+            for (sample, value) in of_metric() {
+                let _ = writeln!(out, "{name}{} {value}", sample.labels);
+            }
         }
-    };
-    metric(
-        "foo_messages_total",
-        "counter",
-        "Well-formed Foo messages relayed: REQ from clients, ACK and NAK from the server.",
-        &[
-            ("{type=\"req\"}", r.msg_req),
-            ("{type=\"ack\"}", r.msg_ack),
-            ("{type=\"nak\"}", r.msg_nak),
-        ],
-    );
-    metric(
-        "foo_invalid_messages_total",
-        "counter",
-        "Malformed or wrong-direction frames, relayed unchanged.",
-        &[
-            (
-                "{direction=\"client_to_server\"}",
-                r.msg_invalid_client_to_server,
-            ),
-            (
-                "{direction=\"server_to_client\"}",
-                r.msg_invalid_server_to_client,
-            ),
-        ],
-    );
-    metric(
-        "foo_connections_total",
-        "counter",
-        "Client connections accepted.",
-        &[("", r.connections_total)],
-    );
-    metric(
-        "foo_upstream_errors_total",
-        "counter",
-        "Clients that could not be served: no forward address took the connect.",
-        &[("", r.upstream_errors)],
-    );
-    metric(
-        "foo_upstream_connect_retries_total",
-        "counter",
-        "Moves to the next forward address after one failed or timed out.",
-        &[("", r.upstream_connect_retries)],
-    );
-    metric(
-        "foo_connection_limit_hits_total",
-        "counter",
-        "Times accepting paused at --max-connections.",
-        &[("", r.connection_limit_hits)],
-    );
-    metric(
-        "foo_resource_errors_total",
-        "counter",
-        "Accepts or connects that failed for want of descriptors or memory.",
-        &[("", r.resource_errors)],
-    );
-    metric(
-        "foo_partial_frames_total",
-        "counter",
-        "Connections that ended with bytes after the last newline (a tail that forms no frame).",
-        &[
-            (
-                "{direction=\"client_to_server\"}",
-                r.partial_frames_client_to_server,
-            ),
-            (
-                "{direction=\"server_to_client\"}",
-                r.partial_frames_server_to_client,
-            ),
-        ],
-    );
-    metric(
-        "foo_log_lines_dropped_total",
-        "counter",
-        "Log lines dropped because stderr was not read fast enough.",
-        &[("", r.log_lines_dropped)],
-    );
-    metric(
-        "foo_reports_dropped_total",
-        "counter",
-        "SIGUSR2 reports dropped because stdout was not read.",
-        &[("", r.reports_dropped)],
-    );
-    metric(
-        "foo_bytes_total",
-        "counter",
-        "Bytes relayed.",
-        &[
-            ("{direction=\"client_to_server\"}", r.bytes_client_to_server),
-            ("{direction=\"server_to_client\"}", r.bytes_server_to_client),
-        ],
-    );
-    metric(
-        "foo_connections_active",
-        "gauge",
-        "Client connections open now.",
-        &[("", r.connections_active)],
-    );
-    metric(
-        "foo_buffered_bytes",
-        "gauge",
-        "Bytes read but not yet written, over all connections.",
-        &[("", r.buffered_bytes)],
-    );
+    }
     let _ = write!(
         out,
         "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\

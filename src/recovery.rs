@@ -61,62 +61,7 @@ const TEMP_TRIES: u64 = 16;
 /// Makes temp names unique within the process.
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// Counters that only grow, as a snapshot carries them. Unknown fields are
-/// ignored on reading (here and in the whole file), so a build rolled back
-/// after an upgrade that added one still restores the counts.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Totals {
-    pub msg_req: u64,
-    pub msg_ack: u64,
-    pub msg_nak: u64,
-    pub invalid_client_to_server: u64,
-    pub invalid_server_to_client: u64,
-    pub connections_total: u64,
-    pub upstream_errors: u64,
-    pub bytes_client_to_server: u64,
-    pub bytes_server_to_client: u64,
-}
-
-impl Totals {
-    pub fn of(stats: &Stats) -> Totals {
-        Totals {
-            msg_req: stats.msg_req,
-            msg_ack: stats.msg_ack,
-            msg_nak: stats.msg_nak,
-            invalid_client_to_server: stats.invalid_client_to_server,
-            invalid_server_to_client: stats.invalid_server_to_client,
-            connections_total: stats.connections_total,
-            upstream_errors: stats.upstream_errors,
-            bytes_client_to_server: stats.bytes_client_to_server,
-            bytes_server_to_client: stats.bytes_server_to_client,
-        }
-    }
-
-    pub fn add_to(&self, stats: &mut Stats) {
-        let add = |field: &mut u64, value: u64| *field = field.saturating_add(value);
-        add(&mut stats.msg_req, self.msg_req);
-        add(&mut stats.msg_ack, self.msg_ack);
-        add(&mut stats.msg_nak, self.msg_nak);
-        add(
-            &mut stats.invalid_client_to_server,
-            self.invalid_client_to_server,
-        );
-        add(
-            &mut stats.invalid_server_to_client,
-            self.invalid_server_to_client,
-        );
-        add(&mut stats.connections_total, self.connections_total);
-        add(&mut stats.upstream_errors, self.upstream_errors);
-        add(
-            &mut stats.bytes_client_to_server,
-            self.bytes_client_to_server,
-        );
-        add(
-            &mut stats.bytes_server_to_client,
-            self.bytes_server_to_client,
-        );
-    }
-}
+pub use crate::stats::Totals;
 
 /// One non-empty bucket of the window, stamped with the wall-clock time it
 /// started, so its age is known in the next process too.
@@ -1394,6 +1339,21 @@ mod tests {
         assert_eq!(v["version"], VERSION);
         let empty = Snapshot::default();
         assert_eq!(decode(&encode(&empty)), Ok(empty));
+    }
+
+    #[test]
+    fn a_total_missing_from_the_file_reads_as_zero() {
+        let old = br#"{"format":"foo-proxy-recovery","version":1,"written_at_ms":5,
+            "totals":{"msg_req":3,"bytes_client_to_server":9},"window":[]}"#;
+        let snapshot = decode(old).unwrap();
+        assert_eq!(
+            snapshot.totals,
+            Totals {
+                msg_req: 3,
+                bytes_client_to_server: 9,
+                ..Totals::default()
+            }
+        );
     }
 
     #[test]

@@ -1,75 +1,111 @@
-//! Counters and the JSON report.
+//! The one counter list: `Stats` (counted in place), the JSON `Report`, the recovery `Totals` and the Prometheus samples.
 //!
 //! The event loop owns one [`Stats`] and updates it in place; the report is
 //! built on demand (SIGUSR2, SIGUSR1, the admin socket).
+//!
+//! **Adding a counter** is one entry in the `counters!` list below: its JSON
+//! name and place in the report, where it is counted, whether it survives a
+//! restart, and its Prometheus metric.
+//!
+//! **What survives a restart** (`kept`, in the recovery file) is what crossed
+//! the proxy: messages, invalid frames, connections, unserved clients and
+//! bytes, the service's totals, which a restart or a `kill -9` must not lose.
+//! What starts at 0 in every process (`reset`, `filled`) describes this
+//! process's own run: gauges (connections open now, bytes buffered now),
+//! how it coped with its environment (connect retries, connection limit
+//! hits, descriptor or memory shortages, log lines and reports it dropped)
+//! and the partial-frame tails of connections it closed. Prometheus sees such
+//! a reset through `process_start_time_seconds`, as for any restarted
+//! process.
+
+#[macro_use]
+mod define;
 
 use crate::rates::{RateSnapshot, RateWindow};
 use crate::scanner::FrameCounts;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// Every counter the proxy keeps.
-#[derive(Default)]
-pub struct Stats {
-    /// Well-formed frames: REQ from clients, ACK/NAK from the server.
-    pub msg_req: u64,
-    pub msg_ack: u64,
-    pub msg_nak: u64,
-    /// Malformed or wrong-direction frames, by direction.
-    pub invalid_client_to_server: u64,
-    pub invalid_server_to_client: u64,
-    pub connections_active: u64,
-    pub connections_total: u64,
-    /// Clients that could not be served: no forward address took the connect.
-    pub upstream_errors: u64,
-    /// Moves to the next forward address after one failed or timed out
-    /// (the client may still be served).
-    pub upstream_connect_retries: u64,
-    /// Connections that ended with bytes after the last newline, by
-    /// direction: a tail that forms no frame (counted at the connection's end).
-    pub partial_frames_client_to_server: u64,
-    pub partial_frames_server_to_client: u64,
-    /// Times accepting stopped at `--max-connections`.
-    pub connection_limit_hits: u64,
-    /// Accepts or connects that failed for want of descriptors or memory.
-    pub resource_errors: u64,
-    pub bytes_client_to_server: u64,
-    pub bytes_server_to_client: u64,
-    pub window: RateWindow,
-    /// Messages counted since the last time they went into the window.
-    pending_req: u64,
-    pending_resp: u64,
+/// A Prometheus metric's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
 }
 
-/// The report, in FOO.md's field order followed by the extras.
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct Report {
-    pub msg_total: u64,
-    pub msg_req: u64,
-    pub msg_ack: u64,
-    pub msg_nak: u64,
-    pub request_rate_1s: f64,
-    pub request_rate_10s: f64,
-    pub response_rate_1s: f64,
-    pub response_rate_10s: f64,
-    pub msg_invalid: u64,
-    pub msg_invalid_client_to_server: u64,
-    pub msg_invalid_server_to_client: u64,
-    pub connections_active: u64,
-    pub connections_total: u64,
-    pub upstream_errors: u64,
-    pub upstream_connect_retries: u64,
-    pub connection_limit_hits: u64,
-    pub resource_errors: u64,
-    pub partial_frames_client_to_server: u64,
-    pub partial_frames_server_to_client: u64,
+/// One Prometheus sample of the report: `name{labels} value`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    pub kind: Kind,
+    /// The metric name, `foo_..._total` for counters.
+    pub name: &'static str,
+    /// `{key="value"}`, or empty.
+    pub labels: &'static str,
+    /// The HELP text; empty on a metric's later samples.
+    pub help: &'static str,
+}
+
+counters! {
+    msg_total: u64 = derived(|s, _, _| s.msg_total()) [];
+    /// Well-formed frames: REQ from clients, ACK/NAK from the server.
+    msg_req: u64 = kept(msg_req) [counter "foo_messages_total" "{type=\"req\"}"
+        "Well-formed Foo messages relayed: REQ from clients, ACK and NAK from the server."];
+    msg_ack: u64 = kept(msg_ack) [counter "foo_messages_total" "{type=\"ack\"}"];
+    msg_nak: u64 = kept(msg_nak) [counter "foo_messages_total" "{type=\"nak\"}"];
+    request_rate_1s: f64 = derived(|_, r, _| r.request_rate_1s) [];
+    request_rate_10s: f64 = derived(|_, r, _| r.request_rate_10s) [];
+    response_rate_1s: f64 = derived(|_, r, _| r.response_rate_1s) [];
+    response_rate_10s: f64 = derived(|_, r, _| r.response_rate_10s) [];
+    msg_invalid: u64 = derived(|s, _, _| s.msg_invalid()) [];
+    /// Malformed or wrong-direction frames, by direction.
+    msg_invalid_client_to_server: u64 = kept(invalid_client_to_server)
+        [counter "foo_invalid_messages_total" "{direction=\"client_to_server\"}"
+        "Malformed or wrong-direction frames, relayed unchanged."];
+    msg_invalid_server_to_client: u64 = kept(invalid_server_to_client)
+        [counter "foo_invalid_messages_total" "{direction=\"server_to_client\"}"];
+    /// Client connections open now.
+    connections_active: u64 = reset(connections_active)
+        [gauge "foo_connections_active" "" "Client connections open now."];
+    /// Client connections accepted.
+    connections_total: u64 = kept(connections_total)
+        [counter "foo_connections_total" "" "Client connections accepted."];
+    /// Clients that could not be served: no forward address took the connect.
+    upstream_errors: u64 = kept(upstream_errors) [counter "foo_upstream_errors_total" ""
+        "Clients that could not be served: no forward address took the connect."];
+    /// Moves to the next forward address after one failed or timed out
+    /// (the client may still be served).
+    upstream_connect_retries: u64 = reset(upstream_connect_retries)
+        [counter "foo_upstream_connect_retries_total" ""
+        "Moves to the next forward address after one failed or timed out."];
+    /// Times accepting stopped at `--max-connections`.
+    connection_limit_hits: u64 = reset(connection_limit_hits)
+        [counter "foo_connection_limit_hits_total" ""
+        "Times accepting paused at --max-connections."];
+    /// Accepts or connects that failed for want of descriptors or memory.
+    resource_errors: u64 = reset(resource_errors) [counter "foo_resource_errors_total" ""
+        "Accepts or connects that failed for want of descriptors or memory."];
+    /// Connections that ended with bytes after the last newline, by
+    /// direction: a tail that forms no frame (counted at the connection's end).
+    partial_frames_client_to_server: u64 = reset(partial_frames_client_to_server)
+        [counter "foo_partial_frames_total" "{direction=\"client_to_server\"}"
+        "Connections that ended with bytes after the last newline (a tail that forms no frame)."];
+    partial_frames_server_to_client: u64 = reset(partial_frames_server_to_client)
+        [counter "foo_partial_frames_total" "{direction=\"server_to_client\"}"];
     /// Log lines dropped because stderr was not read fast enough.
-    pub log_lines_dropped: u64,
+    log_lines_dropped: u64 = filled() [counter "foo_log_lines_dropped_total" ""
+        "Log lines dropped because stderr was not read fast enough."];
     /// SIGUSR2/SIGUSR1 reports dropped because stdout was not read.
-    pub reports_dropped: u64,
-    pub bytes_client_to_server: u64,
-    pub bytes_server_to_client: u64,
-    pub buffered_bytes: u64,
-    pub uptime_secs: f64,
+    reports_dropped: u64 = filled() [counter "foo_reports_dropped_total" ""
+        "SIGUSR2 reports dropped because stdout was not read."];
+    /// Bytes relayed, by direction.
+    bytes_client_to_server: u64 = kept(bytes_client_to_server)
+        [counter "foo_bytes_total" "{direction=\"client_to_server\"}" "Bytes relayed."];
+    bytes_server_to_client: u64 = kept(bytes_server_to_client)
+        [counter "foo_bytes_total" "{direction=\"server_to_client\"}"];
+    /// Bytes read but not yet written, over all connections.
+    buffered_bytes: u64 = filled() [gauge "foo_buffered_bytes" ""
+        "Bytes read but not yet written, over all connections."];
+    /// Seconds since start.
+    uptime_secs: f64 = derived(|_, _, now_ms| now_ms as f64 / 1000.0) [];
 }
 
 impl Stats {
@@ -116,46 +152,6 @@ impl Stats {
     pub fn msg_invalid(&self) -> u64 {
         self.invalid_client_to_server
             .saturating_add(self.invalid_server_to_client)
-    }
-
-    pub fn report(&mut self, now_ms: u64) -> Report {
-        self.commit_window(now_ms);
-        let RateSnapshot {
-            request_rate_1s,
-            request_rate_10s,
-            response_rate_1s,
-            response_rate_10s,
-        } = self.window.rates(now_ms);
-        Report {
-            msg_total: self.msg_total(),
-            msg_req: self.msg_req,
-            msg_ack: self.msg_ack,
-            msg_nak: self.msg_nak,
-            request_rate_1s,
-            request_rate_10s,
-            response_rate_1s,
-            response_rate_10s,
-            msg_invalid: self.msg_invalid(),
-            msg_invalid_client_to_server: self.invalid_client_to_server,
-            msg_invalid_server_to_client: self.invalid_server_to_client,
-            connections_active: self.connections_active,
-            connections_total: self.connections_total,
-            upstream_errors: self.upstream_errors,
-            upstream_connect_retries: self.upstream_connect_retries,
-            connection_limit_hits: self.connection_limit_hits,
-            resource_errors: self.resource_errors,
-            partial_frames_client_to_server: self.partial_frames_client_to_server,
-            partial_frames_server_to_client: self.partial_frames_server_to_client,
-            // Kept by the output writers, not by the counters: the loop
-            // fills them in.
-            log_lines_dropped: 0,
-            reports_dropped: 0,
-            bytes_client_to_server: self.bytes_client_to_server,
-            bytes_server_to_client: self.bytes_server_to_client,
-            // Held by the pairs, not by the counters: the loop fills it in.
-            buffered_bytes: 0,
-            uptime_secs: now_ms as f64 / 1000.0,
-        }
     }
 }
 
@@ -217,6 +213,73 @@ mod tests {
         assert_eq!(r.msg_invalid_client_to_server, u64::MAX);
         assert_eq!(r.msg_invalid_server_to_client, u64::MAX);
         assert_eq!(r.msg_invalid, u64::MAX);
+    }
+
+    #[test]
+    fn only_the_kept_counters_survive_a_restart() {
+        let before = Stats {
+            msg_req: 1,
+            msg_ack: 2,
+            msg_nak: 3,
+            invalid_client_to_server: 4,
+            invalid_server_to_client: 5,
+            connections_total: 6,
+            upstream_errors: 7,
+            bytes_client_to_server: 8,
+            bytes_server_to_client: 9,
+            connections_active: 10,
+            upstream_connect_retries: 11,
+            connection_limit_hits: 12,
+            resource_errors: 13,
+            partial_frames_client_to_server: 14,
+            partial_frames_server_to_client: 15,
+            ..Stats::default()
+        };
+        let mut after = Stats::default();
+        Totals::of(&before).add_to(&mut after);
+        let r = after.report(0);
+        let kept = [
+            r.msg_req,
+            r.msg_ack,
+            r.msg_nak,
+            r.msg_invalid_client_to_server,
+            r.msg_invalid_server_to_client,
+            r.connections_total,
+            r.upstream_errors,
+            r.bytes_client_to_server,
+            r.bytes_server_to_client,
+        ];
+        assert_eq!(kept, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        let reset = [
+            r.connections_active,
+            r.upstream_connect_retries,
+            r.connection_limit_hits,
+            r.resource_errors,
+            r.partial_frames_client_to_server,
+            r.partial_frames_server_to_client,
+        ];
+        assert_eq!(reset, [0; 6]);
+    }
+
+    #[test]
+    fn every_u64_field_but_the_sums_is_a_metric_sample() {
+        let mut stats = Stats::default();
+        let report = stats.report(0);
+        let mut names = Vec::new();
+        report.visit_samples(&mut |s, _| names.push((s.name, s.labels)));
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        let u64_fields = json
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v.is_u64())
+            .count();
+        // msg_total and msg_invalid are sums of samples, not samples.
+        assert_eq!(names.len(), u64_fields - 2);
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
     }
 
     #[test]
