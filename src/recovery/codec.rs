@@ -1,0 +1,641 @@
+//! The recovery file's pure part: the snapshot, its encoding and decoding, and the restore arithmetic (both clocks passed in).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::rates::{BUCKET_MS, BUCKETS, Bucket};
+use crate::stats::Stats;
+
+/// The `format` field: tells our file from any other JSON, such as the
+/// reference proxy's own `recovery.json`.
+pub const FORMAT: &str = "foo-proxy-recovery";
+/// The `version` field this build writes and reads.
+pub const VERSION: u64 = 1;
+/// A full window is about 50 KiB; anything past this is not ours.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// The span of the moving window: older counts are not restored.
+pub const WINDOW_MS: u64 = BUCKET_MS * BUCKETS as u64;
+
+pub use crate::stats::Totals;
+
+/// One non-empty bucket of the window, stamped with the wall-clock time it
+/// started, so its age is known in the next process too.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowBucket {
+    pub start_ms: u64,
+    pub req: u32,
+    pub resp: u32,
+}
+
+/// What the file holds besides its format and version.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Wall-clock time it was taken, ms since the Unix epoch.
+    pub written_at_ms: u64,
+    pub totals: Totals,
+    /// Non-empty buckets, oldest first.
+    pub window: Vec<WindowBucket>,
+}
+
+#[derive(Serialize)]
+struct WireOut<'a> {
+    format: &'a str,
+    version: u64,
+    written_at_ms: u64,
+    totals: &'a Totals,
+    window: &'a [WindowBucket],
+}
+
+#[derive(Deserialize)]
+struct WireIn {
+    #[serde(rename = "format")]
+    _format: String,
+    #[serde(rename = "version")]
+    _version: u64,
+    written_at_ms: u64,
+    totals: Totals,
+    window: Vec<WindowBucket>,
+}
+
+/// The file's bytes: one line of JSON.
+pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
+    let wire = WireOut {
+        format: FORMAT,
+        version: VERSION,
+        written_at_ms: snapshot.written_at_ms,
+        totals: &snapshot.totals,
+        window: &snapshot.window,
+    };
+    // Integers, strings and arrays into a Vec cannot fail to serialize; an
+    // empty result would only ever be rejected by `decode`, never misread.
+    let mut bytes = serde_json::to_vec(&wire).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Why a file is not a snapshot this build can use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    Empty,
+    TooLarge(u64),
+    Truncated,
+    NotJson(String),
+    /// JSON without our `format` field: someone else's file.
+    NotOurs,
+    Version(String),
+    Invalid(String),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Empty => f.write_str("the file is empty"),
+            DecodeError::TooLarge(len) => write!(
+                f,
+                "the file is {len} bytes, more than a snapshot can be ({MAX_FILE_BYTES})"
+            ),
+            DecodeError::Truncated => f.write_str("the file is truncated"),
+            DecodeError::NotJson(why) => write!(f, "the file is not valid JSON: {why}"),
+            DecodeError::NotOurs => write!(
+                f,
+                "the file is not a foo-proxy snapshot (no \"format\": \"{FORMAT}\"; \
+                 perhaps the reference proxy's format)"
+            ),
+            DecodeError::Version(v) => write!(
+                f,
+                "unsupported format version {v} (this build reads version {VERSION})"
+            ),
+            DecodeError::Invalid(why) => write!(f, "the snapshot is invalid: {why}"),
+        }
+    }
+}
+
+/// Parses a file's bytes. Pure and total: any input gives a snapshot or a
+/// reason, never a panic. Fields this build does not know are ignored; a
+/// `version` other than [`VERSION`] is an error. Any `u64` total is taken
+/// as written: counters saturate, so a restored total near `u64::MAX` stops
+/// there instead of wrapping. The window is returned as written:
+/// [`check_window`] says whether it can be believed.
+pub fn decode(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
+    let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    if len > MAX_FILE_BYTES {
+        return Err(DecodeError::TooLarge(len));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(DecodeError::Empty);
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_eof() {
+            DecodeError::Truncated
+        } else {
+            DecodeError::NotJson(e.to_string())
+        }
+    })?;
+    let Value::Object(fields) = &value else {
+        return Err(DecodeError::NotOurs);
+    };
+    if fields.get("format").and_then(Value::as_str) != Some(FORMAT) {
+        return Err(DecodeError::NotOurs);
+    }
+    match fields.get("version") {
+        Some(v) if v.as_u64() == Some(VERSION) => {}
+        Some(v) => return Err(DecodeError::Version(v.to_string())),
+        None => return Err(DecodeError::Version("(missing)".into())),
+    }
+    let wire: WireIn =
+        serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    Ok(Snapshot {
+        written_at_ms: wire.written_at_ms,
+        totals: wire.totals,
+        window: wire.window,
+    })
+}
+
+/// Why a snapshot's window cannot be true of its own totals. A window that
+/// [`capture`] wrote always passes; anything else was crafted or damaged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Implausible {
+    /// More buckets than the window has.
+    TooManyBuckets(usize),
+    /// A bucket started outside `[written_at_ms - WINDOW_MS, written_at_ms]`.
+    OutsideWindow { start_ms: u64 },
+    /// Two buckets with the same start.
+    Duplicate { start_ms: u64 },
+    /// The buckets hold more requests than `totals.msg_req`.
+    Requests { window: u64, total: u64 },
+    /// The buckets hold more responses than `totals.msg_ack + msg_nak`.
+    Responses { window: u64, total: u64 },
+}
+
+impl fmt::Display for Implausible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Implausible::TooManyBuckets(n) => {
+                write!(f, "it has {n} buckets, more than the {BUCKETS} of a window")
+            }
+            Implausible::OutsideWindow { start_ms } => write!(
+                f,
+                "a bucket starts at {start_ms}, outside the 10 s before the snapshot"
+            ),
+            Implausible::Duplicate { start_ms } => {
+                write!(f, "two buckets start at {start_ms}")
+            }
+            Implausible::Requests { window, total } => write!(
+                f,
+                "its buckets hold {window} requests but the totals only {total}"
+            ),
+            Implausible::Responses { window, total } => write!(
+                f,
+                "its buckets hold {window} responses but the totals only {total}"
+            ),
+        }
+    }
+}
+
+/// Whether `snapshot`'s window can be part of its totals: at most
+/// [`BUCKETS`] buckets, each started in the `WINDOW_MS` before the snapshot,
+/// no two with the same start, and their requests and responses summed no
+/// more than `msg_req` and `msg_ack + msg_nak` (so no bucket is either).
+/// Pure; the first rule broken is the answer.
+pub fn check_window(snapshot: &Snapshot) -> Result<(), Implausible> {
+    let window = &snapshot.window;
+    if window.len() > BUCKETS {
+        return Err(Implausible::TooManyBuckets(window.len()));
+    }
+    let written = snapshot.written_at_ms;
+    let oldest = written.saturating_sub(WINDOW_MS);
+    if let Some(b) = window
+        .iter()
+        .find(|b| b.start_ms < oldest || b.start_ms > written)
+    {
+        return Err(Implausible::OutsideWindow {
+            start_ms: b.start_ms,
+        });
+    }
+    let mut starts: Vec<u64> = window.iter().map(|b| b.start_ms).collect();
+    starts.sort_unstable();
+    if let Some(pair) = starts.windows(2).find(|p| p.first() == p.get(1)) {
+        return Err(Implausible::Duplicate {
+            start_ms: pair.first().copied().unwrap_or_default(),
+        });
+    }
+    // At most BUCKETS u32s: the sums cannot overflow a u64.
+    let req: u64 = window.iter().map(|b| u64::from(b.req)).sum();
+    let resp: u64 = window.iter().map(|b| u64::from(b.resp)).sum();
+    let totals = &snapshot.totals;
+    if req > totals.msg_req {
+        return Err(Implausible::Requests {
+            window: req,
+            total: totals.msg_req,
+        });
+    }
+    let answered = totals.msg_ack.saturating_add(totals.msg_nak);
+    if resp > answered {
+        return Err(Implausible::Responses {
+            window: resp,
+            total: answered,
+        });
+    }
+    Ok(())
+}
+
+/// Takes a snapshot of `stats` at wall-clock `now_wall_ms`, monotonic `now_ms`.
+pub fn capture(stats: &mut Stats, now_wall_ms: u64, now_ms: u64) -> Snapshot {
+    stats.commit_window(now_ms);
+    let window = stats
+        .window
+        .live_buckets(now_ms)
+        .into_iter()
+        .map(|(age_ms, b)| WindowBucket {
+            start_ms: now_wall_ms.saturating_sub(age_ms),
+            req: b.req,
+            resp: b.resp,
+        })
+        .collect();
+    Snapshot {
+        written_at_ms: now_wall_ms,
+        totals: Totals::of(stats),
+        window,
+    }
+}
+
+/// What happens to a snapshot's window on restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowFate {
+    /// The buckets still inside the window come back.
+    Restored,
+    /// Written `WINDOW_MS` or more ago: nothing of it is left.
+    TooOld,
+    /// Written after "now": the clock stepped back, so ages are unknown.
+    FromTheFuture,
+}
+
+/// The restore arithmetic's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub totals: Totals,
+    /// `(ms since the bucket started, counts)`, each younger than `WINDOW_MS`.
+    pub buckets: Vec<(u64, Bucket)>,
+    pub window: WindowFate,
+    /// How long ago the snapshot was written (0 if in the future).
+    pub age_ms: u64,
+}
+
+/// Decides what of `snapshot` to restore at wall-clock `now_wall_ms`: the
+/// totals always; the buckets younger than `WINDOW_MS` by wall-clock age,
+/// unless the snapshot is too old or from the future.
+pub fn plan(snapshot: &Snapshot, now_wall_ms: u64) -> Plan {
+    let written = snapshot.written_at_ms;
+    let (window, age_ms) = match now_wall_ms.checked_sub(written) {
+        None => (WindowFate::FromTheFuture, 0),
+        Some(age) if age >= WINDOW_MS => (WindowFate::TooOld, age),
+        Some(age) => (WindowFate::Restored, age),
+    };
+    let buckets = if window == WindowFate::Restored {
+        snapshot
+            .window
+            .iter()
+            .filter(|b| b.start_ms <= written)
+            .filter_map(|b| {
+                let age = now_wall_ms.checked_sub(b.start_ms)?;
+                (age < WINDOW_MS).then_some((
+                    age,
+                    Bucket {
+                        req: b.req,
+                        resp: b.resp,
+                    },
+                ))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Plan {
+        totals: snapshot.totals,
+        buckets,
+        window,
+        age_ms,
+    }
+}
+
+/// Adds what `plan` keeps of `snapshot` to `stats`; returns the plan.
+pub fn restore(snapshot: &Snapshot, stats: &mut Stats, now_wall_ms: u64, now_ms: u64) -> Plan {
+    let plan = plan(snapshot, now_wall_ms);
+    plan.totals.add_to(stats);
+    for (age_ms, bucket) in &plan.buckets {
+        stats.window.restore_bucket(now_ms, *age_ms, *bucket);
+    }
+    plan
+}
+
+#[cfg(test)]
+pub(in crate::recovery) mod tests {
+    use super::*;
+    use crate::scanner::FrameCounts;
+
+    /// A wall-clock instant well after the epoch.
+    const T0: u64 = 1_795_817_411_000;
+
+    fn bucket(start_ms: u64, req: u32, resp: u32) -> WindowBucket {
+        WindowBucket {
+            start_ms,
+            req,
+            resp,
+        }
+    }
+
+    pub(in crate::recovery) fn sample() -> Snapshot {
+        Snapshot {
+            written_at_ms: T0,
+            totals: Totals {
+                msg_req: 1000,
+                msg_ack: 900,
+                msg_nak: 99,
+                invalid_client_to_server: 3,
+                invalid_server_to_client: 4,
+                connections_total: 12,
+                upstream_errors: 2,
+                bytes_client_to_server: u64::MAX - 1,
+                bytes_server_to_client: 123_456_789_012,
+            },
+            // Started 0 ms, 10 ms, 2 s, 6.49 s, 6.5 s and 9.99 s before the write.
+            window: vec![
+                bucket(T0 - 9_990, 1, 0),
+                bucket(T0 - 6_500, 2, 0),
+                bucket(T0 - 6_490, 4, 0),
+                bucket(T0 - 2_000, 8, 0),
+                bucket(T0 - 10, 16, 0),
+                bucket(T0, 32, 0),
+            ],
+        }
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let s = sample();
+        let bytes = encode(&s);
+        assert_eq!(decode(&bytes), Ok(s));
+        assert_eq!(bytes.last(), Some(&b'\n'));
+        assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), 1);
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["format"], FORMAT);
+        assert_eq!(v["version"], VERSION);
+        let empty = Snapshot::default();
+        assert_eq!(decode(&encode(&empty)), Ok(empty));
+    }
+
+    #[test]
+    fn a_total_missing_from_the_file_reads_as_zero() {
+        let old = br#"{"format":"foo-proxy-recovery","version":1,"written_at_ms":5,
+            "totals":{"msg_req":3,"bytes_client_to_server":9},"window":[]}"#;
+        let snapshot = decode(old).unwrap();
+        assert_eq!(
+            snapshot.totals,
+            Totals {
+                msg_req: 3,
+                bytes_client_to_server: 9,
+                ..Totals::default()
+            }
+        );
+    }
+
+    #[test]
+    fn decode_names_what_is_wrong() {
+        let good = encode(&sample());
+        assert_eq!(decode(b""), Err(DecodeError::Empty));
+        assert_eq!(decode(b" \n"), Err(DecodeError::Empty));
+        let half = good.get(..good.len() / 2).unwrap();
+        assert_eq!(decode(half), Err(DecodeError::Truncated));
+        assert!(matches!(
+            decode(b"\x00\xffgarbage"),
+            Err(DecodeError::NotJson(_))
+        ));
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(b"xx");
+        assert!(matches!(decode(&trailing), Err(DecodeError::NotJson(_))));
+        let huge = vec![b' '; MAX_FILE_BYTES as usize + 1];
+        assert!(matches!(decode(&huge), Err(DecodeError::TooLarge(_))));
+        // Other JSON, such as a window the reference proxy might keep.
+        for other in [
+            &b"[0,1,2,3]"[..],
+            b"{\"RequestRate\":[1,2],\"ResponseRate\":[3,4]}",
+            b"{\"version\":1,\"window\":[]}",
+            b"{\"format\":\"something-else\",\"version\":1}",
+            b"42",
+            b"null",
+        ] {
+            assert_eq!(decode(other), Err(DecodeError::NotOurs), "{other:?}");
+        }
+        let v2 = br#"{"format":"foo-proxy-recovery","version":2}"#;
+        assert_eq!(decode(v2), Err(DecodeError::Version("2".into())));
+        let nover = br#"{"format":"foo-proxy-recovery"}"#;
+        assert!(matches!(decode(nover), Err(DecodeError::Version(_))));
+        let missing = br#"{"format":"foo-proxy-recovery","version":1,"written_at_ms":1}"#;
+        assert!(matches!(decode(missing), Err(DecodeError::Invalid(_))));
+        let negative = String::from_utf8(good.clone())
+            .unwrap()
+            .replace("\"msg_req\":1000", "\"msg_req\":-1");
+        assert!(matches!(
+            decode(negative.as_bytes()),
+            Err(DecodeError::Invalid(_))
+        ));
+        let too_many = String::from_utf8(good.clone()).unwrap().replace(
+            "\"msg_req\":1000",
+            &format!("\"msg_req\":{}", u128::from(u64::MAX) + 1),
+        );
+        assert!(matches!(
+            decode(too_many.as_bytes()),
+            Err(DecodeError::Invalid(_))
+        ));
+        let wrong_type = String::from_utf8(good)
+            .unwrap()
+            .replace("\"req\":1,", "\"req\":\"1\",");
+        assert!(matches!(
+            decode(wrong_type.as_bytes()),
+            Err(DecodeError::Invalid(_))
+        ));
+    }
+
+    fn surviving(age_ms: u64) -> (WindowFate, Vec<u32>) {
+        let p = plan(&sample(), T0 + age_ms);
+        assert_eq!(p.totals, sample().totals);
+        (p.window, p.buckets.iter().map(|(_, b)| b.req).collect())
+    }
+
+    #[test]
+    fn buckets_survive_by_wall_clock_age() {
+        // Bucket `req` values name them: 1 is the oldest (9.99 s at write
+        // time), 32 the newest (0 s).
+        assert_eq!(
+            surviving(0),
+            (WindowFate::Restored, vec![1, 2, 4, 8, 16, 32])
+        );
+        // 3.5 s later: 6.5 s + 3.5 s = 10 s is out, 6.49 s + 3.5 s is in.
+        assert_eq!(surviving(3_500), (WindowFate::Restored, vec![4, 8, 16, 32]));
+        // 9.99 s later only the bucket that started at the write survives.
+        assert_eq!(surviving(9_990), (WindowFate::Restored, vec![32]));
+        assert_eq!(surviving(10_000), (WindowFate::TooOld, vec![]));
+        assert_eq!(surviving(11_000), (WindowFate::TooOld, vec![]));
+    }
+
+    #[test]
+    fn restored_ages_are_wall_clock_ages() {
+        let p = plan(&sample(), T0 + 3_500);
+        let ages: Vec<u64> = p.buckets.iter().map(|(age, _)| *age).collect();
+        assert_eq!(ages, vec![9_990, 5_500, 3_510, 3_500]);
+        assert_eq!(p.age_ms, 3_500);
+    }
+
+    #[test]
+    fn future_snapshots_restore_totals_only() {
+        let p = plan(&sample(), T0 - 1);
+        assert_eq!(p.window, WindowFate::FromTheFuture);
+        assert!(p.buckets.is_empty());
+        assert_eq!(p.totals, sample().totals);
+        // A bucket dated after its own snapshot is not trusted either.
+        let mut s = sample();
+        s.window.push(bucket(T0 + 5, 64, 0));
+        let p = plan(&s, T0 + 10);
+        assert!(p.buckets.iter().all(|(_, b)| b.req != 64));
+    }
+
+    #[test]
+    fn restore_puts_rates_and_totals_back() {
+        let mut stats = Stats::default();
+        // A fresh process: its monotonic clock is near 0.
+        let p = restore(&sample(), &mut stats, T0 + 3_500, 7);
+        assert_eq!(p.window, WindowFate::Restored);
+        assert_eq!(Totals::of(&stats), sample().totals);
+        let r = stats.report(7);
+        assert_eq!(r.request_rate_10s, f64::from(4 + 8 + 16 + 32) / 10.0);
+        // Ages 3.5 s and 3.51 s: outside the last second.
+        assert_eq!(r.request_rate_1s, 0.0);
+        // 10 ms later the 9.99 s-old bucket has left the window, and 4.5 s
+        // later the 5.5 s-old one too.
+        let r = stats.report(7 + 10);
+        assert_eq!(r.request_rate_10s, f64::from(8 + 16 + 32) / 10.0);
+        let r = stats.report(7 + 4_500);
+        assert_eq!(r.request_rate_10s, f64::from(16 + 32) / 10.0);
+        assert_eq!(stats.report(7 + 10_000).request_rate_10s, 0.0);
+    }
+
+    #[test]
+    fn capture_then_restore_keeps_the_rates() {
+        let mut stats = Stats::default();
+        stats.add_client_frames(&FrameCounts {
+            req: 5,
+            ..FrameCounts::default()
+        });
+        stats.commit_window(40_003);
+        stats.add_server_frames(&FrameCounts {
+            ack: 4,
+            nak: 1,
+            ..FrameCounts::default()
+        });
+        stats.commit_window(47_500);
+        let snap = capture(&mut stats, T0, 48_000);
+        assert_eq!(snap.window.len(), 2);
+        assert_eq!(snap.window.first().map(|b| b.start_ms), Some(T0 - 8_000));
+        let before = stats.report(48_000);
+
+        let mut fresh = Stats::default();
+        restore(&decode(&encode(&snap)).unwrap(), &mut fresh, T0, 0);
+        let after = fresh.report(0);
+        assert_eq!(after.msg_total, before.msg_total);
+        assert_eq!(after.request_rate_10s, before.request_rate_10s);
+        assert_eq!(after.response_rate_10s, before.response_rate_10s);
+        assert_eq!(after.response_rate_1s, before.response_rate_1s);
+        assert_eq!(after.uptime_secs, 0.0);
+    }
+
+    #[test]
+    fn unknown_fields_anywhere_are_ignored() {
+        let good = encode(&sample());
+        let mut v: Value = serde_json::from_slice(&good).unwrap();
+        v["later"] = serde_json::json!({"x": [1, null]});
+        v["totals"]["msg_other"] = serde_json::json!(7);
+        v["window"][0]["weight"] = serde_json::json!("heavy");
+        let extra = serde_json::to_vec(&v).unwrap();
+        assert_eq!(decode(&extra), Ok(sample()));
+        // A different version is still refused, extra fields or not.
+        v["version"] = serde_json::json!(2);
+        let v2 = serde_json::to_vec(&v).unwrap();
+        assert_eq!(decode(&v2), Err(DecodeError::Version("2".into())));
+    }
+
+    #[test]
+    fn a_captured_window_is_always_plausible() {
+        assert_eq!(check_window(&sample()), Ok(()));
+        let mut stats = Stats::default();
+        for ms in (0..12_000).step_by(7) {
+            stats.add_client_frames(&FrameCounts {
+                req: 3,
+                ..FrameCounts::default()
+            });
+            stats.add_server_frames(&FrameCounts {
+                ack: 2,
+                nak: 1,
+                ..FrameCounts::default()
+            });
+            stats.commit_window(ms);
+        }
+        let snap = capture(&mut stats, T0, 12_000);
+        // Every bucket but the one just begun.
+        assert_eq!(snap.window.len(), BUCKETS - 1);
+        assert_eq!(check_window(&snap), Ok(()));
+    }
+
+    #[test]
+    fn implausible_windows_are_named() {
+        let with = |f: &dyn Fn(&mut Snapshot)| {
+            let mut s = sample();
+            f(&mut s);
+            check_window(&s)
+        };
+        // 63 requests in the window.
+        assert_eq!(
+            with(&|s| s.totals.msg_req = 62),
+            Err(Implausible::Requests {
+                window: 63,
+                total: 62
+            })
+        );
+        assert_eq!(with(&|s| s.totals.msg_req = 63), Ok(()));
+        assert_eq!(
+            with(&|s| s.window.push(bucket(T0 - 1, 0, 1_000))),
+            Err(Implausible::Responses {
+                window: 1_000,
+                total: 999
+            })
+        );
+        // One bucket may not be larger than its totals either.
+        assert!(matches!(
+            with(&|s| s.window = vec![bucket(T0, u32::MAX, 0)]),
+            Err(Implausible::Requests { .. })
+        ));
+        assert_eq!(
+            with(&|s| s.window.push(bucket(T0 + 1, 0, 0))),
+            Err(Implausible::OutsideWindow { start_ms: T0 + 1 })
+        );
+        assert_eq!(
+            with(&|s| s.window.push(bucket(T0 - WINDOW_MS - 1, 0, 0))),
+            Err(Implausible::OutsideWindow {
+                start_ms: T0 - WINDOW_MS - 1
+            })
+        );
+        assert_eq!(
+            with(&|s| s.window.push(bucket(T0 - WINDOW_MS, 0, 0))),
+            Ok(())
+        );
+        assert_eq!(
+            with(&|s| s.window.push(bucket(T0 - 10, 0, 0))),
+            Err(Implausible::Duplicate { start_ms: T0 - 10 })
+        );
+        assert_eq!(
+            with(&|s| s.window = (0..=BUCKETS as u64).map(|i| bucket(T0 - i, 0, 0)).collect()),
+            Err(Implausible::TooManyBuckets(BUCKETS + 1))
+        );
+    }
+}
