@@ -395,8 +395,9 @@ pub fn access_line(peer: IpAddr, t: SystemTime, answer: &Answer) -> String {
 }
 
 #[cfg(test)]
-pub(in crate::admin) mod tests {
+mod tests {
     use super::*;
+    use crate::admin::prometheus::tests::sample;
     use std::time::Duration;
 
     fn facts() -> Facts {
@@ -405,16 +406,6 @@ pub(in crate::admin) mod tests {
             start_unix: 1_795_817_411.5,
             now: UNIX_EPOCH + Duration::from_secs(1_795_817_411),
         }
-    }
-
-    pub(in crate::admin) fn sample() -> Report {
-        let mut stats = Stats::default();
-        stats.msg_req = 7;
-        stats.msg_ack = 5;
-        stats.msg_nak = 2;
-        stats.connections_total = 3;
-        stats.bytes_client_to_server = 100;
-        stats.report(1000)
     }
 
     fn ask(req: &str) -> (Answer, String) {

@@ -49,9 +49,20 @@ pub fn prometheus(r: &Report, start_unix: f64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::admin) mod tests {
     use super::*;
-    use crate::admin::http::tests::sample;
+    use crate::stats::Stats;
+
+    /// A report with a few counters set.
+    pub(in crate::admin) fn sample() -> Report {
+        let mut stats = Stats::default();
+        stats.msg_req = 7;
+        stats.msg_ack = 5;
+        stats.msg_nak = 2;
+        stats.connections_total = 3;
+        stats.bytes_client_to_server = 100;
+        stats.report(1000)
+    }
 
     #[test]
     fn prometheus_names_each_metric_once() {
