@@ -13,16 +13,24 @@
 //!    incrementally (one pass per read finds all its newlines; at most 15
 //!    bytes of a partial frame are kept).
 //! 4. **count**: frame counts go into [`stats::Stats`] in place; the moving
-//!    windows ([`rates`]) take them once per loop iteration.
+//!    windows ([`rates`]) take them once per loop iteration. One list in
+//!    [`stats`] names every counter once: its report field, its Prometheus
+//!    metric and whether the recovery file keeps it across a restart.
 //! 5. **report**: SIGUSR2 (or SIGUSR1) prints [`stats::Report`] as one JSON
 //!    line on stdout; the admin HTTP socket ([`admin`], same loop, after the
 //!    data path each iteration) serves the same report as JSON or Prometheus
-//!    text, plus liveness and readiness.
+//!    text, plus liveness and readiness: `admin::conn` (the connections the
+//!    loop drives) -> `admin::http` (pure request to response) ->
+//!    `admin::prometheus` (the text format).
 //! 6. **recover**: before any socket is bound, the recovery path is checked
 //!    (a regular file or nothing) and locked (one owner). At most once a
 //!    second, while counters change, a [`recovery::Snapshot`] of the totals
 //!    and the 10 s window goes to a writer thread that replaces the recovery
-//!    file atomically; the next start restores it.
+//!    file atomically; the next start restores it. `recovery::writer` (what
+//!    the loop calls, and the thread) -> `recovery::lock` (one owner) ->
+//!    `recovery::files` (names, load, atomic replace, quarantine) ->
+//!    `recovery::path` (safe opens) and `recovery::codec` (pure: the
+//!    snapshot's bytes and the restore arithmetic).
 //! 7. **close**: a client the proxy is done with gets a lingering close
 //!    ([`linger`]): what is queued, then a FIN, then its input is discarded
 //!    until its EOF (bounded), so a close never turns into a reset that
@@ -32,10 +40,11 @@
 //! backend), [`output`] (stdout and stderr through writer threads with
 //! bounded queues: printing never blocks the loop), [`net`] (dual-stack
 //! listeners, self-forward check), [`scanner`], [`rates`] and [`stats`]
-//! (pure logic, clock passed in), [`recovery`] (snapshot encoding and
-//! restore arithmetic, pure; the file and its writer thread), [`pool`],
-//! [`pipe`], [`linger`] and [`server`] (I/O), [`admin`] (a pure request to
-//! response function and the connections the loop drives), [`probe`]
+//! (pure logic, clock passed in), [`recovery`] (the pure codec; the file,
+//! its lock and its writer thread), [`pool`],
+//! [`pipe`], [`linger`] and [`server`] (I/O), [`admin`] (the connections
+//! the loop drives, a pure request to response part, the Prometheus
+//! renderer), [`probe`]
 //! (`--probe URL`, the container image's health check). [`driver`] holds
 //! what the test binaries in `src/bin/` share (foo-server, foo-client,
 //! foo-load, foo-demo).
