@@ -1,10 +1,9 @@
-//! The admin HTTP socket: statistics as JSON or Prometheus text, liveness
-//! and readiness, served by the proxy's own event loop.
+//! The admin HTTP socket: statistics as JSON or Prometheus text, liveness and readiness, on the proxy's own loop.
 //!
-//! Three rooms. [`http`]: [`respond`] is pure, request bytes in, response
+//! Three rooms. `http`: [`respond`] is pure, request bytes in, response
 //! bytes out, with the report, readiness and clock passed in, so unit tests
 //! and the fuzz target ([`handle_request`]) drive it directly.
-//! [`prometheus`]: the report as Prometheus text. [`conn`]: [`Admin`] owns
+//! [`prometheus`]: the report as Prometheus text. `conn`: [`Admin`] owns
 //! the listener and at most [`MAX_CONNS`] connections; the loop hands it
 //! events and deadlines. Each connection carries one request (`Connection:
 //! close`), whose head must arrive within [`DEADLINE`] of accept and fit in

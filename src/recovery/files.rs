@@ -238,7 +238,7 @@ pub(super) fn check_replaceable(path: &Path) -> Result<(), String> {
 
 /// Replaces `path` with `bytes` so that a crash at any instant leaves the
 /// old file or the new one: a new temp file, fsync, rename, fsync the
-/// directory. The caller holds the [`RecoveryLock`].
+/// directory. The caller holds the [`RecoveryLock`](crate::recovery::RecoveryLock).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     ensure_dir(path)?;
     check_replaceable(path)?;

@@ -267,7 +267,7 @@ impl Recovery {
     }
 
     /// Writes the final snapshot and waits for it to be on disk: at most
-    /// [`FINISH_WAIT`], and not at all once `cut_short` says so (a further
+    /// `FINISH_WAIT`, and not at all once `cut_short` says so (a further
     /// stop signal). True when it is on disk; false, with one warning, when
     /// it could not be written or the wait ended first.
     pub fn finish(
