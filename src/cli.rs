@@ -33,6 +33,14 @@ Flags take one dash or two, and their value after a space or '=':
     --drain-timeout DUR    on SIGTERM, let connections finish this long [default 5s]
     --max-connections N    most client connections at once [default 10000]
     --log-level LEVEL      error, warn, info or debug       [default info]
+    --accept-proxy         every client starts with a PROXY protocol v1/v2
+                           header (from a balancer); its address is the client's
+    --send-proxy v1|v2     start each upstream connection with a PROXY header
+    --max-connections-per-client N
+                           most open connections per client address [default off]
+    --reuse-port           share -listen with other foo-proxy processes
+                           (SO_REUSEPORT); each needs its own -http and
+                           -recovery-path
     -h, --help             print this help
     --version              print the version
     --probe URL            GET http://HOST:PORT/PATH and exit 0 on a 2xx
@@ -63,6 +71,14 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub max_connections: usize,
     pub log_level: Level,
+    /// `--accept-proxy`.
+    pub accept_proxy: bool,
+    /// `--send-proxy v1|v2`.
+    pub send_proxy: Option<crate::proxy_protocol::Version>,
+    /// `--max-connections-per-client`; `None` when off.
+    pub max_connections_per_client: Option<u32>,
+    /// `--reuse-port`: `SO_REUSEPORT` on the client listener.
+    pub reuse_port: bool,
 }
 
 /// What the command line asked for.
@@ -99,10 +115,12 @@ const VALUE_FLAGS: &[&str] = &[
     "max-connections",
     "log-level",
     "probe",
+    "send-proxy",
+    "max-connections-per-client",
 ];
 
 /// Flags that take no value, in their long form (`-h` is `--help`).
-const SWITCH_FLAGS: &[&str] = &["help", "version"];
+const SWITCH_FLAGS: &[&str] = &["help", "version", "accept-proxy", "reuse-port"];
 
 /// Rewrites Go-style arguments into `--name value` pairs for pico-args.
 ///
@@ -216,6 +234,9 @@ pub fn parse_with(
     let forward_spec = last_value(&mut pargs, "--forward")?.unwrap_or_else(|| ":8001".into());
     let http_spec = last_value(&mut pargs, "--http")?.unwrap_or_else(|| "127.0.0.1:8088".into());
     let recovery = last_value(&mut pargs, "--recovery-path")?;
+    let accept_proxy = pargs.contains("--accept-proxy");
+    let reuse_port = pargs.contains("--reuse-port");
+    while pargs.contains("--accept-proxy") || pargs.contains("--reuse-port") {}
     let mut values = Vec::new();
     for name in [
         "--buffer-size",
@@ -225,6 +246,8 @@ pub fn parse_with(
         "--drain-timeout",
         "--max-connections",
         "--log-level",
+        "--send-proxy",
+        "--max-connections-per-client",
     ] {
         values.push((name, last_value(&mut pargs, name)?));
     }
@@ -287,6 +310,18 @@ pub fn parse_with(
     let log_level = opt(&values, "--log-level", Level::Info, |v| {
         Level::parse(v).ok_or_else(|| "expected error, warn, info or debug".to_string())
     })?;
+    let send_proxy = opt(&values, "--send-proxy", None, |v| {
+        crate::proxy_protocol::Version::parse(v)
+            .map(Some)
+            .ok_or_else(|| "expected v1 or v2".to_string())
+    })?;
+    let max_connections_per_client = opt(&values, "--max-connections-per-client", None, |v| {
+        v.parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .map(Some)
+            .ok_or_else(|| "expected a number from 1 to 1000000".to_string())
+    })?;
     let recovery_path = match recovery {
         Some(p) if p.is_empty() => None,
         Some(p) => Some(PathBuf::from(p)),
@@ -305,6 +340,10 @@ pub fn parse_with(
         drain_timeout,
         max_connections,
         log_level,
+        accept_proxy,
+        send_proxy,
+        max_connections_per_client,
+        reuse_port,
     })))
 }
 
@@ -519,6 +558,33 @@ mod tests {
                 .contains("-no-fragment")
         );
         assert!(norm(&["-version"]).unwrap_err().0.contains("-version"));
+    }
+
+    #[test]
+    fn proxy_protocol_and_scale_out_flags() {
+        let c = run(&[]).unwrap();
+        assert!(!c.accept_proxy && !c.reuse_port);
+        assert_eq!((c.send_proxy, c.max_connections_per_client), (None, None));
+        let c = run(&[
+            "-accept-proxy",
+            "--send-proxy=v2",
+            "--max-connections-per-client",
+            "3",
+            "--reuse-port",
+            "--accept-proxy",
+        ])
+        .unwrap();
+        assert!(c.accept_proxy && c.reuse_port);
+        assert_eq!(c.send_proxy, Some(crate::proxy_protocol::Version::V2));
+        assert_eq!(c.max_connections_per_client, Some(3));
+        assert!(!run(&["--accept-proxy=false"]).unwrap().accept_proxy);
+        let e = run(&["--send-proxy=v3"]).unwrap_err();
+        assert!(
+            e.0.contains("-send-proxy") && e.0.contains("v1 or v2"),
+            "{e}"
+        );
+        let e = run(&["--max-connections-per-client=0"]).unwrap_err();
+        assert!(e.0.contains("-max-connections-per-client"), "{e}");
     }
 
     #[test]

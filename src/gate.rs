@@ -11,6 +11,7 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
+use crate::cli::Config;
 use crate::logging::{Throttle, suppressed_note};
 use crate::net::{self, Io, describe};
 use crate::stats::{Stats, add};
@@ -39,18 +40,15 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
-    /// Listens on `addr` with a backlog as deep as the connection limit
+    /// Listens on `-listen` with a backlog as deep as the connection limit
     /// (the kernel caps it at `net.core.somaxconn`): a burst of clients must
-    /// not overflow it. Errors name the address.
-    pub fn bind(
-        addr: SocketAddr,
-        max_connections: usize,
-        registry: &Registry,
-        token: Token,
-    ) -> Result<Gate, String> {
+    /// not overflow it; with `--reuse-port`, sharing the port with other
+    /// processes. Errors name the address.
+    pub fn bind(config: &Config, registry: &Registry, token: Token) -> Result<Gate, String> {
+        let (addr, max_connections) = (config.listen, config.max_connections);
         let cannot = |e: io::Error| format!("cannot listen on {addr}: {}", describe(&e));
         let backlog = i32::try_from(max_connections.max(1024)).unwrap_or(i32::MAX);
-        let mut listener = net::listen(addr, backlog).map_err(cannot)?;
+        let mut listener = net::listen_with(addr, backlog, config.reuse_port).map_err(cannot)?;
         let local_addr = listener.local_addr().map_err(cannot)?;
         registry
             .register(&mut listener, token, Interest::READABLE)

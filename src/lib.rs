@@ -58,6 +58,7 @@
 
 pub mod admin;
 pub mod cli;
+mod clients;
 mod dates;
 pub mod driver;
 mod gate;
@@ -69,6 +70,7 @@ mod pairs;
 pub mod pipe;
 pub mod pool;
 pub mod probe;
+pub mod proxy_protocol;
 pub mod rates;
 pub mod recovery;
 pub mod scanner;

@@ -14,23 +14,34 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// (`IPV6_V6ONLY` off), as Go's `:PORT` does; where the host has no IPv6 it
 /// falls back to `0.0.0.0` on the same port.
 pub fn listen(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    match bind(addr, backlog) {
+    listen_with(addr, backlog, false)
+}
+
+/// [`listen`], with `SO_REUSEPORT` when `reuse_port`: processes that all
+/// set it share the address, and the kernel spreads new connections over
+/// their listeners.
+pub fn listen_with(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListener> {
+    match bind(addr, backlog, reuse_port) {
         Err(e) if addr.ip() == IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED) && no_ipv6(&e) => {
             bind(
                 SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port()),
                 backlog,
+                reuse_port,
             )
         }
         other => other,
     }
 }
 
-fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+fn bind(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;

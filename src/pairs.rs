@@ -1,6 +1,7 @@
 //! The loop's pairs: a slab of [`Pair`]s with their tokens, the work list,
 //! the shared scratch buffer and buffer pool, and every step of a pair's
 //! life that needs the poll registry, the timers or the counters: opening,
+//! the PROXY protocol header both ways, the per-client limit ([`PerClient`]),
 //! connect progress and the next forward address ([`Upstreams`]), driving,
 //! deadlines, and the two ways a pair ends (a lingering close, or at once).
 
@@ -8,18 +9,20 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
+use crate::clients::PerClient;
 use crate::logging::{Throttle, suppressed_note};
 use crate::net::{Connect, connect_progress, describe};
 use crate::pair::linger::Ending;
-use crate::pair::{Deadline, Due, Outcome, Pair, Reason, State, Timeouts};
+use crate::pair::{Deadline, Due, HEADER_TIMEOUT, Outcome, Pair, Reason, State, Timeouts};
 use crate::pipe::{Ctx, Side};
 use crate::pool::Pool;
+use crate::proxy_protocol::{self, Version};
 use crate::stats::{Stats, add};
 use crate::timer::{Timer, Timers};
 use crate::upstream::{NotStarted, Upstreams};
@@ -56,6 +59,17 @@ pub(crate) struct Env<'a> {
     pub now: Instant,
 }
 
+/// What the flags ask of every pair besides the relay.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Serving {
+    /// `--accept-proxy`: every client starts with a PROXY protocol header.
+    pub accept_proxy: bool,
+    /// `--send-proxy`: every upstream connection starts with one.
+    pub send_proxy: Option<Version>,
+    /// `--max-connections-per-client`.
+    pub per_client: Option<u32>,
+}
+
 /// How opening a pair went, for the accept gate.
 pub(crate) enum Opened {
     Yes,
@@ -74,6 +88,12 @@ pub(crate) struct Pairs {
     next_id: u64,
     upstreams: Upstreams,
     timeouts: Timeouts,
+    serving: Serving,
+    /// Open connections by real client address, with a per-client limit.
+    per_client: Option<PerClient>,
+    /// Clients without a valid PROXY header, clients over their limit.
+    header_log: Throttle,
+    client_limit_log: Throttle,
     /// At exit, no lingering close lasts past this.
     exit: Option<Instant>,
     /// Clients that could not be registered with the poll.
@@ -81,7 +101,12 @@ pub(crate) struct Pairs {
 }
 
 impl Pairs {
-    pub fn new(upstreams: Upstreams, timeouts: Timeouts, buffer_size: usize) -> Pairs {
+    pub fn new(
+        upstreams: Upstreams,
+        timeouts: Timeouts,
+        serving: Serving,
+        buffer_size: usize,
+    ) -> Pairs {
         Pairs {
             slab: Slab::new(),
             work: Vec::new(),
@@ -90,6 +115,10 @@ impl Pairs {
             next_id: 0,
             upstreams,
             timeouts,
+            serving,
+            per_client: serving.per_client.map(PerClient::new),
+            header_log: Throttle::new(LOG_INTERVAL),
+            client_limit_log: Throttle::new(LOG_INTERVAL),
             exit: None,
             poll_log: Throttle::new(LOG_INTERVAL),
         }
@@ -117,9 +146,8 @@ impl Pairs {
         held.fold(0, u64::saturating_add)
     }
 
-    /// Serves a new client: starts the connect to the first forward address
-    /// that takes one, or, when none does, gives the client its lingering
-    /// close at once (an upstream error).
+    /// Takes a new client: with `--accept-proxy` it waits for its PROXY
+    /// header, else it is served at once ([`Pairs::serve`]).
     pub fn open(&mut self, mut client: TcpStream, peer: SocketAddr, env: &mut Env<'_>) -> Opened {
         let _ = client.set_nodelay(true);
         let key = self.slab.vacant_key();
@@ -139,29 +167,91 @@ impl Pairs {
         self.next_id = self.next_id.wrapping_add(1);
         let id = self.next_id;
         debug!("pair {id}: client {peer} accepted");
+        self.slab.insert(Pair::accepted(id, client, env.now));
+        if self.serving.accept_proxy {
+            // The header may be in already.
+            if let Some(pair) = self.slab.get_mut(key) {
+                pair.client.readable = true;
+            }
+            self.rearm(key, env);
+            self.schedule(key);
+            return Opened::Yes;
+        }
+        self.serve(key, Some(peer), None, env)
+    }
+
+    /// Serves the client of pair `key`, whose real address is `source`
+    /// (`None`: the socket's peer) and who connected to `destination`
+    /// (`None`: the socket's local address): the per-client limit, then
+    /// the connect to the first forward address that takes one, the PROXY
+    /// header queued first when `--send-proxy` is on. When the client is
+    /// not served it gets its lingering close at once.
+    fn serve(
+        &mut self,
+        key: usize,
+        source: Option<SocketAddr>,
+        destination: Option<SocketAddr>,
+        env: &mut Env<'_>,
+    ) -> Opened {
+        let Some(pair) = self.slab.get_mut(key) else {
+            return Opened::Yes;
+        };
+        let source = source.or_else(|| pair.client.stream.peer_addr().ok());
+        if let (Some(limits), Some(client)) = (self.per_client.as_mut(), source)
+            && !limits.admit(key, client.ip())
+        {
+            add(&mut env.stats.client_limit_hits, 1);
+            if let Some(suppressed) = self.client_limit_log.ready(env.now) {
+                info!(
+                    "client {} has {} connection(s) open, the per-client limit: closing its new one{}",
+                    client.ip(),
+                    self.serving.per_client.unwrap_or(0),
+                    suppressed_note(suppressed)
+                );
+            }
+            self.end(key, Reason::ClientLimit, env);
+            return Opened::Yes;
+        }
+        if let Some(version) = self.serving.send_proxy {
+            let destination = destination.or_else(|| pair.client.stream.local_addr().ok());
+            let queued = match (source, destination) {
+                (Some(s), Some(d)) => {
+                    let header = proxy_protocol::encode(version, s, d);
+                    pair.c2s.preload(header.as_bytes(), &mut self.pool)
+                }
+                _ => false,
+            };
+            if !queued {
+                // No address to send (the client is gone already).
+                self.end(key, Reason::ClientFailed, env);
+                return Opened::Yes;
+            }
+        }
         let token = upstream_token(key);
         let started = self
             .upstreams
             .connect(key, 0, token, env.registry, env.stats, env.now);
-        let mut opened = Opened::Yes;
-        let pair = match started {
-            Ok((attempt, upstream)) => Pair::connecting(id, client, upstream, attempt, env.now),
+        match started {
+            Ok((attempt, upstream)) => {
+                if let Some(pair) = self.slab.get_mut(key) {
+                    pair.connecting(upstream, attempt);
+                    pair.last_active = env.now;
+                }
+                self.rearm(key, env);
+                // Client bytes that came with the header are read now.
+                self.schedule(key);
+                Opened::Yes
+            }
             Err(NotStarted::OutOfResources(e)) => {
-                opened = Opened::OutOfResources(e);
-                Pair::unserved(id, client, Reason::Unreachable, env.now)
+                self.end(key, Reason::Unreachable, env);
+                Opened::OutOfResources(e)
             }
             Err(NotStarted::Failed(e)) => {
                 self.upstreams.failed(&e, env.stats, env.now);
-                Pair::unserved(id, client, Reason::Unreachable, env.now)
+                self.end(key, Reason::Unreachable, env);
+                Opened::Yes
             }
-        };
-        let lingering = matches!(pair.state, State::Lingering(_));
-        self.slab.insert(pair);
-        match lingering {
-            true => self.begin_linger(key, env),
-            false => self.rearm(key, env),
         }
-        opened
     }
 
     /// Notes what the kernel said about a pair's socket; the pair is
@@ -236,6 +326,15 @@ impl Pairs {
                     if requeue {
                         self.schedule(key);
                     }
+                }
+                Outcome::Header(addresses) => {
+                    let (source, destination) = addresses.unzip();
+                    if let Some(s) = source {
+                        debug!("pair {}: PROXY header: client {s}", pair.id);
+                    }
+                    // Running out of descriptors here is paused on by the
+                    // next accept that meets it.
+                    let _ = self.serve(key, source, destination, env);
                 }
                 Outcome::End(reason) => self.end(key, reason, env),
                 Outcome::Closed(ending) => self.close(key, ending, env),
@@ -320,12 +419,27 @@ impl Pairs {
         let Some(pair) = self.slab.get_mut(key) else {
             return;
         };
-        let Some(mut upstream) = pair.stop_relaying(reason, &mut self.pool) else {
+        let Ok(upstream) = pair.stop_relaying(reason, &mut self.pool) else {
             return;
         };
-        let _ = env.registry.deregister(&mut upstream.stream);
-        self.upstreams.release(key, &upstream.stream);
-        drop(upstream);
+        if let Some(mut upstream) = upstream {
+            let _ = env.registry.deregister(&mut upstream.stream);
+            self.upstreams.release(key, &upstream.stream);
+        }
+        if matches!(
+            reason,
+            Reason::ProxyHeaderMissing | Reason::ProxyHeaderInvalid
+        ) {
+            add(&mut env.stats.proxy_header_errors, 1);
+            if let Some(suppressed) = self.header_log.ready(env.now) {
+                let peer = pair.client.stream.peer_addr();
+                let peer = peer.map_or_else(|_| "a client".into(), |p| format!("client {p}"));
+                warn!(
+                    "closing {peer}: {reason} (--accept-proxy: is the balancer sending one?){}",
+                    suppressed_note(suppressed)
+                );
+            }
+        }
         // Bytes after the last newline form no frame; counted here, once
         // per connection, so that the frame counts can be reconciled.
         if !pair.c2s.at_frame_boundary() {
@@ -373,6 +487,9 @@ impl Pairs {
             self.upstreams.release(key, &upstream.stream);
         }
         let _ = env.registry.deregister(&mut pair.client.stream);
+        if let Some(limits) = self.per_client.as_mut() {
+            limits.release(key);
+        }
         pair.c2s.discard(&mut self.pool);
         pair.s2c.discard(&mut self.pool);
         let reason = match &pair.state {
@@ -425,6 +542,7 @@ impl Pairs {
         };
         let t = &self.timeouts;
         let when = match pair.state.deadline() {
+            Deadline::Header => env.now + HEADER_TIMEOUT,
             Deadline::Connect => env.now + t.connect,
             Deadline::Idle => pair.last_active + t.idle,
             Deadline::Fin => env.now + t.fin,

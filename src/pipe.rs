@@ -106,6 +106,28 @@ impl Pipe {
         }
     }
 
+    /// Queues `bytes` the proxy itself sends ahead of the source's (a
+    /// PROXY protocol header): not scanned or counted. Only before anything
+    /// was read, so they go first; false (nothing queued) otherwise, or
+    /// when they do not fit a buffer.
+    pub fn preload(&mut self, bytes: &[u8], pool: &mut Pool) -> bool {
+        if self.buf.is_some() || bytes.len() > pool.buffer_size() {
+            return false;
+        }
+        let mut data = pool.get();
+        let Some(slot) = data.get_mut(..bytes.len()) else {
+            pool.put(data);
+            return false;
+        };
+        slot.copy_from_slice(bytes);
+        self.buf = Some(Buf {
+            data,
+            start: 0,
+            end: bytes.len(),
+        });
+        true
+    }
+
     fn account(&mut self, bytes: &[u8], stats: &mut Stats) {
         let mut delta = FrameCounts::default();
         self.scanner.scan(bytes, &mut delta);

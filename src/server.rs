@@ -18,7 +18,7 @@ use crate::logging::{Throttle, suppressed_note};
 use crate::net::{self, Io, describe};
 use crate::output;
 use crate::pair::Timeouts;
-use crate::pairs::{Env, Opened, Pairs};
+use crate::pairs::{Env, Opened, Pairs, Serving};
 use crate::recovery::Recovery;
 use crate::signals::{self, Action};
 use crate::stats::{Report, Stats};
@@ -100,7 +100,7 @@ impl Server {
     pub fn bind(config: Config, mut signals: Signals) -> Result<Server, String> {
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {}", describe(&e)))?;
         let registry = poll.registry();
-        let gate = Gate::bind(config.listen, config.max_connections, registry, LISTENER)?;
+        let gate = Gate::bind(&config, registry, LISTENER)?;
         registry
             .register(&mut signals, SIGNALS, mio::Interest::READABLE)
             .map_err(|e| format!("cannot poll signals: {}", describe(&e)))?;
@@ -113,13 +113,18 @@ impl Server {
             config.forward_spec.clone(),
             gate.local_addr().port(),
         );
+        let serving = Serving {
+            accept_proxy: config.accept_proxy,
+            send_proxy: config.send_proxy,
+            per_client: config.max_connections_per_client,
+        };
         let timeouts = Timeouts {
             connect: config.connect_timeout,
             idle: config.idle_timeout,
             fin: config.fin_timeout,
         };
         Ok(Server {
-            pairs: Pairs::new(upstreams, timeouts, config.buffer_size),
+            pairs: Pairs::new(upstreams, timeouts, serving, config.buffer_size),
             poll,
             signals,
             gate,

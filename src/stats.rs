@@ -83,6 +83,16 @@ counters! {
     /// Accepts or connects that failed for want of descriptors or memory.
     resource_errors: u64 = reset(resource_errors) [counter "foo_resource_errors_total" ""
         "Accepts or connects that failed for want of descriptors or memory."];
+    /// `--accept-proxy`: connections closed without a valid PROXY protocol
+    /// header (none, malformed, too long, or not in time).
+    proxy_header_errors: u64 = reset(proxy_header_errors)
+        [counter "foo_proxy_header_errors_total" ""
+        "Connections closed without a valid PROXY protocol header (--accept-proxy)."];
+    /// `--max-connections-per-client`: connections closed because their
+    /// client address had that many open.
+    client_limit_hits: u64 = reset(client_limit_hits)
+        [counter "foo_client_limit_hits_total" ""
+        "Connections closed at --max-connections-per-client."];
     /// Connections that ended with bytes after the last newline, by
     /// direction: a tail that forms no frame (counted at the connection's end).
     partial_frames_client_to_server: u64 = reset(partial_frames_client_to_server)

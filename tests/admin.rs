@@ -253,6 +253,8 @@ fn metrics_speaks_prometheus_to_a_scraper_and_json_to_curl() {
         ("foo_partial_frames_total", PrometheusType::Counter),
         ("foo_connection_limit_hits_total", PrometheusType::Counter),
         ("foo_resource_errors_total", PrometheusType::Counter),
+        ("foo_proxy_header_errors_total", PrometheusType::Counter),
+        ("foo_client_limit_hits_total", PrometheusType::Counter),
         ("foo_log_lines_dropped_total", PrometheusType::Counter),
         ("foo_reports_dropped_total", PrometheusType::Counter),
         ("foo_bytes_total", PrometheusType::Counter),
@@ -270,7 +272,7 @@ fn metrics_speaks_prometheus_to_a_scraper_and_json_to_curl() {
         assert_eq!(text.matches(&format!("# HELP {family} ")).count(), 1);
         assert_eq!(text.matches(&format!("# TYPE {family} ")).count(), 1);
     }
-    assert_eq!(exposition.families.len(), 15, "{text}");
+    assert_eq!(exposition.families.len(), 17, "{text}");
     assert!(!text.contains("rate"), "no precomputed rates: {text}");
     assert_eq!(sample(&text, "foo_messages_total", &["req"]).1, 5.0);
     let version = env!("CARGO_PKG_VERSION");

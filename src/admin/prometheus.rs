@@ -74,6 +74,8 @@ pub(in crate::admin) mod tests {
             "foo_upstream_errors_total",
             "foo_connection_limit_hits_total",
             "foo_resource_errors_total",
+            "foo_proxy_header_errors_total",
+            "foo_client_limit_hits_total",
             "foo_upstream_connect_retries_total",
             "foo_partial_frames_total",
             "foo_bytes_total",

@@ -2,6 +2,8 @@
 //! life: the connect (each forward address in turn), the relay both ways,
 //! the client's half-close, and the lingering close that ends it.
 //!
+//! A pair starts in [`State::Header`] while the PROXY protocol header is
+//! read (`--accept-proxy`; otherwise it leaves that state at once).
 //! Each phase is a [`State`], holding only what that phase has (no upstream
 //! socket once the relay is over), and each state has exactly one kind of
 //! [`Deadline`]; why a relay ended is a [`Reason`]. The pair does its own
@@ -11,15 +13,17 @@
 pub(crate) mod linger;
 
 use std::fmt;
-use std::net::Shutdown;
+use std::io::Read;
+use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use log::debug;
 use mio::net::TcpStream;
 
-use crate::net::describe;
+use crate::net::{self, Io, describe};
 use crate::pipe::{Ctx, Fault, Pipe, Side};
 use crate::pool::Pool;
+use crate::proxy_protocol::{self, MAX_HEADER, Parsed};
 use crate::scanner::Direction;
 use crate::timer::Slot;
 use linger::{Ending, Linger, Step};
@@ -41,6 +45,10 @@ pub(crate) struct Pair {
 
 /// Where a pair is in its life.
 pub(crate) enum State {
+    /// Reading the PROXY protocol header (`--accept-proxy`). It is peeked
+    /// at, not read, until complete, so nothing is held here; then exactly
+    /// its bytes are consumed. No upstream yet.
+    Header,
     /// Connecting to the forward address number `attempt`. The client's
     /// bytes are read and held meanwhile, up to `--buffer-size`.
     Connecting {
@@ -71,6 +79,8 @@ pub(crate) enum Client {
 /// The one deadline a state has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Deadline {
+    /// [`HEADER_TIMEOUT`] for the PROXY protocol header.
+    Header,
     /// `--connect-timeout` for the current forward address.
     Connect,
     /// `--idle-timeout` since the last byte moved.
@@ -102,7 +112,20 @@ pub(crate) enum Reason {
     IdleTimeout,
     /// The drain is over (or a second stop signal came).
     Shutdown,
+    /// `--accept-proxy`: the client closed, or [`HEADER_TIMEOUT`] passed,
+    /// before a whole PROXY protocol header came.
+    ProxyHeaderMissing,
+    /// `--accept-proxy`: the client's first bytes are not a valid PROXY
+    /// protocol header (or one longer than the bound).
+    ProxyHeaderInvalid,
+    /// `--max-connections-per-client`: the client's address already has
+    /// that many connections open.
+    ClientLimit,
 }
+
+/// How long a client gets to send its whole PROXY protocol header: a
+/// balancer sends it with the connection's first bytes.
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -116,6 +139,9 @@ impl fmt::Display for Reason {
             Reason::FinTimeout => "fin timeout",
             Reason::IdleTimeout => "idle timeout",
             Reason::Shutdown => "shutdown",
+            Reason::ProxyHeaderMissing => "no PROXY header in time",
+            Reason::ProxyHeaderInvalid => "invalid PROXY header",
+            Reason::ClientLimit => "per-client connection limit",
         })
     }
 }
@@ -138,6 +164,9 @@ pub(crate) enum Outcome {
         moved: bool,
         rearm: bool,
     },
+    /// The PROXY protocol header is read: the client's address and the one
+    /// it connected to, or `None` for the connection's own (`LOCAL`).
+    Header(Option<(SocketAddr, SocketAddr)>),
     /// The relay is over.
     End(Reason),
     /// The lingering close is over.
@@ -158,6 +187,7 @@ pub(crate) enum Due {
 impl State {
     pub fn deadline(&self) -> Deadline {
         match self {
+            State::Header => Deadline::Header,
             State::Connecting { .. } => Deadline::Connect,
             State::Relaying {
                 client: Client::Open,
@@ -173,42 +203,12 @@ impl State {
 }
 
 impl Pair {
-    /// A client whose upstream connect to forward address `attempt` started.
-    pub fn connecting(
-        id: u64,
-        client: TcpStream,
-        upstream: TcpStream,
-        attempt: u32,
-        now: Instant,
-    ) -> Pair {
-        Pair::new(
-            id,
-            client,
-            State::Connecting {
-                upstream: Side::new(upstream),
-                attempt,
-                client_eof: false,
-            },
-            now,
-        )
-    }
-
-    /// A client that cannot be served: it goes straight to its lingering
-    /// close, for `reason`.
-    pub fn unserved(id: u64, client: TcpStream, reason: Reason, now: Instant) -> Pair {
-        Pair::new(
-            id,
-            client,
-            State::Lingering(Linger::new(reason, false)),
-            now,
-        )
-    }
-
-    fn new(id: u64, client: TcpStream, state: State, now: Instant) -> Pair {
+    /// A client just accepted: in [`State::Header`] until it is served.
+    pub fn accepted(id: u64, client: TcpStream, now: Instant) -> Pair {
         Pair {
             id,
             client: Side::new(client),
-            state,
+            state: State::Header,
             c2s: Pipe::new(Direction::ClientToServer),
             s2c: Pipe::new(Direction::ServerToClient),
             deadline: Slot::default(),
@@ -217,11 +217,22 @@ impl Pair {
         }
     }
 
+    /// The upstream connect to forward address `attempt` started.
+    pub fn connecting(&mut self, upstream: TcpStream, attempt: u32) {
+        if matches!(self.state, State::Header) {
+            self.state = State::Connecting {
+                upstream: Side::new(upstream),
+                attempt,
+                client_eof: false,
+            };
+        }
+    }
+
     /// The upstream connection, while there is one.
     pub fn upstream(&mut self) -> Option<&mut Side> {
         match &mut self.state {
             State::Connecting { upstream, .. } | State::Relaying { upstream, .. } => Some(upstream),
-            State::Lingering(_) => None,
+            State::Header | State::Lingering(_) => None,
         }
     }
 
@@ -252,24 +263,26 @@ impl Pair {
         self.last_active = now;
     }
 
-    /// Ends the relay: the upstream is handed back to be closed, the bytes
-    /// the client sent that it will never take are dropped, and the client
-    /// starts its lingering close.
-    pub fn stop_relaying(&mut self, reason: Reason, pool: &mut Pool) -> Option<Side> {
+    /// Ends the relay: the upstream (if any) is handed back to be closed,
+    /// the bytes the client sent that it will never take are dropped, and
+    /// the client starts its lingering close. `Err` when it had already
+    /// started.
+    pub fn stop_relaying(&mut self, reason: Reason, pool: &mut Pool) -> Result<Option<Side>, ()> {
         let client_eof = match &self.state {
+            State::Header => false,
             State::Connecting { client_eof, .. } => *client_eof,
             State::Relaying { client, .. } => *client != Client::Open,
-            State::Lingering(_) => return None,
+            State::Lingering(_) => return Err(()),
         };
         let old = std::mem::replace(
             &mut self.state,
             State::Lingering(Linger::new(reason, client_eof)),
         );
         self.c2s.discard(pool);
-        match old {
+        Ok(match old {
             State::Connecting { upstream, .. } | State::Relaying { upstream, .. } => Some(upstream),
-            State::Lingering(_) => None,
-        }
+            State::Header | State::Lingering(_) => None,
+        })
     }
 
     /// Bytes read but not yet written, both ways.
@@ -280,6 +293,7 @@ impl Pair {
     /// What the deadline that came due at `now` asks for.
     pub fn due(&self, now: Instant, idle: Duration) -> Due {
         match self.state.deadline() {
+            Deadline::Header => Due::End(Reason::ProxyHeaderMissing),
             Deadline::Connect => Due::ConnectTimedOut,
             Deadline::Idle => {
                 let idle_until = self.last_active + idle;
@@ -306,6 +320,7 @@ impl Pair {
             ..
         } = self;
         match state {
+            State::Header => read_header(id, client),
             State::Lingering(l) => match l.drive(client, s2c, ctx) {
                 Step::Wait => Outcome::Going {
                     requeue: false,
@@ -343,6 +358,61 @@ impl Pair {
                 upstream,
                 client: half,
             } => relay(id, client, upstream, half, c2s, s2c, ctx),
+        }
+    }
+}
+
+/// Peeks at the client's first bytes until they hold a whole PROXY
+/// protocol header, then reads exactly that header: the client's own bytes
+/// stay in the socket for the relay.
+fn read_header(id: u64, client: &mut Side) -> Outcome {
+    let wait = Outcome::Going {
+        requeue: false,
+        moved: false,
+        rearm: false,
+    };
+    if !client.readable {
+        return wait;
+    }
+    let mut buf = [0u8; MAX_HEADER];
+    let n = match net::io(|| client.stream.peek(&mut buf)) {
+        Io::Done(0) => return Outcome::End(Reason::ProxyHeaderMissing),
+        Io::Done(n) => n,
+        Io::WouldBlock => {
+            client.readable = false;
+            return wait;
+        }
+        Io::Failed(e) => {
+            debug!("pair {id}: client read failed: {}", describe(&e));
+            return Outcome::End(Reason::ClientFailed);
+        }
+    };
+    match proxy_protocol::parse(buf.get(..n).unwrap_or_default()) {
+        // Peeked bytes stay readable: only new bytes bring an edge, and a
+        // FIN already seen brings none.
+        Parsed::Incomplete if client.read_closed => Outcome::End(Reason::ProxyHeaderMissing),
+        Parsed::Incomplete => {
+            client.readable = false;
+            wait
+        }
+        Parsed::Invalid(why) => {
+            debug!("pair {id}: {why}");
+            Outcome::End(Reason::ProxyHeaderInvalid)
+        }
+        Parsed::Done(header) => {
+            let Some(consume) = buf.get_mut(..header.len) else {
+                return Outcome::End(Reason::ProxyHeaderInvalid);
+            };
+            match net::io(|| client.stream.read(consume)) {
+                Io::Done(got) if got == header.len => Outcome::Header(header.addresses),
+                Io::Failed(e) => {
+                    debug!("pair {id}: client read failed: {}", describe(&e));
+                    Outcome::End(Reason::ClientFailed)
+                }
+                // The peeked bytes are in the socket: a short read cannot
+                // happen, but is no header either.
+                _ => Outcome::End(Reason::ProxyHeaderInvalid),
+            }
         }
     }
 }
@@ -439,7 +509,13 @@ mod tests {
     fn each_state_has_its_one_deadline() {
         let (client, upstream) = loopback_pair();
         let now = Instant::now();
-        let mut pair = Pair::connecting(1, client, upstream, 0, now);
+        let mut pair = Pair::accepted(1, client, now);
+        assert_eq!(pair.state.deadline(), Deadline::Header);
+        assert!(matches!(
+            pair.due(now, Duration::ZERO),
+            Due::End(Reason::ProxyHeaderMissing)
+        ));
+        pair.connecting(upstream, 0);
         assert_eq!(pair.state.deadline(), Deadline::Connect);
         pair.connected(now);
         assert_eq!(pair.state.deadline(), Deadline::Idle);
@@ -450,7 +526,12 @@ mod tests {
         }
         assert_eq!(pair.state.deadline(), Deadline::Fin);
         let (client, _) = loopback_pair();
-        let lingering = Pair::unserved(2, client, Reason::Unreachable, now);
+        let mut lingering = Pair::accepted(2, client, now);
+        let mut pool = Pool::new(1024, 1);
+        assert!(matches!(
+            lingering.stop_relaying(Reason::Unreachable, &mut pool),
+            Ok(None)
+        ));
         assert_eq!(lingering.state.deadline(), Deadline::Linger);
         assert!(matches!(
             lingering.due(now, Duration::ZERO),
