@@ -1,0 +1,368 @@
+//! The PROXY protocol in (`--accept-proxy`) and out (`--send-proxy`), the
+//! per-client limit, and `--reuse-port`, against the real binary on
+//! loopback with in-test clients and upstreams that speak raw bytes.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use foo_proxy::proxy_protocol::{self, Parsed, Version};
+use util::{
+    FooServer, Proxy, ServerOpts, WAIT, answers, read_exact_timeout, read_to_eof, requests,
+};
+
+const V2_SIG: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// A TCP connection to `to` from `source` (any port): a client on
+/// another loopback address.
+fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let from: SocketAddr = format!("{source}:0").parse().unwrap();
+    s.bind(&from.into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// An upstream that records, per connection, every byte it got until the
+/// client's EOF, and answers nothing.
+fn recording_upstream() -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            let tx = tx.clone();
+            thread::spawn(move || {
+                s.set_read_timeout(Some(WAIT)).unwrap();
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got);
+                let _ = tx.send(got);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Writes `bytes` a few at a time with pauses, so the proxy sees the
+/// header arrive in pieces.
+fn dribble(s: &mut TcpStream, bytes: &[u8], chunk: usize) {
+    for piece in bytes.chunks(chunk) {
+        s.write_all(piece).unwrap();
+        s.flush().unwrap();
+        thread::sleep(Duration::from_millis(15));
+    }
+}
+
+fn v2_header(src: &str, dst: &str) -> Vec<u8> {
+    let (s, d): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+    proxy_protocol::encode(Version::V2, s, d)
+        .as_bytes()
+        .to_vec()
+}
+
+#[test]
+fn a_header_in_pieces_is_read_whole_and_its_address_is_sent_upstream() {
+    let (upstream, got) = recording_upstream();
+    for (sent, out, chunk) in [
+        (
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 8002\r\n".to_vec(),
+            "v1",
+            1,
+        ),
+        (v2_header("192.0.2.7:40000", "198.51.100.1:8002"), "v1", 3),
+        (
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 8002\r\n".to_vec(),
+            "v2",
+            7,
+        ),
+        (v2_header("192.0.2.7:40000", "198.51.100.1:8002"), "v2", 100),
+    ] {
+        let proxy = Proxy::start(
+            &upstream.to_string(),
+            &["--accept-proxy", "--send-proxy", out],
+        );
+        let mut c = TcpStream::connect(proxy.addr).unwrap();
+        let mut bytes = sent.clone();
+        bytes.extend_from_slice(b"REQ 1 a\n");
+        dribble(&mut c, &bytes, chunk);
+        c.write_all(b"REQ 2 b\n").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let seen = got
+            .recv_timeout(WAIT)
+            .expect("the upstream got a connection");
+        let header = match proxy_protocol::parse(&seen) {
+            Parsed::Done(h) => h,
+            other => panic!("{other:?}: {:?}", String::from_utf8_lossy(&seen)),
+        };
+        assert_eq!(
+            header.addresses,
+            Some((
+                "192.0.2.7:40000".parse().unwrap(),
+                "198.51.100.1:8002".parse().unwrap()
+            )),
+            "sent {out}"
+        );
+        assert_eq!(
+            seen.get(header.len..).unwrap(),
+            b"REQ 1 a\nREQ 2 b\n",
+            "the client's bytes follow, the incoming header is not relayed"
+        );
+        if out == "v1" {
+            assert!(seen.starts_with(b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 8002\r\n"));
+        } else {
+            assert!(seen.starts_with(V2_SIG));
+        }
+        // The header's bytes are not counted as the client's.
+        let r = proxy.report_until(|r| r["connections_active"] == 0);
+        assert_eq!(r["bytes_client_to_server"], 16, "{r}");
+        assert_eq!(r["msg_req"], 2, "{r}");
+        assert_eq!(r["proxy_header_errors"], 0, "{r}");
+    }
+}
+
+#[test]
+fn local_and_unknown_headers_use_the_connections_own_address() {
+    let (upstream, got) = recording_upstream();
+    let proxy = Proxy::start(
+        &upstream.to_string(),
+        &["--accept-proxy", "--send-proxy", "v1"],
+    );
+    let mut local = V2_SIG.to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    for header in [local, b"PROXY UNKNOWN\r\n".to_vec()] {
+        let mut c = connect_from("127.0.0.4", proxy.addr);
+        let port = c.local_addr().unwrap().port();
+        c.write_all(&header).unwrap();
+        c.write_all(b"REQ 1 a\n").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let seen = got.recv_timeout(WAIT).unwrap();
+        let want = format!(
+            "PROXY TCP4 127.0.0.4 127.0.0.1 {port} {}\r\nREQ 1 a\n",
+            proxy.addr.port()
+        );
+        assert_eq!(String::from_utf8_lossy(&seen), want);
+    }
+}
+
+#[test]
+fn a_connection_without_a_valid_header_is_closed_counted_and_never_relayed() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(&server.addr.to_string(), &["--accept-proxy"]);
+    let mut cases = 0;
+    // No header at all (a client that skipped the balancer), a malformed
+    // one, one cut short by the client's FIN, and one too long.
+    let too_long = {
+        let mut h = V2_SIG.to_vec();
+        h.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
+        h
+    };
+    for bytes in [
+        requests(1..=3),
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\nREQ 1 a\n".to_vec(),
+        b"PROXY TCP4 1.2.3".to_vec(),
+        too_long,
+    ] {
+        let mut c = TcpStream::connect(proxy.addr).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(&bytes).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let (answer, clean) = read_to_eof(&mut c);
+        assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+        assert!(clean, "a FIN, not a reset");
+        cases += 1;
+    }
+    let r = proxy.report_until(|r| r["proxy_header_errors"] == cases);
+    assert_eq!(r["proxy_header_errors"], cases, "{r}");
+    assert_eq!(r["msg_req"], 0, "{r}");
+    assert_eq!(
+        server.connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the upstream"
+    );
+    assert!(
+        proxy.stderr().contains("invalid PROXY header"),
+        "{}",
+        proxy.stderr()
+    );
+}
+
+#[test]
+fn a_client_that_sends_no_header_is_closed_at_the_header_deadline() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(&server.addr.to_string(), &["--accept-proxy"]);
+    let mut c = TcpStream::connect(proxy.addr).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.write_all(b"PROXY TCP4 ").unwrap();
+    let start = Instant::now();
+    let (answer, clean) = read_to_eof(&mut c);
+    let waited = start.elapsed();
+    assert!(answer.is_empty() && clean);
+    assert!(
+        waited >= Duration::from_secs(2) && waited < WAIT,
+        "closed after {waited:?}"
+    );
+    let r = proxy.report_until(|r| r["proxy_header_errors"] == 1);
+    assert_eq!(r["proxy_header_errors"], 1, "{r}");
+    assert!(proxy.stderr().contains("no PROXY header in time"));
+}
+
+#[test]
+fn the_per_client_limit_counts_the_address_from_the_proxy_header() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(
+        &server.addr.to_string(),
+        &["--accept-proxy", "--max-connections-per-client", "2"],
+    );
+    let open = |client: &str| {
+        let mut c = TcpStream::connect(proxy.addr).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        let header = format!("PROXY TCP4 {client} 127.0.0.1 1000 8002\r\n");
+        c.write_all(header.as_bytes()).unwrap();
+        c.write_all(&requests(1..=1)).unwrap();
+        c
+    };
+    let served = |c: &mut TcpStream| read_exact_timeout(c, answers(1..=1).len()) == answers(1..=1);
+    // All of these come from 127.0.0.1: only the header tells them apart.
+    let mut a1 = open("192.0.2.1");
+    let mut a2 = open("192.0.2.1");
+    assert!(served(&mut a1) && served(&mut a2));
+    let mut a3 = open("192.0.2.1");
+    let (answer, clean) = read_to_eof(&mut a3);
+    assert!(
+        answer.is_empty() && clean,
+        "the third from 192.0.2.1 is closed"
+    );
+    let mut b1 = open("192.0.2.2");
+    assert!(served(&mut b1), "another address is not affected");
+    drop(a1);
+    proxy.report_until(|r| r["connections_active"] == 2);
+    let mut a4 = open("192.0.2.1");
+    assert!(served(&mut a4), "a slot came free");
+    let r = proxy.report();
+    assert_eq!(r["client_limit_hits"], 1, "{r}");
+    assert!(
+        proxy
+            .stderr()
+            .contains("client 192.0.2.1 has 2 connection(s) open")
+    );
+}
+
+#[test]
+fn without_accept_proxy_the_per_client_limit_counts_the_socket_address() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(
+        &server.addr.to_string(),
+        &["--max-connections-per-client", "1"],
+    );
+    let mut held = connect_from("127.0.0.2", proxy.addr);
+    held.write_all(&requests(1..=1)).unwrap();
+    assert_eq!(read_exact_timeout(&mut held, 9), answers(1..=1));
+    let mut other = connect_from("127.0.0.3", proxy.addr);
+    other.write_all(&requests(1..=1)).unwrap();
+    assert_eq!(read_exact_timeout(&mut other, 9), answers(1..=1));
+    let mut over = connect_from("127.0.0.2", proxy.addr);
+    let (answer, clean) = read_to_eof(&mut over);
+    assert!(answer.is_empty() && clean);
+    let r = proxy.report();
+    assert_eq!(r["client_limit_hits"], 1, "{r}");
+}
+
+#[test]
+fn send_proxy_without_accept_proxy_names_the_socket_peer() {
+    let (upstream, got) = recording_upstream();
+    for (version, v2) in [("v1", false), ("v2", true)] {
+        let proxy = Proxy::start(&upstream.to_string(), &["--send-proxy", version]);
+        let mut c = connect_from("127.0.0.5", proxy.addr);
+        let port = c.local_addr().unwrap().port();
+        c.write_all(b"REQ 9 x\n").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let seen = got.recv_timeout(WAIT).unwrap();
+        assert_eq!(seen.starts_with(V2_SIG), v2);
+        let Parsed::Done(h) = proxy_protocol::parse(&seen) else {
+            panic!("{seen:?}")
+        };
+        let (src, dst) = h.addresses.unwrap();
+        assert_eq!(src, format!("127.0.0.5:{port}").parse().unwrap());
+        assert_eq!(dst, proxy.addr);
+        assert_eq!(seen.get(h.len..).unwrap(), b"REQ 9 x\n");
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("foo-proxy-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn reuse_port_shares_the_listen_port_between_processes_with_their_own_files() {
+    let server = FooServer::start(ServerOpts::default());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let dir = scratch("reuse-port");
+    let start = |n: u32, extra: &[&str]| {
+        let recovery = format!(
+            "-recovery-path={}",
+            dir.join(format!("r{n}.json")).display()
+        );
+        let mut args = vec!["-listen", &listen, "-forward"];
+        let fwd = server.addr.to_string();
+        args.push(&fwd);
+        args.extend_from_slice(&["-http", "127.0.0.1:0", &recovery]);
+        args.extend_from_slice(extra);
+        Proxy::start_with_args(&args)
+    };
+    let a = start(1, &["--reuse-port"]);
+    let b = start(2, &["--reuse-port"]);
+    assert_eq!(a.addr, b.addr);
+    let total = 40u64;
+    for _ in 0..total {
+        let mut c = TcpStream::connect(a.addr).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(&requests(1..=1)).unwrap();
+        assert_eq!(read_exact_timeout(&mut c, 9), answers(1..=1));
+    }
+    let (ra, rb) = (a.report(), b.report());
+    let (na, nb) = (
+        ra["connections_total"].as_u64().unwrap(),
+        rb["connections_total"].as_u64().unwrap(),
+    );
+    assert_eq!(na + nb, total);
+    assert!(na > 0 && nb > 0, "the kernel spread them: {na} and {nb}");
+
+    // Without the flag the port is taken: one line, exit 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_foo-proxy"))
+        .args(["-listen", &listen, "-http", "off", "-recovery-path="])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {listen}")), "{err}");
+    // With it, but on a recovery file another process owns: refused.
+    let taken = format!("-recovery-path={}", dir.join("r1.json").display());
+    let out = Command::new(env!("CARGO_BIN_EXE_foo-proxy"))
+        .args(["-listen", &listen, "--reuse-port", "-http", "off", &taken])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another foo-proxy"), "{err}");
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
