@@ -413,8 +413,8 @@ impl Pairs {
     }
 
     /// Ends the relay for `reason`: the upstream is closed now, and the
-    /// client either gets its lingering close or, if it failed, is closed
-    /// at once too.
+    /// client either gets its lingering close or, if it failed or is over
+    /// its per-client limit, is closed at once too.
     fn end(&mut self, key: usize, reason: Reason, env: &mut Env<'_>) {
         let Some(pair) = self.slab.get_mut(key) else {
             return;
@@ -450,7 +450,9 @@ impl Pairs {
         }
         debug!("pair {}: relay ended ({reason})", pair.id);
         match reason {
-            Reason::ClientFailed => self.close(key, Ending::AtOnce, env),
+            // A client over its limit is not kept for a lingering close:
+            // that would let one address hold every slot.
+            Reason::ClientFailed | Reason::ClientLimit => self.close(key, Ending::AtOnce, env),
             _ => self.begin_linger(key, env),
         }
     }
