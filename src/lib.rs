@@ -45,7 +45,10 @@
 //! [`pipe`], [`linger`] and [`server`] (I/O), [`admin`] (the connections
 //! the loop drives, a pure request to response part, the Prometheus
 //! renderer), [`probe`]
-//! (`--probe URL`, the container image's health check). [`driver`] holds
+//! (`--probe URL`, the container image's health check), [`proxy_protocol`]
+//! (the PROXY protocol v1/v2 header a balancer sends, `--accept-proxy`, and
+//! the one sent upstream, `--send-proxy`) and `clients` (open connections
+//! per real client address, `--max-connections-per-client`). [`driver`] holds
 //! what the test binaries in `src/bin/` share (foo-server, foo-client,
 //! foo-load, foo-demo).
 
