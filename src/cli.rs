@@ -1,8 +1,8 @@
 //! Command line, compatible with Go's `flag` package.
 //!
 //! `-listen :8002`, `-listen=:8002`, `--listen :8002` and `--listen=:8002`
-//! are the same flag. Arguments are normalised to `--name value` pairs and
-//! then read with pico-args.
+//! are the same flag, read once in order as Go's `flag` package reads them
+//! ([`Flags`]).
 
 use std::ffi::OsString;
 use std::fmt;
@@ -122,88 +122,140 @@ const VALUE_FLAGS: &[&str] = &[
 /// Flags that take no value, in their long form (`-h` is `--help`).
 const SWITCH_FLAGS: &[&str] = &["help", "version", "accept-proxy", "reuse-port"];
 
-/// Rewrites Go-style arguments into `--name value` pairs for pico-args.
-///
-/// `value_flags` take a value (`-f v`, `-f=v`, `--f v`, `--f=v`);
-/// `switch_flags` take none, or `=true` / `=false` as Go's bool flags do.
-/// `-h` is always read as `--help`. Shared by every binary of the crate.
-pub fn normalise_go_flags(
-    args: Vec<OsString>,
-    value_flags: &[&str],
-    switch_flags: &[&str],
-) -> Result<Vec<OsString>, CliError> {
-    let mut out = Vec::with_capacity(args.len());
-    let mut iter = args.into_iter();
-    while let Some(arg) = iter.next() {
-        let Some(text) = arg.to_str() else {
-            return Err(CliError(format!(
-                "argument is not valid UTF-8: {}",
-                arg.to_string_lossy()
-            )));
-        };
-        if text == "--" || !text.starts_with('-') || text == "-" {
-            return Err(CliError(format!("unexpected argument: {text}")));
-        }
-        let bare = text.trim_start_matches('-');
-        if text.len() - bare.len() > 2 {
-            return Err(CliError(format!("bad flag syntax: {text}")));
-        }
-        let (name, inline) = match bare.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_owned())),
-            None => (bare, None),
-        };
-        let name = match name {
-            "h" => "help",
-            other => other,
-        };
-        if value_flags.contains(&name) {
-            let value = match inline {
-                Some(v) => OsString::from(v),
-                None => iter
-                    .next()
-                    .ok_or_else(|| CliError(format!("flag needs a value: -{name}")))?,
+/// One flag as given: a value, or a switch's setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Given {
+    Value(String),
+    Switch(bool),
+}
+
+/// Go-style flags, read once and in order, with the semantics of Go's
+/// `flag` package: `-f v`, `-f=v`, `--f v` and `--f=v` are one flag; a flag
+/// that takes a value takes the next argument whatever it looks like
+/// (`-recovery-path --version` sets the path to `--version`); a switch takes
+/// no value, or `=true` / `=false`; the last setting of a flag wins. `-h`
+/// and `-help` are always the `help` switch. Shared by every binary of the
+/// workspace, so they all read their flags alike.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flags {
+    /// (long name, what was given), in command-line order.
+    given: Vec<(&'static str, Given)>,
+}
+
+impl Flags {
+    /// Reads `args` (after the program name). `value_flags` take a value,
+    /// `switch_flags` none. Errors: a non-UTF-8 or non-flag argument (Go
+    /// stops at the first one; nothing here takes positional arguments), an
+    /// undefined flag, a value flag at the end without its value, or a bad
+    /// boolean; each names the argument or flag.
+    pub fn parse(
+        args: Vec<OsString>,
+        value_flags: &[&'static str],
+        switch_flags: &[&'static str],
+    ) -> Result<Flags, CliError> {
+        let mut given = Vec::with_capacity(args.len());
+        let mut iter = args.into_iter();
+        while let Some(arg) = iter.next() {
+            let Some(text) = arg.to_str() else {
+                return Err(CliError(format!(
+                    "argument is not valid UTF-8: {}",
+                    arg.to_string_lossy()
+                )));
             };
-            out.push(OsString::from(format!("--{name}")));
-            out.push(value);
-        } else if switch_flags.contains(&name) || name == "help" {
-            match inline.as_deref() {
-                None | Some("true") => out.push(OsString::from(format!("--{name}"))),
-                Some("false") => {}
-                Some(v) => {
-                    return Err(CliError(format!(
-                        "invalid boolean value {v:?} for -{name}: expected true or false"
-                    )));
-                }
+            if text == "--" || !text.starts_with('-') || text == "-" {
+                return Err(CliError(format!("unexpected argument: {text}")));
             }
-        } else {
-            return Err(CliError(format!("flag provided but not defined: -{name}")));
+            let bare = text.trim_start_matches('-');
+            if text.len() - bare.len() > 2 {
+                return Err(CliError(format!("bad flag syntax: {text}")));
+            }
+            let (name, inline) = match bare.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (bare, None),
+            };
+            let name = if name == "h" { "help" } else { name };
+            if let Some(&flag) = value_flags.iter().find(|f| **f == name) {
+                let value = match inline {
+                    Some(v) => v.to_owned(),
+                    None => {
+                        let next = iter
+                            .next()
+                            .ok_or_else(|| CliError(format!("flag needs a value: -{name}")))?;
+                        next.into_string().map_err(|v| {
+                            CliError(format!(
+                                "invalid value {:?} for -{name}: not valid UTF-8",
+                                v.to_string_lossy()
+                            ))
+                        })?
+                    }
+                };
+                given.push((flag, Given::Value(value)));
+            } else if let Some(&flag) = switch_flags.iter().chain(&["help"]).find(|f| **f == name) {
+                let on = match inline {
+                    None | Some("true") => true,
+                    Some("false") => false,
+                    Some(v) => {
+                        return Err(CliError(format!(
+                            "invalid boolean value {v:?} for -{name}: expected true or false"
+                        )));
+                    }
+                };
+                given.push((flag, Given::Switch(on)));
+            } else {
+                return Err(CliError(format!("flag provided but not defined: -{name}")));
+            }
+        }
+        Ok(Flags { given })
+    }
+
+    /// The last value given for the value flag `name` (`"listen"`).
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.given.iter().rev().find_map(|(n, g)| match g {
+            Given::Value(v) if *n == name => Some(v.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Whether the switch `name` (`"help"`) is on: its last setting.
+    pub fn switch(&self, name: &str) -> bool {
+        self.given
+            .iter()
+            .rev()
+            .find_map(|(n, g)| match g {
+                Given::Switch(on) if *n == name => Some(*on),
+                _ => None,
+            })
+            .unwrap_or(false)
+    }
+
+    /// The last value of `name` read with `parse`, or `default` when the
+    /// flag was not given; the error names the flag and the value.
+    pub fn parse_or<T>(
+        &self,
+        name: &str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, CliError> {
+        match self.value(name) {
+            Some(v) => {
+                parse(v).map_err(|why| CliError(format!("invalid value {v:?} for -{name}: {why}")))
+            }
+            None => Ok(default),
         }
     }
-    Ok(out)
-}
 
-/// The last value given for `name` (`--listen`), as with Go's flag package.
-pub fn last_value(
-    pargs: &mut pico_args::Arguments,
-    name: &'static str,
-) -> Result<Option<String>, CliError> {
-    let values: Vec<String> = pargs.values_from_str(name).map_err(|e| {
-        CliError(format!(
-            "invalid value for -{}: {e}",
-            name.trim_start_matches('-')
-        ))
-    })?;
-    Ok(values.into_iter().last())
-}
-
-/// Fails on the first argument pico-args did not consume.
-pub fn reject_rest(pargs: pico_args::Arguments) -> Result<(), CliError> {
-    match pargs.finish().first() {
-        Some(first) => Err(CliError(format!(
-            "unexpected argument: {}",
-            first.to_string_lossy()
-        ))),
-        None => Ok(()),
+    /// Fails naming the first flag given that is not one of `allowed` (a
+    /// switch turned off counts as not given): for a mode such as `--probe`
+    /// that takes no other flag.
+    pub fn only(&self, allowed: &[&str]) -> Result<(), CliError> {
+        match self
+            .given
+            .iter()
+            .find(|(n, g)| !allowed.contains(n) && *g != Given::Switch(false))
+        {
+            Some((name, _)) => Err(CliError(format!("unexpected argument: --{name}"))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -218,72 +270,33 @@ pub fn parse_with(
     args: Vec<OsString>,
     resolve: impl Fn(&str, &str) -> Result<Vec<SocketAddr>, String>,
 ) -> Result<Command, CliError> {
-    let args = normalise_go_flags(args, VALUE_FLAGS, SWITCH_FLAGS)?;
-    let mut pargs = pico_args::Arguments::from_vec(args);
-    if pargs.contains("--help") {
+    let flags = Flags::parse(args, VALUE_FLAGS, SWITCH_FLAGS)?;
+    if flags.switch("help") {
         return Ok(Command::Help);
     }
-    if pargs.contains("--version") {
+    if flags.switch("version") {
         return Ok(Command::Version);
     }
-    if let Some(url) = last_value(&mut pargs, "--probe")? {
-        reject_rest(pargs)?;
-        return Ok(Command::Probe(crate::probe::Target::parse(&url)?));
+    if let Some(url) = flags.value("probe") {
+        flags.only(&["probe"])?;
+        return Ok(Command::Probe(crate::probe::Target::parse(url)?));
     }
-    let listen_spec = last_value(&mut pargs, "--listen")?.unwrap_or_else(|| ":8002".into());
-    let forward_spec = last_value(&mut pargs, "--forward")?.unwrap_or_else(|| ":8001".into());
-    let http_spec = last_value(&mut pargs, "--http")?.unwrap_or_else(|| "127.0.0.1:8088".into());
-    let recovery = last_value(&mut pargs, "--recovery-path")?;
-    let accept_proxy = pargs.contains("--accept-proxy");
-    let reuse_port = pargs.contains("--reuse-port");
-    while pargs.contains("--accept-proxy") || pargs.contains("--reuse-port") {}
-    let mut values = Vec::new();
-    for name in [
-        "--buffer-size",
-        "--connect-timeout",
-        "--fin-timeout",
-        "--idle-timeout",
-        "--drain-timeout",
-        "--max-connections",
-        "--log-level",
-        "--send-proxy",
-        "--max-connections-per-client",
-    ] {
-        values.push((name, last_value(&mut pargs, name)?));
-    }
-    reject_rest(pargs)?;
+    let listen_spec = flags.value("listen").unwrap_or(":8002");
+    let forward_spec = flags.value("forward").unwrap_or(":8001").to_owned();
+    let http_spec = flags.value("http").unwrap_or("127.0.0.1:8088");
+    let accept_proxy = flags.switch("accept-proxy");
+    let reuse_port = flags.switch("reuse-port");
 
     let bad = |flag: &str, value: &str, why: String| {
         CliError(format!("invalid value {value:?} for -{flag}: {why}"))
     };
-    // Parses the value given for `name` (or the default) with `parse`.
-    fn opt<T>(
-        values: &[(&str, Option<String>)],
-        name: &str,
-        default: T,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<T, CliError> {
-        match values
-            .iter()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, v)| v.as_ref())
-        {
-            Some(v) => parse(v).map_err(|why| {
-                CliError(format!(
-                    "invalid value {v:?} for -{}: {why}",
-                    name.trim_start_matches('-')
-                ))
-            }),
-            None => Ok(default),
-        }
-    }
     // `:PORT` listens on every interface, IPv6 too (dual-stack `[::]`).
-    let listen = resolve(&listen_spec, "::")
-        .map_err(|why| bad("listen", &listen_spec, why))?
+    let listen = resolve(listen_spec, "::")
+        .map_err(|why| bad("listen", listen_spec, why))?
         .into_iter()
         .next()
-        .ok_or_else(|| bad("listen", &listen_spec, "resolves to no address".into()))?;
-    let http = match http_spec.as_str() {
+        .ok_or_else(|| bad("listen", listen_spec, "resolves to no address".into()))?;
+    let http = match http_spec {
         "" | "off" => None,
         spec => Some(
             resolve(spec, "::")
@@ -296,34 +309,34 @@ pub fn parse_with(
     let forward =
         resolve(&forward_spec, "localhost").map_err(|why| bad("forward", &forward_spec, why))?;
     let secs = Duration::from_secs;
-    let buffer_size = opt(&values, "--buffer-size", 64 * 1024, parse_size)?;
-    let connect_timeout = opt(&values, "--connect-timeout", secs(5), parse_duration)?;
-    let fin_timeout = opt(&values, "--fin-timeout", secs(5), parse_duration)?;
-    let idle_timeout = opt(&values, "--idle-timeout", secs(600), parse_duration)?;
-    let drain_timeout = opt(&values, "--drain-timeout", secs(5), parse_duration)?;
-    let max_connections = opt(&values, "--max-connections", 10_000, |v| {
+    let buffer_size = flags.parse_or("buffer-size", 64 * 1024, parse_size)?;
+    let connect_timeout = flags.parse_or("connect-timeout", secs(5), parse_duration)?;
+    let fin_timeout = flags.parse_or("fin-timeout", secs(5), parse_duration)?;
+    let idle_timeout = flags.parse_or("idle-timeout", secs(600), parse_duration)?;
+    let drain_timeout = flags.parse_or("drain-timeout", secs(5), parse_duration)?;
+    let max_connections = flags.parse_or("max-connections", 10_000, |v| {
         v.parse::<usize>()
             .ok()
             .filter(|n| (1..=1_000_000).contains(n))
             .ok_or_else(|| "expected a number from 1 to 1000000".to_string())
     })?;
-    let log_level = opt(&values, "--log-level", Level::Info, |v| {
+    let log_level = flags.parse_or("log-level", Level::Info, |v| {
         Level::parse(v).ok_or_else(|| "expected error, warn, info or debug".to_string())
     })?;
-    let send_proxy = opt(&values, "--send-proxy", None, |v| {
+    let send_proxy = flags.parse_or("send-proxy", None, |v| {
         crate::proxy_protocol::Version::parse(v)
             .map(Some)
             .ok_or_else(|| "expected v1 or v2".to_string())
     })?;
-    let max_connections_per_client = opt(&values, "--max-connections-per-client", None, |v| {
+    let max_connections_per_client = flags.parse_or("max-connections-per-client", None, |v| {
         v.parse::<u32>()
             .ok()
             .filter(|n| (1..=1_000_000).contains(n))
             .map(Some)
             .ok_or_else(|| "expected a number from 1 to 1000000".to_string())
     })?;
-    let recovery_path = match recovery {
-        Some(p) if p.is_empty() => None,
+    let recovery_path = match flags.value("recovery-path") {
+        Some("") => None,
         Some(p) => Some(PathBuf::from(p)),
         None => Some(PathBuf::from(".data/recovery.json")),
     };
@@ -542,22 +555,68 @@ mod tests {
     }
 
     #[test]
-    fn shared_normaliser_reads_go_bool_flags() {
-        let norm = |args: &[&str]| {
+    fn shared_flag_reader_reads_go_bool_flags() {
+        let read = |args: &[&str]| {
             let args = args.iter().map(OsString::from).collect();
-            normalise_go_flags(args, &["n"], &["no-fragment"])
+            Flags::parse(args, &["n"], &["no-fragment"])
         };
-        let want: Vec<OsString> = ["--n", "5", "--no-fragment"].map(OsString::from).into();
-        assert_eq!(norm(&["-n=5", "-no-fragment"]), Ok(want.clone()));
-        assert_eq!(norm(&["--n", "5", "--no-fragment=true"]), Ok(want));
-        assert_eq!(norm(&["-no-fragment=false"]), Ok(vec![]));
+        let flags = read(&["-n=5", "-no-fragment"]).unwrap();
+        assert_eq!(
+            (flags.value("n"), flags.switch("no-fragment")),
+            (Some("5"), true)
+        );
+        let flags = read(&["--n", "5", "--no-fragment=true"]).unwrap();
+        assert_eq!(
+            (flags.value("n"), flags.switch("no-fragment")),
+            (Some("5"), true)
+        );
+        assert!(!read(&["-no-fragment=false"]).unwrap().switch("no-fragment"));
         assert!(
-            norm(&["-no-fragment=maybe"])
+            read(&["-no-fragment=maybe"])
                 .unwrap_err()
                 .0
                 .contains("-no-fragment")
         );
-        assert!(norm(&["-version"]).unwrap_err().0.contains("-version"));
+        assert!(read(&["-version"]).unwrap_err().0.contains("-version"));
+        // As in Go, the last value of a flag wins.
+        assert_eq!(read(&["-n", "1", "--n=2"]).unwrap().value("n"), Some("2"));
+    }
+
+    #[test]
+    fn a_value_flag_takes_the_next_argument_whatever_it_looks_like() {
+        // Go's flag package: `-recovery-path --version` sets the path.
+        let c = run(&["-recovery-path", "--version"]).unwrap();
+        assert_eq!(c.recovery_path, Some(PathBuf::from("--version")));
+        let c = run(&["--recovery-path", "-h", "-listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(c.recovery_path, Some(PathBuf::from("-h")));
+        assert_eq!(c.listen, "127.0.0.1:0".parse().unwrap());
+        let c = run(&["-recovery-path", "-http=off"]).unwrap();
+        assert_eq!(c.recovery_path, Some(PathBuf::from("-http=off")));
+        assert!(c.http.is_some());
+        // A value that looks like a flag is still only a value.
+        let e = run(&["-listen", "--help"]).unwrap_err();
+        assert!(e.0.contains("-listen") && e.0.contains("--help"), "{e}");
+        let e = run(&["-probe", "--version"]).unwrap_err();
+        assert!(!e.0.is_empty());
+    }
+
+    #[test]
+    fn probe_takes_no_other_flag() {
+        let e = parse(
+            ["--probe", "http://127.0.0.1:1/health", "-listen", ":1"]
+                .map(OsString::from)
+                .into(),
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "unexpected argument: --listen");
+        assert!(matches!(
+            parse(
+                ["--probe", "http://127.0.0.1:1/health"]
+                    .map(OsString::from)
+                    .into()
+            ),
+            Ok(Command::Probe(_))
+        ));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use foo_proxy::cli::{self, CliError};
+use foo_proxy::cli::{self, CliError, Flags};
 use foo_proxy::driver::proto::{self, Kind, push_msg, show};
 use foo_proxy::driver::rng::{Rng, seed_from_clock};
 use foo_proxy::driver::wire::{Filled, LineReader, Outbox};
@@ -52,23 +52,23 @@ struct Config {
 }
 
 fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
-    let args = cli::normalise_go_flags(
+    let flags = Flags::parse(
         args,
         &["connect", "n", "c", "seed", "timeout"],
         &["no-fragment"],
     )?;
-    let mut pargs = pico_args::Arguments::from_vec(args);
-    if pargs.contains("--help") {
+    if flags.switch("help") {
         return Ok(None);
     }
-    let fragment = !pargs.contains("--no-fragment");
-    let connect_spec =
-        cli::last_value(&mut pargs, "--connect")?.unwrap_or_else(|| "localhost:8001".into());
-    let n = cli::last_value(&mut pargs, "--n")?;
-    let c = cli::last_value(&mut pargs, "--c")?;
-    let seed = cli::last_value(&mut pargs, "--seed")?;
-    let timeout = cli::last_value(&mut pargs, "--timeout")?;
-    cli::reject_rest(pargs)?;
+    let fragment = !flags.switch("no-fragment");
+    let connect_spec = flags
+        .value("connect")
+        .map(str::to_owned)
+        .unwrap_or_else(|| "localhost:8001".into());
+    let n = flags.value("n").map(str::to_owned);
+    let c = flags.value("c").map(str::to_owned);
+    let seed = flags.value("seed").map(str::to_owned);
+    let timeout = flags.value("timeout").map(str::to_owned);
     let bad = |flag: &str, v: &str, why: &str| {
         CliError(format!("invalid value {v:?} for -{flag}: {why}"))
     };

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use foo_proxy::cli::{self, CliError};
+use foo_proxy::cli::{CliError, Flags};
 use foo_proxy::driver::child::{Child, Stdout, listening_addr, sibling};
 
 const USAGE: &str = "\
@@ -35,13 +35,11 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
 fn parse_args(args: Vec<OsString>) -> Result<Option<bool>, CliError> {
-    let args = cli::normalise_go_flags(args, &[], &["no-build"])?;
-    let mut pargs = pico_args::Arguments::from_vec(args);
-    if pargs.contains("--help") {
+    let flags = Flags::parse(args, &[], &["no-build"])?;
+    if flags.switch("help") {
         return Ok(None);
     }
-    let no_build = pargs.contains("--no-build");
-    cli::reject_rest(pargs)?;
+    let no_build = flags.switch("no-build");
     Ok(Some(!no_build))
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use foo_proxy::cli::{self, CliError};
+use foo_proxy::cli::{self, CliError, Flags};
 use foo_proxy::driver::hist::Histogram;
 use foo_proxy::driver::proto::{self, Kind, push_msg, show};
 use foo_proxy::driver::rng::Rng;
@@ -56,7 +56,7 @@ struct Config {
 }
 
 fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
-    let args = cli::normalise_go_flags(
+    let flags = Flags::parse(
         args,
         &[
             "target",
@@ -68,19 +68,19 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
         ],
         &["json"],
     )?;
-    let mut pargs = pico_args::Arguments::from_vec(args);
-    if pargs.contains("--help") {
+    if flags.switch("help") {
         return Ok(None);
     }
-    let json = pargs.contains("--json");
-    let target_spec =
-        cli::last_value(&mut pargs, "--target")?.unwrap_or_else(|| "localhost:8001".into());
-    let connections = cli::last_value(&mut pargs, "--connections")?;
-    let depth = cli::last_value(&mut pargs, "--depth")?;
-    let duration = cli::last_value(&mut pargs, "--duration")?;
-    let size = cli::last_value(&mut pargs, "--size")?;
-    let threads = cli::last_value(&mut pargs, "--threads")?;
-    cli::reject_rest(pargs)?;
+    let json = flags.switch("json");
+    let target_spec = flags
+        .value("target")
+        .map(str::to_owned)
+        .unwrap_or_else(|| "localhost:8001".into());
+    let connections = flags.value("connections").map(str::to_owned);
+    let depth = flags.value("depth").map(str::to_owned);
+    let duration = flags.value("duration").map(str::to_owned);
+    let size = flags.value("size").map(str::to_owned);
+    let threads = flags.value("threads").map(str::to_owned);
     let bad = |flag: &str, v: &str, why: &str| {
         CliError(format!("invalid value {v:?} for -{flag}: {why}"))
     };

@@ -17,7 +17,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use foo_proxy::cli::{self, CliError};
+use foo_proxy::cli::{self, CliError, Flags};
 use foo_proxy::driver::proto::push_answer;
 use foo_proxy::driver::rng::{Rng, seed_from_clock};
 use foo_proxy::driver::wire::{Filled, LineReader, Outbox};
@@ -60,21 +60,22 @@ struct Config {
 }
 
 fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
-    let args = cli::normalise_go_flags(
+    let flags = Flags::parse(
         args,
         &["listen", "seed", "delay-ms", "log-level"],
         &["no-fragment"],
     )?;
-    let mut pargs = pico_args::Arguments::from_vec(args);
-    if pargs.contains("--help") {
+    if flags.switch("help") {
         return Ok(None);
     }
-    let fragment = !pargs.contains("--no-fragment");
-    let listen = cli::last_value(&mut pargs, "--listen")?.unwrap_or_else(|| ":8001".into());
-    let seed = cli::last_value(&mut pargs, "--seed")?;
-    let delay = cli::last_value(&mut pargs, "--delay-ms")?;
-    let level = cli::last_value(&mut pargs, "--log-level")?;
-    cli::reject_rest(pargs)?;
+    let fragment = !flags.switch("no-fragment");
+    let listen = flags
+        .value("listen")
+        .map(str::to_owned)
+        .unwrap_or_else(|| ":8001".into());
+    let seed = flags.value("seed").map(str::to_owned);
+    let delay = flags.value("delay-ms").map(str::to_owned);
+    let level = flags.value("log-level").map(str::to_owned);
     let bad = |flag: &str, v: &str, why: &str| {
         CliError(format!("invalid value {v:?} for -{flag}: {why}"))
     };
