@@ -620,10 +620,14 @@ fn default_proxies() -> Vec<(String, String)> {
 
 fn run(args: Args) -> Result<(), String> {
     let started = Instant::now();
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_foo-server"))
+    // foo-server and foo-load are the `tools` member's: cargo builds only
+    // this package's binaries for its benches, so build theirs (same profile,
+    // next to foo-proxy) before using them.
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_foo-proxy"))
         .parent()
         .map(Path::to_path_buf)
         .ok_or("no binary directory")?;
+    foo_tools::child::build_workspace_bins(&bin, true, Duration::from_secs(900))?;
     let tmp = std::env::temp_dir().join(format!("foo-relay-bench-{}", std::process::id()));
     // A new directory, never one (or a link) someone left at that name in
     // the shared temp directory: the logs are then created inside ours.

@@ -11,7 +11,10 @@
 //! 3. **scan**: every byte read passes through a per-direction
 //!    [`scanner::Scanner`], which classifies newline-terminated frames
 //!    incrementally (one pass per read finds all its newlines; at most 15
-//!    bytes of a partial frame are kept).
+//!    bytes of a partial frame are kept). The Foo line grammar is written
+//!    once, in the scanner's `grammar` room ([`scanner::parse_line`] reads a
+//!    whole line with it, for the test tools); the scanner's `reference`
+//!    classifier is a test oracle, built only for tests and fuzzing.
 //! 4. **count**: frame counts go into [`stats::Stats`] in place; the moving
 //!    windows ([`rates`]) take them once per loop iteration. One list in
 //!    [`stats`] names every counter once: its report field, its Prometheus
@@ -36,10 +39,12 @@
 //!    until its EOF (bounded), so a close never turns into a reset that
 //!    destroys answers the client has not read.
 //!
-//! Modules: [`cli`] (Go-compatible flags), [`logging`] (the `log` facade's
-//! backend), [`output`] (stdout and stderr through writer threads with
-//! bounded queues: printing never blocks the loop), [`net`] (dual-stack
-//! listeners, self-forward check), [`scanner`], [`rates`] and [`stats`]
+//! Modules: [`cli`] (Go-compatible flags, read once with Go's `flag`
+//! semantics: [`cli::Flags`], which the test tools use too), [`logging`]
+//! (the `log` facade's backend), [`output`] (stdout and stderr through
+//! writer threads with bounded queues: printing never blocks the loop),
+//! [`net`] (dual-stack listeners, self-forward check), [`scanner`],
+//! [`rates`] and [`stats`]
 //! (pure logic, clock passed in), [`recovery`] (the pure codec; the file,
 //! its lock and its writer thread), [`pool`],
 //! [`pipe`], [`linger`] and [`server`] (I/O), [`admin`] (the connections
@@ -48,9 +53,12 @@
 //! (`--probe URL`, the container image's health check), [`proxy_protocol`]
 //! (the PROXY protocol v1/v2 header a balancer sends, `--accept-proxy`, and
 //! the one sent upstream, `--send-proxy`) and `clients` (open connections
-//! per real client address, `--max-connections-per-client`). [`driver`] holds
-//! what the test binaries in `src/bin/` share (foo-server, foo-client,
-//! foo-load, foo-demo).
+//! per real client address, `--max-connections-per-client`).
+//!
+//! The test tools (foo-server, foo-client, foo-load, foo-demo) are not in
+//! this crate: they are the `tools/` workspace member (`foo-tools`), which
+//! uses this library, so that `cargo install --path .` installs foo-proxy
+//! alone.
 
 #![forbid(unsafe_code)]
 // Input from the network, a file or the command line must never panic.
@@ -63,7 +71,6 @@ pub mod admin;
 pub mod cli;
 mod clients;
 mod dates;
-pub mod driver;
 mod gate;
 pub mod logging;
 pub mod net;

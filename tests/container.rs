@@ -17,10 +17,7 @@ use std::time::{Duration, Instant};
 
 use util::{Proxy, WAIT};
 
-// The test drivers, in one place: they move to a `tools/` workspace member.
 const FOO_PROXY: &str = env!("CARGO_BIN_EXE_foo-proxy");
-const FOO_SERVER: &str = env!("CARGO_BIN_EXE_foo-server");
-const FOO_CLIENT: &str = env!("CARGO_BIN_EXE_foo-client");
 
 /// podman flags every container here needs: crun does not work on every
 /// cgroup setup (runc does), and podman's default rlimits (nofile 1048576)
@@ -190,7 +187,7 @@ fn the_image_relays_drains_on_sigterm_as_pid_1_and_keeps_its_counts_on_the_volum
 
     // foo-client through the container's proxy.
     let client = run(
-        Command::new(FOO_CLIENT).args([
+        Command::new(util::tool("foo-client")).args([
             "-connect",
             &addr.to_string(),
             "-n",
@@ -321,7 +318,7 @@ podman stop -t 30 {project}_foo-proxy_1 >/dev/null 2>&1
 echo "EXIT $(podman inspect --format '{{{{.State.ExitCode}}}}' {project}_foo-proxy_1)"
 "#,
         proxy = FOO_PROXY,
-        client = FOO_CLIENT,
+        client = util::tool("foo-client").display(),
     );
     let out = run(
         Command::new("unshare")
@@ -483,7 +480,7 @@ struct FooServerProcess {
 
 impl FooServerProcess {
     fn start() -> FooServerProcess {
-        let mut child = Command::new(FOO_SERVER)
+        let mut child = Command::new(util::tool("foo-server"))
             .args(["-listen", "127.0.0.1:0", "--seed", "5"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

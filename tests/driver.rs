@@ -9,13 +9,13 @@ use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::Duration;
 
-use foo_proxy::driver::child::{Child, Stdout};
-use foo_proxy::driver::proto::{self, Kind};
+use foo_tools::child::{Child, Stdout};
+use foo_tools::proto::{self, Kind};
 use util::{Proxy, WAIT};
 
 /// Starts foo-server on a free loopback port with these extra flags.
 fn foo_server(extra: &[&str]) -> (Child, SocketAddr) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_foo-server"));
+    let mut command = Command::new(util::tool("foo-server"));
     command.args(["-listen", "127.0.0.1:0"]).args(extra);
     let mut child = Child::spawn("foo-server", &mut command, Stdout::Capture).unwrap();
     let addr = child.wait_for_listening(WAIT).unwrap();
@@ -23,7 +23,7 @@ fn foo_server(extra: &[&str]) -> (Child, SocketAddr) {
 }
 
 /// Runs a driver binary to completion: exit status, stdout, stderr.
-fn run(binary: &str, name: &str, args: &[&str]) -> (ExitStatus, String, String) {
+fn run(binary: &std::path::Path, name: &str, args: &[&str]) -> (ExitStatus, String, String) {
     let mut command = Command::new(binary);
     command.args(args);
     let mut child = Child::spawn(name, &mut command, Stdout::Capture).unwrap();
@@ -32,7 +32,7 @@ fn run(binary: &str, name: &str, args: &[&str]) -> (ExitStatus, String, String) 
 }
 
 fn foo_client(args: &[&str]) -> (ExitStatus, String, String) {
-    run(env!("CARGO_BIN_EXE_foo-client"), "foo-client", args)
+    run(&util::tool("foo-client"), "foo-client", args)
 }
 
 /// A one-connection Foo server that answers REQ n with `answer(n)`; when that
@@ -218,7 +218,7 @@ fn load_reports_rates_and_latency_without_errors() {
     let (_server, addr) = foo_server(&["--no-fragment"]);
     let target = addr.to_string();
     let (status, stdout, stderr) = run(
-        env!("CARGO_BIN_EXE_foo-load"),
+        &util::tool("foo-load"),
         "foo-load",
         &[
             "--target",
@@ -248,7 +248,7 @@ fn load_reports_rates_and_latency_without_errors() {
 fn load_counts_a_wrong_seq_as_an_error() {
     let addr = broken_server(|seq| Some(format!("ACK {} x\n", seq + 1)));
     let (status, stdout, _) = run(
-        env!("CARGO_BIN_EXE_foo-load"),
+        &util::tool("foo-load"),
         "foo-load",
         &[
             "--target",
@@ -269,7 +269,7 @@ fn load_counts_a_wrong_seq_as_an_error() {
 
 #[test]
 fn demo_runs_everything_and_exits_zero() {
-    let (status, stdout, stderr) = run(env!("CARGO_BIN_EXE_foo-demo"), "foo-demo", &["--no-build"]);
+    let (status, stdout, stderr) = run(&util::tool("foo-demo"), "foo-demo", &["--no-build"]);
     assert!(status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("OK!"), "{stdout}");
     let report = stdout

@@ -276,7 +276,7 @@ fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
 /// Runs foo-client (`-n` requests on each of `-c` connections) against
 /// `target`; panics unless every answer checked out.
 fn foo_client(target: SocketAddr, n: u64, c: u64) {
-    let out = Command::new(env!("CARGO_BIN_EXE_foo-client"))
+    let out = Command::new(util::tool("foo-client"))
         .args(["-connect", &target.to_string()])
         .args(["-n", &n.to_string(), "-c", &c.to_string(), "--seed", "7"])
         .output()
@@ -290,7 +290,7 @@ fn foo_client(target: SocketAddr, n: u64, c: u64) {
 
 /// Runs foo-load against `target` for one second; its JSON summary.
 fn foo_load(target: SocketAddr) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_foo-load"))
+    let out = Command::new(util::tool("foo-load"))
         .args(["--target", &target.to_string(), "--json"])
         .args(["--connections", "4", "--depth", "4", "--duration", "1s"])
         .output()

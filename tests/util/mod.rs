@@ -15,6 +15,26 @@ use std::time::{Duration, Instant};
 /// Every wait in the tests is bounded by this unless it says otherwise.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The path of a test tool (`foo-server`, `foo-client`, `foo-load`,
+/// `foo-demo`) of the `tools` workspace member, next to foo-proxy. Cargo
+/// builds a package's own binaries for its integration tests but not
+/// another member's, so the first call in each test binary has cargo build
+/// the workspace's binaries with this build's profile
+/// ([`foo_tools::child::build_workspace_bins`]; a no-op after `cargo test`
+/// at the root, which builds them all): the tools are never stale.
+pub fn tool(name: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let dir = std::path::Path::new(env!("CARGO_BIN_EXE_foo-proxy"))
+        .parent()
+        .expect("the binary's directory");
+    if let Err(e) = BUILT
+        .get_or_init(|| foo_tools::child::build_workspace_bins(dir, true, Duration::from_secs(900)))
+    {
+        panic!("cannot build the test tools: {e}");
+    }
+    foo_tools::child::sibling(dir, name).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// A running foo-proxy. Killed on drop.
 pub struct Proxy {
     pub child: Child,

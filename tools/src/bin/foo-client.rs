@@ -15,10 +15,10 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use foo_proxy::cli::{self, CliError, Flags};
-use foo_proxy::driver::proto::{self, Kind, push_msg, show};
-use foo_proxy::driver::rng::{Rng, seed_from_clock};
-use foo_proxy::driver::wire::{Filled, LineReader, Outbox};
 use foo_proxy::net::{self, Io, describe};
+use foo_tools::proto::{self, Kind, push_msg, show};
+use foo_tools::rng::{Rng, seed_from_clock};
+use foo_tools::wire::{Filled, LineReader, Outbox};
 
 const USAGE: &str = "\
 foo-client: a checking Foo client for trying foo-proxy
@@ -325,7 +325,7 @@ fn run(config: &Config, progress: &mut Progress) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let config = match foo_proxy::driver::parse_or_exit("foo-client", USAGE, parse_args) {
+    let config = match foo_tools::parse_or_exit("foo-client", USAGE, parse_args) {
         Ok(c) => c,
         Err(code) => return code,
     };

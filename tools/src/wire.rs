@@ -4,8 +4,8 @@
 
 use std::io::{self, Read, Write};
 
-use crate::driver::rng::Rng;
-use crate::net::{self, Io};
+use crate::rng::Rng;
+use foo_proxy::net::{self, Io};
 
 /// Longest line a driver accepts before it gives up on the peer.
 pub const MAX_LINE: usize = 1 << 20;

@@ -13,7 +13,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use foo_proxy::cli::{CliError, Flags};
-use foo_proxy::driver::child::{Child, Stdout, listening_addr, sibling};
+use foo_tools::child::{Child, Stdout, build_workspace_bins, listening_addr, sibling};
 
 const USAGE: &str = "\
 foo-demo: run foo-proxy in front of foo-server and show its statistics
@@ -25,8 +25,9 @@ USAGE:
     --no-build    use the binaries next to this one as they are
     -h, --help    print this help
 
-Under `cargo run` it first builds the other binaries of the crate with the
-same profile. Every port is a free loopback port; nothing is left running.
+Under `cargo run` (from the repository) it first builds the other binaries
+of the workspace with the same profile, next to itself; otherwise it uses the
+binaries found next to itself. Every port is a free loopback port; nothing is left running.
 ";
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,36 +42,6 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<bool>, CliError> {
     }
     let no_build = flags.switch("no-build");
     Ok(Some(!no_build))
-}
-
-/// `cargo run` builds only the binary it runs; build the rest, same profile.
-fn build_siblings(dir: &Path) -> Result<(), String> {
-    let Some(cargo) = std::env::var_os("CARGO") else {
-        return Ok(());
-    };
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let mut command = Command::new(cargo);
-    command
-        .arg("build")
-        .arg("--bins")
-        .arg("--manifest-path")
-        .arg(&manifest);
-    match dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => {}
-        Some("release") => {
-            command.arg("--release");
-        }
-        Some(profile) => {
-            command.args(["--profile", profile]);
-        }
-    }
-    let mut build = Child::spawn("cargo", &mut command, Stdout::Inherit)?;
-    let status = build.wait(BUILD_TIMEOUT)?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("cargo build --bins failed ({status})"))
-    }
 }
 
 fn start(dir: &Path, name: &str, args: &[&str], stdout: Stdout) -> Result<Child, String> {
@@ -201,7 +172,7 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
-    let build = match foo_proxy::driver::parse_or_exit("foo-demo", USAGE, parse_args) {
+    let build = match foo_tools::parse_or_exit("foo-demo", USAGE, parse_args) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -214,7 +185,8 @@ fn main() -> ExitCode {
         });
     let result = dir.and_then(|dir| {
         if build {
-            build_siblings(&dir)?;
+            // `cargo run` builds only the binary it runs: build the rest.
+            build_workspace_bins(&dir, false, BUILD_TIMEOUT)?;
         }
         demo(&dir)
     });

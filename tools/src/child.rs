@@ -1,5 +1,5 @@
-//! Running the crate's binaries as child processes, for `foo-demo` and the
-//! integration tests: find the address they log, read their stdout with a
+//! Running the workspace's binaries as child processes, for `foo-demo` and
+//! the integration tests: find the address they log, read their stdout with a
 //! deadline, signal them, and never leave one behind (kill on drop).
 
 use std::io::{BufRead, BufReader, Read};
@@ -35,9 +35,60 @@ pub fn sibling(dir: &Path, binary: &str) -> Result<PathBuf, String> {
         Ok(path)
     } else {
         Err(format!(
-            "cannot find {binary} in {}; build it with `cargo build --bins`",
+            "cannot find {binary} in {}; build it with `cargo build --release --bins` at the workspace root",
             dir.display()
         ))
+    }
+}
+
+/// Brings the workspace's binaries (foo-proxy and the tools) in `dir` up to
+/// date: `cargo build --bins` for the workspace found from the current
+/// directory, with the profile, target triple and target directory that
+/// `dir` (an output directory such as `target/release`) belongs to, so the
+/// binaries land next to each other in `dir`. Runs only under cargo (`cargo
+/// run`, `test`, `bench` set `CARGO`); elsewhere it does nothing and the
+/// binaries are used as they are. `quiet` passes `--quiet` to cargo. Error:
+/// cargo cannot start, fails, or takes longer than `timeout`.
+pub fn build_workspace_bins(dir: &Path, quiet: bool, timeout: Duration) -> Result<(), String> {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return Ok(());
+    };
+    let mut command = Command::new(cargo);
+    command.args(["build", "--bins"]);
+    if quiet {
+        command.arg("--quiet");
+    }
+    match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            command.arg("--release");
+        }
+        Some(profile) => {
+            command.args(["--profile", profile]);
+        }
+    }
+    // target/<profile> or target/<triple>/<profile>: the target directory
+    // is the one that holds cargo's CACHEDIR.TAG.
+    let parent = dir.parent();
+    match parent.and_then(Path::parent) {
+        Some(root) if root.join("CACHEDIR.TAG").is_file() => {
+            if let Some(triple) = parent.and_then(Path::file_name) {
+                command.arg("--target").arg(triple);
+            }
+            command.arg("--target-dir").arg(root);
+        }
+        _ => {
+            if let Some(root) = parent {
+                command.arg("--target-dir").arg(root);
+            }
+        }
+    }
+    let mut build = Child::spawn("cargo", &mut command, Stdout::Inherit)?;
+    let status = build.wait(timeout)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo build --bins failed ({status})"))
     }
 }
 

@@ -18,11 +18,11 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use foo_proxy::cli::{self, CliError, Flags};
-use foo_proxy::driver::hist::Histogram;
-use foo_proxy::driver::proto::{self, Kind, push_msg, show};
-use foo_proxy::driver::rng::Rng;
-use foo_proxy::driver::wire::{Filled, LineReader, Outbox};
 use foo_proxy::net::{self, Io, describe};
+use foo_tools::hist::Histogram;
+use foo_tools::proto::{self, Kind, push_msg, show};
+use foo_tools::rng::Rng;
+use foo_tools::wire::{Filled, LineReader, Outbox};
 
 const USAGE: &str = "\
 foo-load: closed-loop, pipelined load against a Foo server or proxy
@@ -384,7 +384,7 @@ fn report(config: &Config, tally: &Tally, window: Duration) -> String {
 }
 
 fn main() -> ExitCode {
-    let config = match foo_proxy::driver::parse_or_exit("foo-load", USAGE, parse_args) {
+    let config = match foo_tools::parse_or_exit("foo-load", USAGE, parse_args) {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -1,18 +1,18 @@
 //! Foo lines as the drivers read and write them. Pure: no I/O.
 //!
-//! Reading uses the proxy's own grammar ([`crate::scanner::parse_line`]), so
+//! Reading uses the proxy's own grammar ([`foo_proxy::scanner::parse_line`]), so
 //! the test tools and the proxy cannot disagree on what is well-formed; the
 //! scanner's tests hold that grammar to its reference classifier.
 
-use crate::driver::rng::Rng;
-pub use crate::scanner::Kind;
+use crate::rng::Rng;
+pub use foo_proxy::scanner::Kind;
 
 /// One well-formed message; `data` excludes the separators and any `\r`.
-pub type Msg<'a> = crate::scanner::Line<'a>;
+pub type Msg<'a> = foo_proxy::scanner::Line<'a>;
 
 /// Parses one line without its `\n`; `None` when it is not well-formed.
 pub fn parse(line: &[u8]) -> Option<Msg<'_>> {
-    crate::scanner::parse_line(line)
+    foo_proxy::scanner::parse_line(line)
 }
 
 /// Appends the decimal digits of `n` without going through `fmt`.
@@ -79,7 +79,7 @@ pub fn show(line: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::rng::Rng;
+    use crate::rng::Rng;
     use proptest::prelude::*;
 
     #[test]

@@ -18,11 +18,11 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use foo_proxy::cli::{self, CliError, Flags};
-use foo_proxy::driver::proto::push_answer;
-use foo_proxy::driver::rng::{Rng, seed_from_clock};
-use foo_proxy::driver::wire::{Filled, LineReader, Outbox};
 use foo_proxy::logging::{self, Level};
 use foo_proxy::net::{self, Io, describe};
+use foo_tools::proto::push_answer;
+use foo_tools::rng::{Rng, seed_from_clock};
+use foo_tools::wire::{Filled, LineReader, Outbox};
 use log::{debug, error, info, warn};
 
 const USAGE: &str = "\
@@ -317,7 +317,7 @@ impl Conn {
 }
 
 fn main() -> ExitCode {
-    let config = match foo_proxy::driver::parse_or_exit("foo-server", USAGE, parse_args) {
+    let config = match foo_tools::parse_or_exit("foo-server", USAGE, parse_args) {
         Ok(c) => c,
         Err(code) => return code,
     };
