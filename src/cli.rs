@@ -259,6 +259,11 @@ impl Flags {
     }
 }
 
+/// The error for a flag's bad value: `invalid value "x" for -flag: why`.
+pub fn invalid(flag: &str, value: &str, why: impl fmt::Display) -> CliError {
+    CliError(format!("invalid value {value:?} for -{flag}: {why}"))
+}
+
 /// Parses the arguments after the program name.
 pub fn parse(args: Vec<OsString>) -> Result<Command, CliError> {
     parse_with(args, resolve)
@@ -287,9 +292,7 @@ pub fn parse_with(
     let accept_proxy = flags.switch("accept-proxy");
     let reuse_port = flags.switch("reuse-port");
 
-    let bad = |flag: &str, value: &str, why: String| {
-        CliError(format!("invalid value {value:?} for -{flag}: {why}"))
-    };
+    let bad = |flag: &str, value: &str, why: String| invalid(flag, value, why);
     // `:PORT` listens on every interface, IPv6 too (dual-stack `[::]`).
     let listen = resolve(listen_spec, "::")
         .map_err(|why| bad("listen", listen_spec, why))?

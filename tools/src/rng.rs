@@ -68,6 +68,14 @@ pub fn seed_from_clock() -> u64 {
     Rng::new(nanos ^ u64::from(std::process::id()) << 32).next_u64()
 }
 
+/// A `--seed` value (for `Flags::parse_or`): `Some` seed,
+/// or an error saying what a seed is.
+pub fn parse_seed(v: &str) -> Result<Option<u64>, String> {
+    v.parse()
+        .map(Some)
+        .map_err(|_| "expected an unsigned integer".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use mio::{Events, Interest, Poll, Token};
 use foo_proxy::cli::{self, CliError, Flags};
 use foo_proxy::net::{self, Io, describe};
 use foo_tools::proto::{self, Kind, push_msg, show};
-use foo_tools::rng::{Rng, seed_from_clock};
+use foo_tools::rng::{Rng, parse_seed, seed_from_clock};
 use foo_tools::wire::{Filled, LineReader, Outbox};
 
 const USAGE: &str = "\
@@ -63,40 +63,26 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
     let fragment = !flags.switch("no-fragment");
     let connect_spec = flags
         .value("connect")
-        .map(str::to_owned)
-        .unwrap_or_else(|| "localhost:8001".into());
-    let n = flags.value("n").map(str::to_owned);
-    let c = flags.value("c").map(str::to_owned);
-    let seed = flags.value("seed").map(str::to_owned);
-    let timeout = flags.value("timeout").map(str::to_owned);
-    let bad = |flag: &str, v: &str, why: &str| {
-        CliError(format!("invalid value {v:?} for -{flag}: {why}"))
-    };
+        .unwrap_or("localhost:8001")
+        .to_owned();
     let connect = cli::resolve(&connect_spec, "localhost")
-        .map_err(|why| bad("connect", &connect_spec, &why))?;
-    let count = |flag: &str, v: Option<String>, default: u64| match v {
-        None => Ok(default),
-        Some(v) => match v.parse::<u64>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(bad(flag, &v, "expected a whole number above 0")),
-        },
+        .map_err(|why| cli::invalid("connect", &connect_spec, why))?;
+    let above_zero = |v: &str| {
+        v.parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| "expected a whole number above 0".to_string())
     };
-    let requests = count("n", n, 100)?;
-    let connections = count("c", c, 1)?;
-    let connections = usize::try_from(connections)
-        .ok()
-        .filter(|c| *c <= 100_000)
-        .ok_or_else(|| bad("c", &connections.to_string(), "at most 100000"))?;
-    let seed = match seed {
-        Some(s) => s
-            .parse()
-            .map_err(|_| bad("seed", &s, "expected an unsigned integer"))?,
-        None => seed_from_clock(),
-    };
-    let timeout = match timeout {
-        Some(t) => cli::parse_duration(&t).map_err(|why| bad("timeout", &t, &why))?,
-        None => Duration::from_secs(10),
-    };
+    let requests = flags.parse_or("n", 100, above_zero)?;
+    let connections = flags.parse_or("c", 1, |v| {
+        usize::try_from(above_zero(v)?)
+            .ok()
+            .filter(|c| *c <= 100_000)
+            .ok_or_else(|| "at most 100000".to_string())
+    })?;
+    let seed = flags.parse_or("seed", None, parse_seed)?;
+    let seed = seed.unwrap_or_else(seed_from_clock);
+    let timeout = flags.parse_or("timeout", Duration::from_secs(10), cli::parse_duration)?;
     Ok(Some(Config {
         connect,
         connect_spec,

@@ -72,35 +72,22 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
         return Ok(None);
     }
     let json = flags.switch("json");
-    let target_spec = flags
-        .value("target")
-        .map(str::to_owned)
-        .unwrap_or_else(|| "localhost:8001".into());
-    let connections = flags.value("connections").map(str::to_owned);
-    let depth = flags.value("depth").map(str::to_owned);
-    let duration = flags.value("duration").map(str::to_owned);
-    let size = flags.value("size").map(str::to_owned);
-    let threads = flags.value("threads").map(str::to_owned);
-    let bad = |flag: &str, v: &str, why: &str| {
-        CliError(format!("invalid value {v:?} for -{flag}: {why}"))
+    let target_spec = flags.value("target").unwrap_or("localhost:8001").to_owned();
+    let target = cli::resolve(&target_spec, "localhost")
+        .map_err(|why| cli::invalid("target", &target_spec, why))?;
+    let range = |min: usize, max: usize| {
+        move |v: &str| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| format!("expected {min} to {max}"))
+        }
     };
-    let target =
-        cli::resolve(&target_spec, "localhost").map_err(|why| bad("target", &target_spec, &why))?;
-    let count = |flag: &str, v: Option<String>, default: usize, min: usize, max: usize| match v {
-        None => Ok(default),
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(bad(flag, &v, &format!("expected {min} to {max}"))),
-        },
-    };
-    let connections = count("connections", connections, 16, 1, 50_000)?;
-    let depth = count("depth", depth, 16, 1, 100_000)?;
-    let size = count("size", size, 32, 0, 60_000)?;
-    let threads = count("threads", threads, 1, 1, 64)?;
-    let duration = match duration {
-        Some(d) => cli::parse_duration(&d).map_err(|why| bad("duration", &d, &why))?,
-        None => Duration::from_secs(5),
-    };
+    let connections = flags.parse_or("connections", 16, range(1, 50_000))?;
+    let depth = flags.parse_or("depth", 16, range(1, 100_000))?;
+    let size = flags.parse_or("size", 32, range(0, 60_000))?;
+    let threads = flags.parse_or("threads", 1, range(1, 64))?;
+    let duration = flags.parse_or("duration", Duration::from_secs(5), cli::parse_duration)?;
     Ok(Some(Config {
         target,
         target_spec,

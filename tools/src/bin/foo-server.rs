@@ -21,7 +21,7 @@ use foo_proxy::cli::{self, CliError, Flags};
 use foo_proxy::logging::{self, Level};
 use foo_proxy::net::{self, Io, describe};
 use foo_tools::proto::push_answer;
-use foo_tools::rng::{Rng, seed_from_clock};
+use foo_tools::rng::{Rng, parse_seed, seed_from_clock};
 use foo_tools::wire::{Filled, LineReader, Outbox};
 use log::{debug, error, info, warn};
 
@@ -69,39 +69,25 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
         return Ok(None);
     }
     let fragment = !flags.switch("no-fragment");
-    let listen = flags
-        .value("listen")
-        .map(str::to_owned)
-        .unwrap_or_else(|| ":8001".into());
-    let seed = flags.value("seed").map(str::to_owned);
-    let delay = flags.value("delay-ms").map(str::to_owned);
-    let level = flags.value("log-level").map(str::to_owned);
-    let bad = |flag: &str, v: &str, why: &str| {
-        CliError(format!("invalid value {v:?} for -{flag}: {why}"))
-    };
-    let listen_addr = cli::resolve(&listen, "0.0.0.0")
-        .map_err(|why| bad("listen", &listen, &why))?
-        .into_iter()
-        .next()
-        .ok_or_else(|| bad("listen", &listen, "resolves to no address"))?;
-    let seed = match seed {
-        Some(s) => s
-            .parse()
-            .map_err(|_| bad("seed", &s, "expected an unsigned integer"))?,
-        None => seed_from_clock(),
-    };
-    let delay = match delay {
-        Some(d) => Duration::from_millis(
-            d.parse()
-                .map_err(|_| bad("delay-ms", &d, "expected milliseconds"))?,
-        ),
-        None => Duration::ZERO,
-    };
-    let log_level = match level {
-        Some(l) => Level::parse(&l)
-            .ok_or_else(|| bad("log-level", &l, "expected error, warn, info or debug"))?,
-        None => Level::Info,
-    };
+    let listen = flags.value("listen").unwrap_or(":8001");
+    let listen_addr = cli::resolve(listen, "0.0.0.0")
+        .and_then(|addrs| {
+            addrs
+                .into_iter()
+                .next()
+                .ok_or_else(|| "resolves to no address".to_string())
+        })
+        .map_err(|why| cli::invalid("listen", listen, why))?;
+    let seed = flags.parse_or("seed", None, parse_seed)?;
+    let seed = seed.unwrap_or_else(seed_from_clock);
+    let delay = flags.parse_or("delay-ms", Duration::ZERO, |v| {
+        v.parse()
+            .map(Duration::from_millis)
+            .map_err(|_| "expected milliseconds".to_string())
+    })?;
+    let log_level = flags.parse_or("log-level", Level::Info, |v| {
+        Level::parse(v).ok_or_else(|| "expected error, warn, info or debug".to_string())
+    })?;
     Ok(Some(Config {
         listen: listen_addr,
         seed,
