@@ -140,6 +140,33 @@ impl RecoveryLock {
         })
     }
 
+    /// The lock a previous owner handed over (its descriptor, so the
+    /// `flock` was held all along), for recovery file `path`: it must still
+    /// be the file named `PATH.lock`. Writes our pid into it.
+    pub fn adopt(file: File, path: &Path) -> Result<RecoveryLock, String> {
+        let lock = RecoveryLock {
+            file,
+            path: lock_path(path),
+        };
+        if !lock.still_named() {
+            return Err(format!(
+                "the handed-over lock is not {} any more",
+                lock.path.display()
+            ));
+        }
+        let pid = format!("{}\n", process::id());
+        let _ = lock
+            .file
+            .set_len(0)
+            .and_then(|()| lock.file.write_all_at(pid.as_bytes(), 0));
+        Ok(lock)
+    }
+
+    /// The lock file's descriptor, to hand the lock over.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.file)
+    }
+
     /// The lock file's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -46,13 +46,13 @@ pub(super) fn hold_lock(path: &Path, lock: &mut Option<RecoveryLock>) -> Result<
 /// a failure is logged once (not at all if the start already warned), then
 /// retried quietly with backoff until a write succeeds. Once the sender is
 /// gone it makes one last attempt and exits: true when the newest snapshot
-/// is on disk.
+/// is on disk, and the lock, for a hand-over to the next process.
 pub(super) fn run_writer(
     path: PathBuf,
     mut lock: Option<RecoveryLock>,
     mut failing: bool,
     rx: Receiver<Snapshot>,
-) -> bool {
+) -> Written {
     let mut pending: Option<Snapshot> = None;
     let mut retry = RETRY_MIN;
     loop {
@@ -96,10 +96,14 @@ pub(super) fn run_writer(
             }
         }
         if last_round {
-            return pending.is_none();
+            return (pending.is_none(), lock);
         }
     }
 }
+
+/// What the writer thread ends with: whether the newest snapshot is on
+/// disk, and the lock.
+pub(super) type Written = (bool, Option<RecoveryLock>);
 
 /// The recovery file as the event loop sees it: claimed before any socket
 /// is bound, restored when the loop starts, then a snapshot at most once
@@ -110,7 +114,7 @@ pub struct Recovery {
     lock: Option<RecoveryLock>,
     /// The start already warned that the file cannot be written.
     warned: bool,
-    writer: Option<(Sender<Snapshot>, JoinHandle<bool>)>,
+    writer: Option<(Sender<Snapshot>, JoinHandle<Written>)>,
     /// Totals in the last snapshot handed to the writer (or restored).
     last: Totals,
     dirty: bool,
@@ -195,6 +199,29 @@ impl Recovery {
             ),
             Loaded::Unreadable(Unreadable::Bad(why)) => quarantine(path, &why),
         }
+        self.start_writer(stats, now);
+    }
+
+    /// The recovery file of a process that handed over: its `lock` (held
+    /// all along, so there was never a second writer), no restore (the
+    /// counts came over the hand-over). [`Recovery::start_writer`] keeps it
+    /// written.
+    pub fn adopt(path: PathBuf, lock: Option<RecoveryLock>) -> Recovery {
+        Recovery {
+            path,
+            lock,
+            warned: false,
+            writer: None,
+            last: Totals::default(),
+            dirty: false,
+            next_write: Instant::now(),
+        }
+    }
+
+    /// Starts the writer thread with the lock this value holds; the next
+    /// tick writes when `stats` changed since.
+    pub fn start_writer(&mut self, stats: &mut Stats, now: Instant) {
+        let path = &self.path;
         let (tx, rx) = mpsc::channel();
         let thread_path = path.clone();
         let lock = self.lock.take();
@@ -239,6 +266,25 @@ impl Recovery {
         }
     }
 
+    /// The recovery file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the claim took the lock (before [`Recovery::open`] hands
+    /// it to the writer): false when the directory was unwritable.
+    pub fn holds_lock(&self) -> bool {
+        self.lock.is_some()
+    }
+
+    /// Makes the next tick write a snapshot even if nothing changes from
+    /// now on: after a hand-over the file holds the old process's final
+    /// counts, not yet ours.
+    pub fn write_soon(&mut self) {
+        self.last = Totals::default();
+        self.dirty = true;
+    }
+
     /// When the loop must wake up to write a snapshot: only while there is
     /// something not yet written.
     pub fn deadline(&self) -> Option<Instant> {
@@ -270,17 +316,24 @@ impl Recovery {
     /// `FINISH_WAIT`, and not at all once `cut_short` says so (a further
     /// stop signal). True when it is on disk; false, with one warning, when
     /// it could not be written or the wait ended first.
-    pub fn finish(
+    pub fn finish(self, stats: &mut Stats, now_ms: u64, cut_short: impl FnMut() -> bool) -> bool {
+        self.finish_keeping_lock(stats, now_ms, cut_short).0
+    }
+
+    /// [`Recovery::finish`], and the lock back when the writer exited in
+    /// time (the hand-over passes it on); `None` when it never had it or
+    /// is still writing.
+    pub fn finish_keeping_lock(
         mut self,
         stats: &mut Stats,
         now_ms: u64,
         mut cut_short: impl FnMut() -> bool,
-    ) -> bool {
+    ) -> Written {
         self.send(stats, now_ms);
         let path = self.path.display();
         let Some((tx, handle)) = self.writer.take() else {
             warn!("the final snapshot to {path} was not written: no recovery writer");
-            return false;
+            return (false, self.lock.take());
         };
         drop(tx);
         let deadline = Instant::now() + FINISH_WAIT;
@@ -290,20 +343,20 @@ impl Recovery {
                     "the final snapshot to {path} is taking more than {} s; exiting without it",
                     FINISH_WAIT.as_secs()
                 );
-                return false;
+                return (false, None);
             }
             if cut_short() {
                 warn!("stopping now, without waiting for the final snapshot to {path}");
-                return false;
+                return (false, None);
             }
             thread::sleep(Duration::from_millis(5));
         }
-        let saved = handle.join().unwrap_or(false);
+        let (saved, lock) = handle.join().unwrap_or((false, None));
         if !saved {
             warn!(
                 "the final snapshot could not be written to {path}; the counts since the last one are lost"
             );
         }
-        saved
+        (saved, lock)
     }
 }

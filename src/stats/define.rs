@@ -69,6 +69,23 @@ macro_rules! counters {
             pub fn add_to(&self, stats: &mut Stats) {
                 $(add(&mut stats.$f, self.$f);)*
             }
+
+            /// What `self` has beyond `other`, field by field (never below
+            /// zero): what a hand-over's counts add to those already taken.
+            pub fn minus(&self, other: &Totals) -> Totals {
+                Totals { $($f: self.$f.saturating_sub(other.$f),)* }
+            }
+
+            /// Both added, field by field (saturating).
+            pub fn plus(&self, other: &Totals) -> Totals {
+                Totals { $($f: self.$f.saturating_add(other.$f),)* }
+            }
+
+            /// Takes these totals back out of `stats` (saturating): what a
+            /// hand-over added before the old process went away.
+            pub fn sub_from(&self, stats: &mut Stats) {
+                $(stats.$f = stats.$f.saturating_sub(self.$f);)*
+            }
         }
     };
     (@totals [$($acc:ident)*] $(#[$attr:meta])* $json:ident: $ty:ty = kept($f:ident) $prom:tt; $($rest:tt)*) => {
