@@ -41,6 +41,10 @@ Flags take one dash or two, and their value after a space or '=':
     --reuse-port           share -listen with other foo-proxy processes
                            (SO_REUSEPORT); each needs its own -http and
                            -recovery-path
+    --takeover             take the listeners, counts and recovery file over
+                           from the foo-proxy running with the same
+                           -recovery-path (which then drains and exits);
+                           without one, start normally
     -h, --help             print this help
     --version              print the version
     --probe URL            GET http://HOST:PORT/PATH and exit 0 on a 2xx
@@ -79,6 +83,8 @@ pub struct Config {
     pub max_connections_per_client: Option<u32>,
     /// `--reuse-port`: `SO_REUSEPORT` on the client listener.
     pub reuse_port: bool,
+    /// `--takeover`: ask the running proxy for its listeners first.
+    pub takeover: bool,
 }
 
 /// What the command line asked for.
@@ -120,7 +126,7 @@ const VALUE_FLAGS: &[&str] = &[
 ];
 
 /// Flags that take no value, in their long form (`-h` is `--help`).
-const SWITCH_FLAGS: &[&str] = &["help", "version", "accept-proxy", "reuse-port"];
+const SWITCH_FLAGS: &[&str] = &["help", "version", "accept-proxy", "reuse-port", "takeover"];
 
 /// One flag as given: a value, or a switch's setting.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -291,6 +297,7 @@ pub fn parse_with(
     let http_spec = flags.value("http").unwrap_or("127.0.0.1:8088");
     let accept_proxy = flags.switch("accept-proxy");
     let reuse_port = flags.switch("reuse-port");
+    let takeover = flags.switch("takeover");
 
     let bad = |flag: &str, value: &str, why: String| invalid(flag, value, why);
     // `:PORT` listens on every interface, IPv6 too (dual-stack `[::]`).
@@ -343,6 +350,11 @@ pub fn parse_with(
         Some(p) => Some(PathBuf::from(p)),
         None => Some(PathBuf::from(".data/recovery.json")),
     };
+    if takeover && recovery_path.is_none() {
+        return Err(CliError(
+            "-takeover needs a recovery file (-recovery-path): the running proxy is found by its control socket beside it".into(),
+        ));
+    }
     Ok(Command::Run(Box::new(Config {
         listen,
         forward,
@@ -360,6 +372,7 @@ pub fn parse_with(
         send_proxy,
         max_connections_per_client,
         reuse_port,
+        takeover,
     })))
 }
 

@@ -27,6 +27,10 @@ const LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub(crate) struct Gate {
     /// `None` once draining: new clients are refused.
     listener: Option<TcpListener>,
+    token: Token,
+    /// A successor accepts from the listener now: we keep it (unpolled)
+    /// only to take it back if the successor goes away.
+    handed_off: bool,
     local_addr: SocketAddr,
     max_connections: usize,
     /// At the limit: accepting waits until below 90 %.
@@ -44,17 +48,33 @@ impl Gate {
     /// (the kernel caps it at `net.core.somaxconn`): a burst of clients must
     /// not overflow it; with `--reuse-port`, sharing the port with other
     /// processes. Errors name the address.
-    pub fn bind(config: &Config, registry: &Registry, token: Token) -> Result<Gate, String> {
+    ///
+    /// `inherited` is a listener already bound (by socket activation or the
+    /// process handing over): used as it is, never closed and re-bound.
+    pub fn bind(
+        config: &Config,
+        inherited: Option<std::net::TcpListener>,
+        registry: &Registry,
+        token: Token,
+    ) -> Result<Gate, String> {
         let (addr, max_connections) = (config.listen, config.max_connections);
         let cannot = |e: io::Error| format!("cannot listen on {addr}: {}", describe(&e));
         let backlog = i32::try_from(max_connections.max(1024)).unwrap_or(i32::MAX);
-        let mut listener = net::listen_with(addr, backlog, config.reuse_port).map_err(cannot)?;
+        let mut listener = match inherited {
+            Some(listener) => {
+                listener.set_nonblocking(true).map_err(cannot)?;
+                TcpListener::from_std(listener)
+            }
+            None => net::listen_with(addr, backlog, config.reuse_port).map_err(cannot)?,
+        };
         let local_addr = listener.local_addr().map_err(cannot)?;
         registry
             .register(&mut listener, token, Interest::READABLE)
             .map_err(|e| format!("cannot poll listener: {}", describe(&e)))?;
         Ok(Gate {
             listener: Some(listener),
+            token,
+            handed_off: false,
             local_addr,
             max_connections,
             at_limit: false,
@@ -70,9 +90,36 @@ impl Gate {
         self.local_addr
     }
 
-    /// Still listening: not draining.
+    /// Still listening: not draining, not handed off.
     pub fn listening(&self) -> bool {
-        self.listener.is_some()
+        self.listener.is_some() && !self.handed_off
+    }
+
+    /// The open listener, to hand it to a successor.
+    pub fn listener_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.listener.as_ref().map(std::os::fd::AsFd::as_fd)
+    }
+
+    /// A successor accepts now: stop accepting, keep the socket open (the
+    /// clients in its backlog are the successor's).
+    pub fn hand_off(&mut self, registry: &Registry, timers: &mut Timers) {
+        if let Some(listener) = self.listener.as_mut()
+            && !self.handed_off
+        {
+            let _ = registry.deregister(listener);
+            self.handed_off = true;
+        }
+        self.pause.set(timers, None, 0, Timer::Accept);
+    }
+
+    /// The successor went away: accept again.
+    pub fn take_back(&mut self, registry: &Registry) {
+        if let Some(listener) = self.listener.as_mut()
+            && self.handed_off
+        {
+            let _ = registry.register(listener, self.token, Interest::READABLE);
+            self.handed_off = false;
+        }
     }
 
     /// The next client to serve, with `open` connections now; `None` when
@@ -84,7 +131,7 @@ impl Gate {
         timers: &mut Timers,
         now: Instant,
     ) -> Option<(TcpStream, SocketAddr)> {
-        if self.at_limit || self.pause.when().is_some() {
+        if self.at_limit || self.pause.when().is_some() || self.handed_off {
             return None;
         }
         if open >= self.max_connections {
@@ -166,9 +213,12 @@ impl Gate {
 
     /// Closes the listener: new clients are refused from now on.
     pub fn close(&mut self, registry: &Registry, timers: &mut Timers) {
-        if let Some(mut listener) = self.listener.take() {
+        if let Some(mut listener) = self.listener.take()
+            && !self.handed_off
+        {
             let _ = registry.deregister(&mut listener);
         }
+        self.handed_off = false;
         self.pause.set(timers, None, 0, Timer::Accept);
     }
 }

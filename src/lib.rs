@@ -52,8 +52,11 @@
 //! renderer), [`probe`]
 //! (`--probe URL`, the container image's health check), [`proxy_protocol`]
 //! (the PROXY protocol v1/v2 header a balancer sends, `--accept-proxy`, and
-//! the one sent upstream, `--send-proxy`) and `clients` (open connections
-//! per real client address, `--max-connections-per-client`).
+//! the one sent upstream, `--send-proxy`), `clients` (open connections
+//! per real client address, `--max-connections-per-client`), [`handover`]
+//! (`--takeover`: the listeners, the counts and the recovery lock passed
+//! from a running proxy to its successor over a Unix socket) and [`systemd`]
+//! (readiness notification, socket activation).
 //!
 //! The test tools (foo-server, foo-client, foo-load, foo-demo) are not in
 //! this crate: they are the `tools/` workspace member (`foo-tools`), which
@@ -72,6 +75,7 @@ pub mod cli;
 mod clients;
 mod dates;
 mod gate;
+pub mod handover;
 pub mod logging;
 pub mod net;
 pub mod output;
@@ -87,5 +91,6 @@ pub mod scanner;
 pub mod server;
 pub mod signals;
 pub mod stats;
+pub mod systemd;
 mod timer;
 mod upstream;

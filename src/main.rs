@@ -5,13 +5,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use foo_proxy::cli::{self, Command, USAGE};
+use foo_proxy::handover::{control_path, same_listen, taker};
 use foo_proxy::logging;
 use foo_proxy::net::describe;
 use foo_proxy::output;
 use foo_proxy::recovery::Recovery;
-use foo_proxy::server::{Server, Stopped};
+use foo_proxy::server::{Inherited, Server, Stopped};
 use foo_proxy::signals::{self, Signals};
-use log::error;
+use foo_proxy::systemd;
+use log::{error, info, warn};
 
 /// How long the exit waits for queued report and log lines to be written:
 /// a reader that never reads must not hang it.
@@ -40,6 +42,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before any thread runs: socket activation unsets its variables.
+    systemd::init();
+    let activated = systemd::listen_fds();
     // Before the recovery file and the sockets: a signal during the start
     // waits for the loop instead of killing the process (or being lost).
     let signals = signals::install();
@@ -55,7 +60,15 @@ fn main() -> ExitCode {
     // From here on this thread writes nothing itself (the writer threads
     // do, with the signals blocked): a `kill -TTOU` is caught and logged.
     output::unblock_job_control_signals();
-    let code = start(config, signals);
+    let activated = match activated {
+        Ok(activated) => activated,
+        Err(e) => {
+            error!("{e}");
+            output::flush(OUTPUT_FLUSH_WAIT);
+            return ExitCode::from(1);
+        }
+    };
+    let code = start(config, signals, activated);
     output::flush(OUTPUT_FLUSH_WAIT);
     code
 }
@@ -69,11 +82,47 @@ fn printed(result: std::io::Result<()>) -> ExitCode {
     }
 }
 
-/// Claims the recovery file, binds, runs; the exit code.
-fn start(config: cli::Config, signals: Signals) -> ExitCode {
+/// Takes over from a running proxy (`--takeover`) or claims the recovery
+/// file, binds what was not handed over or passed by socket activation,
+/// runs; the exit code.
+fn start(
+    config: cli::Config,
+    signals: Signals,
+    activated: Vec<(std::net::SocketAddr, std::net::TcpListener)>,
+) -> ExitCode {
+    let mut offered = None;
+    if config.takeover
+        && let Some(path) = &config.recovery_path
+    {
+        let control = control_path(path);
+        match taker::ask(&control) {
+            Ok(Some(o)) => offered = Some(o),
+            Ok(None) => info!(
+                "no foo-proxy answers on {}: starting without a hand-over",
+                control.display()
+            ),
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let inherited = match inherit(&config, offered.as_mut(), activated) {
+        Ok(inherited) => inherited,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     // Before any socket is bound: an unusable recovery path or a second
-    // owner stops the start here, with no client left hanging.
-    let recovery = match config.recovery_path.clone().map(Recovery::claim) {
+    // owner stops the start here, with no client left hanging. In a
+    // hand-over the old process hands it on later.
+    let claimed = if offered.is_some() {
+        None
+    } else {
+        config.recovery_path.clone()
+    };
+    let recovery = match claimed.map(Recovery::claim) {
         Some(Err(e)) => {
             error!("{e}");
             return ExitCode::from(e.exit_code());
@@ -81,7 +130,8 @@ fn start(config: cli::Config, signals: Signals) -> ExitCode {
         Some(Ok(recovery)) => Some(recovery),
         None => None,
     };
-    let mut server = match Server::bind(config, signals) {
+    let recovery_path = config.recovery_path.clone();
+    let mut server = match Server::bind(config, signals, inherited) {
         Ok(server) => server,
         Err(e) => {
             error!("{e}");
@@ -96,12 +146,67 @@ fn start(config: cli::Config, signals: Signals) -> ExitCode {
     if let Some(recovery) = recovery {
         server.set_recovery(recovery);
     }
+    if let (Some(offered), Some(path)) = (offered, recovery_path) {
+        server.set_takeover(offered, path);
+    }
     match server.run() {
-        Ok(Stopped::Clean) => ExitCode::SUCCESS,
+        Ok(Stopped::Clean | Stopped::HandedOver) => ExitCode::SUCCESS,
         Ok(Stopped::SnapshotLost) => ExitCode::from(EXIT_SNAPSHOT_LOST),
         Err(e) => {
             error!("event loop failed: {}", describe(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The listeners to use instead of binding: the old process's (a
+/// hand-over) for the addresses the flags still name, else socket
+/// activation's. A listener the flags do not name is closed (the old
+/// process's stays open until it exits); one from socket activation is an
+/// error, since the service's socket unit and flags disagree.
+fn inherit(
+    config: &cli::Config,
+    offered: Option<&mut taker::Offered>,
+    activated: Vec<(std::net::SocketAddr, std::net::TcpListener)>,
+) -> Result<Inherited, String> {
+    let mut inherited = Inherited::default();
+    if let Some(offered) = offered {
+        if let Some((addr, listener)) = offered.listen.take() {
+            if same_listen(config.listen, addr) {
+                inherited.listen = Some(listener);
+            } else {
+                warn!(
+                    "hand-over: -listen {} is not the old listener {addr}: binding anew; {addr} closes when pid {} exits",
+                    config.listen, offered.old_pid
+                );
+            }
+        }
+        if let Some((addr, listener)) = offered.admin.take() {
+            if config.http.is_some_and(|http| same_listen(http, addr)) {
+                inherited.admin = Some(listener);
+            } else {
+                info!(
+                    "hand-over: the admin listener {addr} is not -http: it closes when pid {} exits",
+                    offered.old_pid
+                );
+            }
+        }
+    }
+    for (addr, listener) in activated {
+        if same_listen(config.listen, addr) {
+            if inherited.listen.is_none() {
+                inherited.listen = Some(listener);
+            }
+        } else if config.http.is_some_and(|http| same_listen(http, addr)) {
+            if inherited.admin.is_none() {
+                inherited.admin = Some(listener);
+            }
+        } else {
+            return Err(format!(
+                "socket activation passed a listener on {addr}, which is neither -listen {} nor -http",
+                config.listen
+            ));
+        }
+    }
+    Ok(inherited)
 }

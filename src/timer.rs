@@ -1,6 +1,7 @@
 //! Every deadline of the event loop in one ordered set, so the poll timeout
 //! is simply the soonest entry: pairs, admin connections, the accept pause,
-//! the drain, the exit and the next recovery snapshot.
+//! the drain, the exit, the next recovery snapshot and the recovery claim
+//! after a hand-over that broke off.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -23,6 +24,11 @@ pub(crate) enum Timer {
     Exit,
     /// A recovery snapshot is due.
     Snapshot,
+    /// A successor must have said READY by now.
+    Successor,
+    /// Try again to claim the recovery file, whose owner went away in the
+    /// middle of a hand-over.
+    Claim,
 }
 
 /// The deadlines, soonest first: `(when, owner, what)`. `owner` is unique

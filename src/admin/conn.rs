@@ -157,6 +157,9 @@ impl Conn {
 /// The admin listener and its connections.
 pub struct Admin {
     listener: TcpListener,
+    listener_token: Token,
+    /// A successor serves from the listener now (a hand-over).
+    handed_off: bool,
     local_addr: SocketAddr,
     conns: Slab<Conn>,
     /// Connections to drive in this iteration.
@@ -173,13 +176,22 @@ pub struct Admin {
 
 impl Admin {
     /// Binds `addr` and registers the listener under `listener_token`.
+    /// `inherited` is a listener already bound (socket activation, a
+    /// hand-over), used as it is.
     pub fn bind(
         addr: SocketAddr,
+        inherited: Option<std::net::TcpListener>,
         registry: &Registry,
         listener_token: Token,
     ) -> Result<Admin, String> {
         let cannot = |e: io::Error| format!("cannot listen for HTTP on {addr}: {}", describe(&e));
-        let mut listener = net::listen(addr, 128).map_err(cannot)?;
+        let mut listener = match inherited {
+            Some(listener) => {
+                listener.set_nonblocking(true).map_err(cannot)?;
+                TcpListener::from_std(listener)
+            }
+            None => net::listen(addr, 128).map_err(cannot)?,
+        };
         let local_addr = listener.local_addr().map_err(cannot)?;
         registry
             .register(&mut listener, listener_token, Interest::READABLE)
@@ -187,6 +199,8 @@ impl Admin {
         let start_unix = dates::unix_secs(SystemTime::now());
         Ok(Admin {
             listener,
+            listener_token,
+            handed_off: false,
             local_addr,
             conns: Slab::with_capacity(MAX_CONNS),
             work: Vec::new(),
@@ -202,6 +216,33 @@ impl Admin {
         self.local_addr
     }
 
+    /// Accepting: not handed to a successor.
+    pub fn listening(&self) -> bool {
+        !self.handed_off
+    }
+
+    /// The listener, to hand it to a successor.
+    pub fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.listener)
+    }
+
+    /// A successor serves now: stop accepting (connections already open
+    /// are answered), keep the socket for [`Admin::take_back`].
+    pub fn hand_off(&mut self, registry: &Registry) {
+        if !self.handed_off {
+            let _ = registry.deregister(&mut self.listener);
+            self.handed_off = true;
+        }
+    }
+
+    /// The successor went away: accept again.
+    pub fn take_back(&mut self, registry: &Registry) {
+        if self.handed_off {
+            let _ = registry.register(&mut self.listener, self.listener_token, Interest::READABLE);
+            self.handed_off = false;
+        }
+    }
+
     pub fn has_work(&self) -> bool {
         !self.work.is_empty()
     }
@@ -213,6 +254,9 @@ impl Admin {
     /// their 5 s deadline. Connections that sent part of a request, or are
     /// being answered, keep their slot.
     pub(crate) fn accept(&mut self, registry: &Registry, timers: &mut Timers, now: Instant) {
+        if self.handed_off {
+            return;
+        }
         // While a retry is pending, accepting would only fail again.
         match self.accept_retry {
             Some(when) if when > now => return,
