@@ -40,9 +40,13 @@ USAGE:
     -h, --help           print this help
 
 Latency is per request, from the write that carried it to the read that
-brought its answer. Errors are answers with the wrong type or seq, and
+brought its answer. At the end no new REQ is sent and the ones in flight get
+up to 5 s for their answers; --json counts them in sent, ack_all and nak_all. Errors are answers with the wrong type or seq, and
 connections lost during the run.
 ";
+
+/// How long the REQs in flight at the deadline may take to be answered.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
 struct Config {
     target: Vec<SocketAddr>,
@@ -106,6 +110,10 @@ struct Tally {
     latency: Histogram,
     ack: u64,
     nak: u64,
+    /// Over the whole run, the wait for the last answers included.
+    sent: u64,
+    ack_all: u64,
+    nak_all: u64,
     errors: u64,
     first_error: Option<String>,
 }
@@ -119,6 +127,9 @@ impl Tally {
     fn merge(&mut self, other: Tally) {
         self.latency.merge(&other.latency);
         self.ack += other.ack;
+        self.sent += other.sent;
+        self.ack_all += other.ack_all;
+        self.nak_all += other.nak_all;
         self.nak += other.nak;
         self.errors += other.errors;
         if self.first_error.is_none() {
@@ -161,6 +172,10 @@ impl Conn {
                         show(line)
                     ));
                 };
+                match kind {
+                    Kind::Ack => tally.ack_all += 1,
+                    _ => tally.nak_all += 1,
+                }
                 // Answers after the deadline fall outside the measured window.
                 if now <= deadline {
                     match kind {
@@ -183,6 +198,7 @@ impl Conn {
                 push_msg(&mut self.out.buf, Kind::Req, self.next_seq, &self.data);
                 self.next_seq += 1;
                 self.sent_at.push_back(now);
+                tally.sent += 1;
             }
         }
         self.out
@@ -253,12 +269,17 @@ fn worker(config: &Config, index: usize, count: usize, start: &Barrier) -> Resul
         }
     }
     let mut events = Events::with_capacity(1024);
+    // After the deadline no REQ is sent; the ones in flight get their
+    // answers (bounded), so nothing is cut off mid-conversation.
+    let drained_by = deadline + DRAIN_WAIT;
     loop {
         let now = Instant::now();
-        if now >= deadline {
+        let in_flight = conns.iter().any(|c| c.alive && !c.sent_at.is_empty());
+        if now >= drained_by || (now >= deadline && !in_flight) {
             break;
         }
-        if let Io::Failed(e) = net::io(|| poll.poll(&mut events, Some(deadline - now))) {
+        let until = if now < deadline { deadline } else { drained_by };
+        if let Io::Failed(e) = net::io(|| poll.poll(&mut events, Some(until - now))) {
             return Err(io_err("poll", e));
         }
         for event in events.iter() {
@@ -329,6 +350,9 @@ fn report(config: &Config, tally: &Tally, window: Duration) -> String {
             "answers": answers,
             "ack": tally.ack,
             "nak": tally.nak,
+            "sent": tally.sent,
+            "ack_all": tally.ack_all,
+            "nak_all": tally.nak_all,
             "errors": tally.errors,
             "first_error": tally.first_error,
             "latency_us": {
