@@ -52,8 +52,10 @@ pub fn notify(state: &str) {
     }
 }
 
-/// The listening TCP sockets the service manager passed (`LISTEN_FDS`,
-/// checked against `LISTEN_PID`), each with its address. Call it before
+/// The listening TCP sockets the service manager passed (`LISTEN_FDS`;
+/// `LISTEN_PID`, when set and not empty, must be this process, as listenfd
+/// reads it, so a wrapper may pass them on by unsetting it), each with its
+/// address. Call it before
 /// any thread runs: it unsets those variables. A passed descriptor that is
 /// not a listening TCP socket is an error naming it.
 pub fn listen_fds() -> Result<Vec<(SocketAddr, TcpListener)>, String> {
