@@ -636,6 +636,16 @@ mod tests {
     }
 
     #[test]
+    fn takeover_is_a_switch_that_needs_a_recovery_file() {
+        assert!(!run(&[]).unwrap().takeover);
+        assert!(run(&["--takeover", "-takeover"]).unwrap().takeover);
+        assert!(!run(&["--takeover=false"]).unwrap().takeover);
+        let e = run(&["--takeover", "-recovery-path="]).unwrap_err();
+        assert!(e.0.contains("-takeover needs a recovery file"), "{e}");
+        assert!(run(&["--takeover=false", "-recovery-path="]).is_ok());
+    }
+
+    #[test]
     fn proxy_protocol_and_scale_out_flags() {
         let c = run(&[]).unwrap();
         assert!(!c.accept_proxy && !c.reuse_port);

@@ -182,7 +182,7 @@ struct Load {
 fn foo_load(addr: SocketAddr, duration: &str) -> thread::JoinHandle<Load> {
     let duration = duration.to_string();
     thread::spawn(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_foo-load"))
+        let out = Command::new(util::tool("foo-load"))
             .args(["--target", &addr.to_string(), "--connections", "4"])
             .args(["--depth", "8", "--duration", &duration, "--json"])
             .stdin(Stdio::null())

@@ -40,9 +40,10 @@ USAGE:
     -h, --help           print this help
 
 Latency is per request, from the write that carried it to the read that
-brought its answer. At the end no new REQ is sent and the ones in flight get
-up to 5 s for their answers; --json counts them in sent, ack_all and nak_all. Errors are answers with the wrong type or seq, and
-connections lost during the run.
+brought its answer. Errors are answers with the wrong type or seq, and
+connections lost during the run. At the end no new REQ is sent and the ones
+in flight get up to 5 s for their answers; --json counts them in sent,
+ack_all and nak_all.
 ";
 
 /// How long the REQs in flight at the deadline may take to be answered.
