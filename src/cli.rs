@@ -10,7 +10,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::logging::Level;
+use crate::logging::{Level, LogFormat};
 
 pub const USAGE: &str = "\
 foo-proxy: a counting proxy for the Foo line protocol
@@ -33,6 +33,9 @@ Flags take one dash or two, and their value after a space or '=':
     --drain-timeout DUR    on SIGTERM, let connections finish this long [default 5s]
     --max-connections N    most client connections at once [default 10000]
     --log-level LEVEL      error, warn, info or debug       [default info]
+    --log-connections      one line on stderr per closed connection
+    --log-format FORMAT    the connection log's format: logfmt or json
+                                                        [default logfmt]
     --accept-proxy         every client starts with a PROXY protocol v1/v2
                            header (from a balancer); its address is the client's
     --send-proxy v1|v2     start each upstream connection with a PROXY header
@@ -75,6 +78,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub max_connections: usize,
     pub log_level: Level,
+    /// The connection log's format; `None` when it is off.
+    pub log_connections: Option<LogFormat>,
     /// `--accept-proxy`.
     pub accept_proxy: bool,
     /// `--send-proxy v1|v2`.
@@ -120,13 +125,21 @@ const VALUE_FLAGS: &[&str] = &[
     "drain-timeout",
     "max-connections",
     "log-level",
+    "log-format",
     "probe",
     "send-proxy",
     "max-connections-per-client",
 ];
 
 /// Flags that take no value, in their long form (`-h` is `--help`).
-const SWITCH_FLAGS: &[&str] = &["help", "version", "accept-proxy", "reuse-port", "takeover"];
+const SWITCH_FLAGS: &[&str] = &[
+    "help",
+    "version",
+    "accept-proxy",
+    "reuse-port",
+    "takeover",
+    "log-connections",
+];
 
 /// One flag as given: a value, or a switch's setting.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -298,6 +311,7 @@ pub fn parse_with(
     let accept_proxy = flags.switch("accept-proxy");
     let reuse_port = flags.switch("reuse-port");
     let takeover = flags.switch("takeover");
+    let log_connections = flags.switch("log-connections");
 
     let bad = |flag: &str, value: &str, why: String| invalid(flag, value, why);
     // `:PORT` listens on every interface, IPv6 too (dual-stack `[::]`).
@@ -329,6 +343,9 @@ pub fn parse_with(
             .ok()
             .filter(|n| (1..=1_000_000).contains(n))
             .ok_or_else(|| "expected a number from 1 to 1000000".to_string())
+    })?;
+    let log_format = flags.parse_or("log-format", LogFormat::Logfmt, |v| {
+        LogFormat::parse(v).ok_or_else(|| "expected logfmt or json".to_string())
     })?;
     let log_level = flags.parse_or("log-level", Level::Info, |v| {
         Level::parse(v).ok_or_else(|| "expected error, warn, info or debug".to_string())
@@ -368,6 +385,7 @@ pub fn parse_with(
         drain_timeout,
         max_connections,
         log_level,
+        log_connections: log_connections.then_some(log_format),
         accept_proxy,
         send_proxy,
         max_connections_per_client,

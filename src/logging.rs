@@ -133,6 +133,23 @@ pub fn suppressed_note(suppressed: u64) -> String {
     }
 }
 
+/// The connection log's line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s {
+            "logfmt" => Some(LogFormat::Logfmt),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
 use mio::event::Event;
@@ -18,7 +18,9 @@ use slab::Slab;
 use crate::clients::PerClient;
 use crate::logging::{Throttle, suppressed_note};
 use crate::net::{Connect, connect_progress, describe};
+use crate::output;
 use crate::pair::linger::Ending;
+use crate::pair::log_line::{self, ConnRecord, Ended, LogFormat};
 use crate::pair::{Deadline, Due, HEADER_TIMEOUT, Outcome, Pair, Reason, State, Timeouts};
 use crate::pipe::{Ctx, Side};
 use crate::pool::Pool;
@@ -98,6 +100,8 @@ pub(crate) struct Pairs {
     exit: Option<Instant>,
     /// Clients that could not be registered with the poll.
     poll_log: Throttle,
+    /// The connection log's format, when it is on.
+    conn_log: Option<LogFormat>,
 }
 
 impl Pairs {
@@ -106,6 +110,7 @@ impl Pairs {
         timeouts: Timeouts,
         serving: Serving,
         buffer_size: usize,
+        conn_log: Option<LogFormat>,
     ) -> Pairs {
         Pairs {
             slab: Slab::new(),
@@ -121,6 +126,7 @@ impl Pairs {
             client_limit_log: Throttle::new(LOG_INTERVAL),
             exit: None,
             poll_log: Throttle::new(LOG_INTERVAL),
+            conn_log,
         }
     }
 
@@ -167,7 +173,11 @@ impl Pairs {
         self.next_id = self.next_id.wrapping_add(1);
         let id = self.next_id;
         debug!("pair {id}: client {peer} accepted");
-        self.slab.insert(Pair::accepted(id, client, env.now));
+        let mut pair = Pair::accepted(id, client, env.now);
+        if self.conn_log.is_some() {
+            pair.seqs.log = Some(Box::new(ConnRecord::new(peer, env.now)));
+        }
+        self.slab.insert(pair);
         if self.serving.accept_proxy {
             // The header may be in already.
             if let Some(pair) = self.slab.get_mut(key) {
@@ -243,12 +253,12 @@ impl Pairs {
                 Opened::Yes
             }
             Err(NotStarted::OutOfResources(e)) => {
-                self.end(key, Reason::Unreachable, env);
+                self.end(key, Reason::NoResources, env);
                 Opened::OutOfResources(e)
             }
             Err(NotStarted::Failed(e)) => {
                 self.upstreams.failed(&e, env.stats, env.now);
-                self.end(key, Reason::Unreachable, env);
+                self.end(key, Reason::Refused, env);
                 Opened::Yes
             }
         }
@@ -285,6 +295,12 @@ impl Pairs {
             Some(Connect::Pending) => return,
             Some(Connect::Connected) => {
                 pair.connected(env.now);
+                if pair.seqs.log.is_some() {
+                    let addr = pair.upstream().and_then(|u| u.stream.peer_addr().ok());
+                    if let Some(rec) = pair.seqs.log.as_deref_mut() {
+                        rec.upstream = addr;
+                    }
+                }
                 debug!("pair {}: upstream connected", pair.id);
                 self.rearm(key, env);
             }
@@ -426,6 +442,8 @@ impl Pairs {
             let _ = env.registry.deregister(&mut upstream.stream);
             self.upstreams.release(key, &upstream.stream);
         }
+        // No answer can come any more.
+        pair.seqs.finish(&mut env.stats.matching);
         if matches!(
             reason,
             Reason::ProxyHeaderMissing | Reason::ProxyHeaderInvalid
@@ -496,10 +514,28 @@ impl Pairs {
         pair.s2c.discard(&mut self.pool);
         let reason = match &pair.state {
             State::Lingering(linger) => linger.reason,
-            _ => Reason::Shutdown,
+            _ => {
+                pair.seqs.finish(&mut env.stats.matching);
+                Reason::Shutdown
+            }
         };
         debug!("pair {}: {ending} ({reason})", pair.id);
         env.stats.connections_active = env.stats.connections_active.saturating_sub(1);
+        if let Some(n) = env.stats.matching.closed.get_mut(reason.index()) {
+            add(n, 1);
+        }
+        if let (Some(format), Some(rec)) = (self.conn_log, pair.seqs.log.as_deref()) {
+            let end = Ended {
+                id: pair.id,
+                reason,
+                unanswered: pair.seqs.unanswered,
+                slowest_us: pair.seqs.answered().then_some(pair.seqs.slowest_us),
+                now: env.now,
+                wall: SystemTime::now(),
+            };
+            // Dropped and counted when stderr is not read: never blocks.
+            output::log_line(log_line::line(rec, &end, format));
+        }
     }
 
     /// Tries the next forward address after `err`, or gives up on the pair.
@@ -531,7 +567,11 @@ impl Pairs {
             }
             Err(_) => {
                 self.upstreams.failed(&err, env.stats, env.now);
-                self.end(key, Reason::Unreachable, env);
+                let reason = match err.kind() {
+                    io::ErrorKind::TimedOut => Reason::ConnectTimeout,
+                    _ => Reason::Refused,
+                };
+                self.end(key, reason, env);
             }
         }
     }

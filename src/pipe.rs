@@ -12,7 +12,8 @@ use mio::net::TcpStream;
 
 use crate::net::{self, Io};
 use crate::pool::Pool;
-use crate::scanner::{Direction, FrameCounts, Scanner};
+use crate::scanner::{Direction, Scanner};
+use crate::seqs::{Seqs, Tracking};
 use crate::stats::{Stats, add};
 
 /// A socket plus what the kernel last told us about it (edge-triggered).
@@ -128,11 +129,15 @@ impl Pipe {
         true
     }
 
-    fn account(&mut self, bytes: &[u8], stats: &mut Stats) {
-        let mut delta = FrameCounts::default();
-        self.scanner.scan(bytes, &mut delta);
+    fn account(&mut self, bytes: &[u8], seqs: &mut Seqs, stats: &mut Stats) {
+        let mut sink = Tracking::new(seqs, &mut stats.matching);
+        self.scanner.scan(bytes, &mut sink);
+        let delta = sink.counts;
         self.lines = self.lines.saturating_add(delta.lines());
         let n = bytes.len() as u64;
+        if let Some(rec) = seqs.log.as_deref_mut() {
+            rec.add(self.scanner_direction(), &delta, n);
+        }
         match self.scanner_direction() {
             Direction::ClientToServer => {
                 stats.add_client_frames(&delta);
@@ -191,6 +196,7 @@ impl Pipe {
         src: &mut Side,
         dst: &mut Side,
         dst_open: bool,
+        seqs: &mut Seqs,
         ctx: &mut Ctx<'_>,
     ) -> Result<Pumped, Fault> {
         let limit = ctx.pool.buffer_size();
@@ -246,7 +252,7 @@ impl Pipe {
                     if n < want && !src.read_closed {
                         src.readable = false;
                     }
-                    self.accept_read(n, dst, dst_open, ctx)?;
+                    self.accept_read(n, dst, dst_open, seqs, ctx)?;
                 }
                 Io::WouldBlock => src.readable = false,
                 Io::Failed(e) => return Err(Fault::Source(e)),
@@ -265,12 +271,13 @@ impl Pipe {
         n: usize,
         dst: &mut Side,
         dst_open: bool,
+        seqs: &mut Seqs,
         ctx: &mut Ctx<'_>,
     ) -> Result<(), Fault> {
         if let Some(mut buf) = self.buf.take() {
             let end = buf.end + n;
             if let Some(fresh) = buf.data.get(buf.end..end) {
-                self.account(fresh, ctx.stats);
+                self.account(fresh, seqs, ctx.stats);
             }
             buf.end = end;
             self.buf = Some(buf);
@@ -279,7 +286,7 @@ impl Pipe {
         let Some(fresh) = ctx.scratch.get(..n) else {
             return Ok(());
         };
-        self.account(fresh, ctx.stats);
+        self.account(fresh, seqs, ctx.stats);
         let mut written = 0;
         while dst_open && dst.writable && written < n {
             let Some(rest) = fresh.get(written..) else {
@@ -347,7 +354,8 @@ mod tests {
             budget: 4 * 4096,
         };
         let mut pipe = Pipe::new(Direction::ClientToServer);
-        pipe.pump(src, dst, true, &mut ctx).unwrap()
+        pipe.pump(src, dst, true, &mut Seqs::default(), &mut ctx)
+            .unwrap()
     }
 
     #[test]

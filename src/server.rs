@@ -178,7 +178,13 @@ impl Server {
             fin: config.fin_timeout,
         };
         Ok(Server {
-            pairs: Pairs::new(upstreams, timeouts, serving, config.buffer_size),
+            pairs: Pairs::new(
+                upstreams,
+                timeouts,
+                serving,
+                config.buffer_size,
+                config.log_connections,
+            ),
             poll,
             signals,
             gate,

@@ -30,6 +30,9 @@ macro_rules! counters {
         pub struct Stats {
             $($acc)*
             pub window: RateWindow,
+            /// Request/answer matching: answer latencies, connections
+            /// closed by reason, spare seq sets.
+            pub matching: crate::seqs::Matching,
             /// Messages counted since the last time they went into the window.
             pending_req: u64,
             pending_resp: u64,

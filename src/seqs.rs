@@ -1,0 +1,333 @@
+//! Request/answer matching by seq: each connection's outstanding requests,
+//! and the counters and latencies matching yields.
+//!
+//! Pure apart from the clock read once per scanned read ([`now_us`]). Each
+//! pair keeps its outstanding `REQ`s as `(seq, time read)` in arrival order
+//! ([`Seqs`]); an `ACK`/`NAK` matches the oldest one with its seq, which is
+//! the front in the usual in-order case (one comparison), else found by a
+//! scan (out-of-order answers). A `REQ` is checked for a duplicate seq only
+//! when its seq is not above every seq outstanding, so increasing seqs cost
+//! one comparison too. The set is capped at [`MAX_OUTSTANDING`] entries of
+//! 16 bytes (64 KiB): past it requests are relayed but only counted
+//! (`requests_untracked`), and answers that match nothing are taken to
+//! answer them first. An empty set holds no allocation.
+
+use std::collections::VecDeque;
+
+use crate::latency::{Answer, Latency, now_us};
+use crate::pair::log_line::ConnRecord;
+use crate::scanner::{Frame, FrameCounts, FrameSink};
+
+/// How many termination reasons there are (`crate::pair::Reason::NAMES`).
+pub const CLOSE_REASONS: usize = 12;
+/// Most requests tracked per connection.
+pub const MAX_OUTSTANDING: usize = 4096;
+/// Capacity of a set's first allocation.
+const FIRST_CAPACITY: usize = 8;
+
+/// The proxy-wide counters of matching, and the latencies.
+#[derive(Default)]
+pub struct Matching {
+    /// Requests sent upstream and not answered yet, tracked or not (gauge).
+    pub in_flight: u64,
+    /// Requests still outstanding when their connection's relay ended.
+    pub unanswered: u64,
+    /// Answers whose seq was not outstanding on their connection.
+    pub unmatched: u64,
+    /// Requests whose seq was already outstanding on their connection.
+    pub duplicate_seq: u64,
+    /// Requests past [`MAX_OUTSTANDING`]: relayed, not timed.
+    pub untracked: u64,
+    pub latency: Latency,
+    /// Connections closed, by `crate::pair::Reason::index`.
+    pub closed: [u64; CLOSE_REASONS],
+}
+
+/// One connection's outstanding requests.
+#[derive(Debug, Default)]
+pub struct Seqs {
+    /// `(seq, µs read)`, oldest first.
+    queue: VecDeque<(u64, u64)>,
+    /// No outstanding seq is above this (while `queue` is not empty).
+    top: u64,
+    /// Requests outstanding beyond the cap.
+    untracked: u32,
+    /// Requests outstanding when the relay ended (for the connection log).
+    pub unanswered: u32,
+    /// The connection's slowest matched answer, µs (saturating).
+    pub slowest_us: u32,
+    /// At least one answer matched (`slowest_us` means something).
+    answered: bool,
+    /// The connection log's record of this connection, when the log is on.
+    pub(crate) log: Option<Box<ConnRecord>>,
+}
+
+impl Seqs {
+    /// Requests outstanding on this connection.
+    pub fn outstanding(&self) -> u64 {
+        (self.queue.len() as u64).saturating_add(u64::from(self.untracked))
+    }
+
+    /// True once an answer matched on this connection.
+    pub fn answered(&self) -> bool {
+        self.answered
+    }
+
+    /// True while the set holds an allocation.
+    pub fn holds_allocation(&self) -> bool {
+        self.queue.capacity() > 0
+    }
+
+    /// A well-formed `REQ` with `seq` whose last byte was read at `at_us`.
+    #[inline]
+    pub fn request(&mut self, seq: u64, at_us: u64, m: &mut Matching) {
+        m.in_flight = m.in_flight.saturating_add(1);
+        let len = self.queue.len();
+        if len == 0 || seq > self.top {
+            self.top = seq;
+        } else if self.queue.iter().any(|&(s, _)| s == seq) {
+            m.duplicate_seq = m.duplicate_seq.saturating_add(1);
+        }
+        if len >= MAX_OUTSTANDING {
+            self.untracked = self.untracked.saturating_add(1);
+            m.untracked = m.untracked.saturating_add(1);
+            return;
+        }
+        if self.queue.capacity() == 0 {
+            self.queue.reserve_exact(FIRST_CAPACITY);
+        }
+        self.queue.push_back((seq, at_us));
+    }
+
+    /// A well-formed answer with `seq` read at `at_us`.
+    #[inline]
+    pub fn answer(&mut self, answer: Answer, seq: u64, at_us: u64, m: &mut Matching) {
+        let found = match self.queue.front() {
+            Some(&(s, t)) if s == seq => {
+                self.queue.pop_front();
+                Some(t)
+            }
+            Some(_) => self.take(seq),
+            None => None,
+        };
+        match found {
+            Some(sent) => {
+                m.in_flight = m.in_flight.saturating_sub(1);
+                let us = at_us.saturating_sub(sent);
+                self.slowest_us = self.slowest_us.max(u32::try_from(us).unwrap_or(u32::MAX));
+                self.answered = true;
+                m.latency.record(answer, at_us, us);
+                if self.queue.is_empty() {
+                    // An idle connection holds nothing.
+                    self.queue = VecDeque::new();
+                }
+            }
+            // Past the cap, an answer that matches nothing is taken to
+            // answer an untracked request.
+            None if self.untracked > 0 => {
+                self.untracked -= 1;
+                m.in_flight = m.in_flight.saturating_sub(1);
+            }
+            None => m.unmatched = m.unmatched.saturating_add(1),
+        }
+    }
+
+    /// Removes the oldest outstanding `seq` (not at the front).
+    #[cold]
+    fn take(&mut self, seq: u64) -> Option<u64> {
+        let at = self.queue.iter().position(|&(s, _)| s == seq)?;
+        self.queue.remove(at).map(|(_, t)| t)
+    }
+
+    /// The relay is over: what is outstanding is unanswered. Returns how
+    /// many; the set is emptied and freed.
+    pub fn finish(&mut self, m: &mut Matching) -> u64 {
+        let n = self.outstanding();
+        m.in_flight = m.in_flight.saturating_sub(n);
+        m.unanswered = m.unanswered.saturating_add(n);
+        self.unanswered = self
+            .unanswered
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        self.queue = VecDeque::new();
+        self.untracked = 0;
+        n
+    }
+}
+
+/// The frame sink of one scanned read: counts every frame and matches
+/// requests and answers. The clock is read once per read, and only when
+/// the read completes a request or an answer.
+pub struct Tracking<'a> {
+    pub counts: FrameCounts,
+    pub seqs: &'a mut Seqs,
+    pub matching: &'a mut Matching,
+    now: Option<u64>,
+}
+
+impl<'a> Tracking<'a> {
+    pub fn new(seqs: &'a mut Seqs, matching: &'a mut Matching) -> Self {
+        Tracking {
+            counts: FrameCounts::default(),
+            seqs,
+            matching,
+            now: None,
+        }
+    }
+
+    #[inline(always)]
+    fn now(&mut self) -> u64 {
+        *self.now.get_or_insert_with(now_us)
+    }
+}
+
+impl FrameSink for Tracking<'_> {
+    #[inline(always)]
+    fn frame(&mut self, frame: Frame, seq: u64, _end: usize) {
+        self.counts.add(frame);
+        // The scanner classifies by direction: REQ only from the client,
+        // ACK and NAK only from the server.
+        match frame {
+            Frame::Req => {
+                let t = self.now();
+                self.seqs.request(seq, t, self.matching);
+            }
+            Frame::Ack => {
+                let t = self.now();
+                self.seqs.answer(Answer::Ack, seq, t, self.matching);
+            }
+            Frame::Nak => {
+                let t = self.now();
+                self.seqs.answer(Answer::Nak, seq, t, self.matching);
+            }
+            Frame::Invalid => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scanner::{Direction, Scanner};
+
+    fn ack(s: &mut Seqs, seq: u64, at: u64, m: &mut Matching) {
+        s.answer(Answer::Ack, seq, at, m);
+    }
+
+    #[test]
+    fn in_order_answers_match_and_time_each_request() {
+        let (mut s, mut m) = (Seqs::default(), Matching::default());
+        s.request(1, 100, &mut m);
+        s.request(2, 150, &mut m);
+        assert_eq!(m.in_flight, 2);
+        ack(&mut s, 1, 1_100, &mut m);
+        s.answer(Answer::Nak, 2, 20_150, &mut m);
+        assert_eq!(m.in_flight, 0);
+        assert_eq!(m.latency.ack.count(), 1);
+        assert_eq!(m.latency.ack.sum_us, 1_000);
+        assert_eq!(m.latency.nak.sum_us, 20_000);
+        assert_eq!(s.slowest_us, 20_000);
+        assert_eq!(m.unmatched + m.duplicate_seq + m.unanswered, 0);
+        assert!(!s.holds_allocation(), "an idle connection holds nothing");
+    }
+
+    #[test]
+    fn out_of_order_answers_match_their_own_request() {
+        let (mut s, mut m) = (Seqs::default(), Matching::default());
+        for seq in 1..=4 {
+            s.request(seq, seq * 10, &mut m);
+        }
+        ack(&mut s, 3, 1_030, &mut m);
+        ack(&mut s, 1, 1_010, &mut m);
+        ack(&mut s, 4, 1_040, &mut m);
+        ack(&mut s, 2, 1_020, &mut m);
+        assert_eq!(m.latency.ack.sum_us, 4_000, "each took 1 ms");
+        assert_eq!(m.unmatched, 0);
+        assert_eq!(s.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_duplicate_seq_is_counted_and_both_are_answered() {
+        let (mut s, mut m) = (Seqs::default(), Matching::default());
+        s.request(7, 0, &mut m);
+        s.request(8, 0, &mut m);
+        s.request(7, 500, &mut m);
+        assert_eq!(m.duplicate_seq, 1);
+        ack(&mut s, 7, 1_000, &mut m);
+        ack(&mut s, 8, 1_000, &mut m);
+        ack(&mut s, 7, 1_000, &mut m);
+        assert_eq!(m.unmatched, 0);
+        assert_eq!(m.latency.ack.sum_us, 1_000 + 1_000 + 500, "oldest first");
+        // A seq reused after its answer is no duplicate.
+        s.request(7, 0, &mut m);
+        assert_eq!(m.duplicate_seq, 1);
+    }
+
+    #[test]
+    fn unknown_and_twice_answered_seqs_are_unmatched() {
+        let (mut s, mut m) = (Seqs::default(), Matching::default());
+        ack(&mut s, 5, 10, &mut m);
+        s.request(1, 0, &mut m);
+        ack(&mut s, 1, 10, &mut m);
+        ack(&mut s, 1, 20, &mut m);
+        s.request(2, 0, &mut m);
+        ack(&mut s, 9, 20, &mut m);
+        assert_eq!(m.unmatched, 3);
+        assert_eq!(m.in_flight, 1);
+        assert_eq!(m.latency.ack.count(), 1);
+    }
+
+    #[test]
+    fn past_the_cap_requests_are_untracked_and_their_answers_not_unmatched() {
+        let (mut s, mut m) = (Seqs::default(), Matching::default());
+        let over = MAX_OUTSTANDING as u64 + 3;
+        for seq in 0..over {
+            s.request(seq, 0, &mut m);
+        }
+        assert_eq!(m.untracked, 3);
+        assert_eq!(m.in_flight, over);
+        assert!(s.queue.len() <= MAX_OUTSTANDING, "the set stays bounded");
+        for seq in 0..over {
+            ack(&mut s, seq, 5, &mut m);
+        }
+        assert_eq!(m.unmatched, 0);
+        assert_eq!(m.in_flight, 0);
+        assert_eq!(m.latency.ack.count(), MAX_OUTSTANDING as u64);
+    }
+
+    #[test]
+    fn a_close_with_requests_outstanding_counts_them_unanswered() {
+        let (mut s, mut m) = (Seqs::default(), Matching::default());
+        s.request(1, 0, &mut m);
+        s.request(2, 0, &mut m);
+        s.request(3, 0, &mut m);
+        ack(&mut s, 2, 10, &mut m);
+        assert_eq!(s.finish(&mut m), 2);
+        assert_eq!(m.unanswered, 2);
+        assert_eq!(s.unanswered, 2);
+        assert_eq!(m.in_flight, 0);
+        assert!(!s.holds_allocation());
+    }
+
+    #[test]
+    fn a_request_split_across_reads_is_timed_from_its_last_byte() {
+        let (mut s, mut m) = (Seqs::default(), Matching::default());
+        let mut c2s = Scanner::new(Direction::ClientToServer);
+        let mut sink = Tracking::new(&mut s, &mut m);
+        c2s.scan(b"REQ 4", &mut sink);
+        assert_eq!(sink.counts.req, 0);
+        assert_eq!(sink.seqs.outstanding(), 0);
+        let mut sink = Tracking::new(&mut s, &mut m);
+        c2s.scan(b"2 hello\nREQ 43\n", &mut sink);
+        assert_eq!(sink.counts.req, 2);
+        assert_eq!(
+            s.queue.iter().map(|&(q, _)| q).collect::<Vec<_>>(),
+            [42, 43]
+        );
+        let mut s2c = Scanner::new(Direction::ServerToClient);
+        let mut sink = Tracking::new(&mut s, &mut m);
+        s2c.scan(b"NAK 43 x\nACK 42\nREQ 1\n", &mut sink);
+        assert_eq!(sink.counts.invalid, 1, "a REQ from the server is no answer");
+        assert_eq!(m.latency.ack.count() + m.latency.nak.count(), 2);
+        assert_eq!(m.unmatched, 0);
+    }
+}
