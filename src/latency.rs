@@ -121,6 +121,10 @@ pub struct Quantiles {
 /// of the last [`WINDOW_SECS`] (the current one included).
 pub struct Recent {
     seconds: Vec<Second>,
+    /// The slot of the second being recorded, and where that second ends
+    /// (µs): a record before then needs no division.
+    current: usize,
+    current_end_us: u64,
 }
 
 impl Default for Recent {
@@ -133,7 +137,11 @@ impl Default for Recent {
                 counts: vec![0u32; FINE].into_boxed_slice(),
             })
             .collect();
-        Recent { seconds }
+        Recent {
+            seconds,
+            current: 0,
+            current_end_us: 0,
+        }
     }
 }
 
@@ -141,21 +149,35 @@ impl Recent {
     /// One answer `us` long, read at `at_us`.
     #[inline]
     pub fn record(&mut self, at_us: u64, us: u64) {
-        let second = at_us / 1_000_000;
-        let tag = second.saturating_add(1);
-        let Some(slot) = self.seconds.get_mut((second % WINDOW_SECS) as usize) else {
+        // The clock is monotonic: only a new second needs the slot found.
+        if at_us >= self.current_end_us {
+            self.enter(at_us);
+        }
+        let Some(slot) = self.seconds.get_mut(self.current) else {
             return;
         };
-        if slot.tag != tag {
-            slot.tag = tag;
-            slot.count = 0;
-            slot.max_us = 0;
-            slot.counts.fill(0);
-        }
         slot.count = slot.count.saturating_add(1);
         slot.max_us = slot.max_us.max(us);
         if let Some(c) = slot.counts.get_mut(fine_of(us)) {
             *c = c.saturating_add(1);
+        }
+    }
+
+    /// Makes the slot of `at_us`'s second current, emptied if it held an
+    /// older second.
+    #[cold]
+    fn enter(&mut self, at_us: u64) {
+        let second = at_us / 1_000_000;
+        let tag = second.saturating_add(1);
+        self.current = (second % WINDOW_SECS) as usize;
+        self.current_end_us = tag.saturating_mul(1_000_000);
+        if let Some(slot) = self.seconds.get_mut(self.current)
+            && slot.tag != tag
+        {
+            slot.tag = tag;
+            slot.count = 0;
+            slot.max_us = 0;
+            slot.counts.fill(0);
         }
     }
 
