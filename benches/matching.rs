@@ -13,7 +13,8 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use foo_proxy::scanner::{Direction, Frame, FrameCounts, FrameSink, Scanner};
-use foo_proxy::seqs::{Matching, Seqs, Tracking};
+use foo_proxy::seqs::{Seqs, Tracking};
+use foo_proxy::stats::Stats;
 use std::hint::black_box;
 
 const DEPTH: u64 = 16;
@@ -83,7 +84,7 @@ fn bench(c: &mut Criterion) {
             sum.0
         })
     });
-    let mut matching = Matching::default();
+    let mut matching = Stats::default();
     group.bench_with_input(BenchmarkId::new("with matching", 64), &data, |b, data| {
         b.iter(|| {
             let mut c2s = Scanner::new(Direction::ClientToServer);
@@ -102,7 +103,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
-    assert_eq!(matching.unmatched, 0);
+    assert_eq!(matching.answers_unmatched, 0);
 }
 
 criterion_group!(benches, bench);
@@ -111,7 +112,7 @@ criterion_group!(benches, bench);
 fn main() {
     if let Ok(mode) = std::env::var("MATCHING_RUN") {
         let data = reads();
-        let mut matching = Matching::default();
+        let mut matching = Stats::default();
         let mut n = 0u64;
         for _ in 0..20 {
             let mut c2s = Scanner::new(Direction::ClientToServer);
@@ -140,7 +141,7 @@ fn main() {
             }
             n += sum.0;
         }
-        println!("{n} {}", matching.in_flight);
+        println!("{n} {}", matching.requests_in_flight);
         return;
     }
     benches();

@@ -79,6 +79,7 @@ pub mod handover;
 pub mod latency;
 pub mod logging;
 pub mod net;
+pub mod observe;
 pub mod output;
 mod pair;
 mod pairs;

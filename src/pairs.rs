@@ -443,7 +443,7 @@ impl Pairs {
             self.upstreams.release(key, &upstream.stream);
         }
         // No answer can come any more.
-        pair.seqs.finish(&mut env.stats.matching);
+        pair.seqs.finish(env.stats);
         if matches!(
             reason,
             Reason::ProxyHeaderMissing | Reason::ProxyHeaderInvalid
@@ -515,7 +515,7 @@ impl Pairs {
         let reason = match &pair.state {
             State::Lingering(linger) => linger.reason,
             _ => {
-                pair.seqs.finish(&mut env.stats.matching);
+                pair.seqs.finish(env.stats);
                 Reason::Shutdown
             }
         };

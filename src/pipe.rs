@@ -130,7 +130,7 @@ impl Pipe {
     }
 
     fn account(&mut self, bytes: &[u8], seqs: &mut Seqs, stats: &mut Stats) {
-        let mut sink = Tracking::new(seqs, &mut stats.matching);
+        let mut sink = Tracking::new(seqs, stats);
         self.scanner.scan(bytes, &mut sink);
         let delta = sink.counts;
         self.lines = self.lines.saturating_add(delta.lines());

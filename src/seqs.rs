@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use crate::latency::{Answer, Latency, now_us};
 use crate::pair::log_line::ConnRecord;
 use crate::scanner::{Frame, FrameCounts, FrameSink};
+use crate::stats::Stats;
 
 /// How many termination reasons there are (`crate::pair::Reason::NAMES`).
 pub const CLOSE_REASONS: usize = 12;
@@ -33,19 +34,11 @@ const FIRST_CAPACITY: usize = 16;
 const SPARE_SETS: usize = 32;
 const SPARE_MAX_CAPACITY: usize = 64;
 
-/// The proxy-wide counters of matching, and the latencies.
+/// What matching keeps proxy-wide besides the plain counters (those are
+/// `Stats` fields, in the counter list): the latencies, the connections
+/// closed by reason, and emptied sets for reuse.
 #[derive(Default)]
 pub struct Matching {
-    /// Requests sent upstream and not answered yet, tracked or not (gauge).
-    pub in_flight: u64,
-    /// Requests still outstanding when their connection's relay ended.
-    pub unanswered: u64,
-    /// Answers whose seq was not outstanding on their connection.
-    pub unmatched: u64,
-    /// Requests whose seq was already outstanding on their connection.
-    pub duplicate_seq: u64,
-    /// Requests past [`MAX_OUTSTANDING`]: relayed, not timed.
-    pub untracked: u64,
     pub latency: Latency,
     /// Connections closed, by `crate::pair::Reason::index`.
     pub closed: [u64; CLOSE_REASONS],
@@ -90,21 +83,22 @@ impl Seqs {
 
     /// A well-formed `REQ` with `seq` whose last byte was read at `at_us`.
     #[inline]
-    pub fn request(&mut self, seq: u64, at_us: u64, m: &mut Matching) {
-        m.in_flight = m.in_flight.saturating_add(1);
+    pub fn request(&mut self, seq: u64, at_us: u64, st: &mut Stats) {
+        st.requests_in_flight = st.requests_in_flight.saturating_add(1);
         let len = self.queue.len();
         if len == 0 || seq > self.top {
             self.top = seq;
         } else if self.queue.iter().any(|&(s, _)| s == seq) {
-            m.duplicate_seq = m.duplicate_seq.saturating_add(1);
+            st.requests_duplicate_seq = st.requests_duplicate_seq.saturating_add(1);
         }
         if len >= MAX_OUTSTANDING {
             self.untracked = self.untracked.saturating_add(1);
-            m.untracked = m.untracked.saturating_add(1);
+            st.requests_untracked = st.requests_untracked.saturating_add(1);
             return;
         }
         if self.queue.capacity() == 0 {
-            self.queue = m
+            self.queue = st
+                .matching
                 .spare
                 .pop()
                 .unwrap_or_else(|| VecDeque::with_capacity(FIRST_CAPACITY));
@@ -114,7 +108,7 @@ impl Seqs {
 
     /// A well-formed answer with `seq` read at `at_us`.
     #[inline]
-    pub fn answer(&mut self, answer: Answer, seq: u64, at_us: u64, m: &mut Matching) {
+    pub fn answer(&mut self, answer: Answer, seq: u64, at_us: u64, st: &mut Stats) {
         let found = match self.queue.front() {
             Some(&(s, t)) if s == seq => {
                 self.queue.pop_front();
@@ -125,22 +119,22 @@ impl Seqs {
         };
         match found {
             Some(sent) => {
-                m.in_flight = m.in_flight.saturating_sub(1);
+                st.requests_in_flight = st.requests_in_flight.saturating_sub(1);
                 let us = at_us.saturating_sub(sent);
                 self.slowest_us = self.slowest_us.max(u32::try_from(us).unwrap_or(u32::MAX));
                 self.answered = true;
-                m.latency.record(answer, at_us, us);
+                st.matching.latency.record(answer, at_us, us);
                 if self.queue.is_empty() {
-                    self.release(m);
+                    self.release(st);
                 }
             }
             // Past the cap, an answer that matches nothing is taken to
             // answer an untracked request.
             None if self.untracked > 0 => {
                 self.untracked -= 1;
-                m.in_flight = m.in_flight.saturating_sub(1);
+                st.requests_in_flight = st.requests_in_flight.saturating_sub(1);
             }
-            None => m.unmatched = m.unmatched.saturating_add(1),
+            None => st.answers_unmatched = st.answers_unmatched.saturating_add(1),
         }
     }
 
@@ -153,26 +147,26 @@ impl Seqs {
 
     /// The relay is over: what is outstanding is unanswered. Returns how
     /// many; the set is emptied and freed.
-    pub fn finish(&mut self, m: &mut Matching) -> u64 {
+    pub fn finish(&mut self, st: &mut Stats) -> u64 {
         let n = self.outstanding();
-        m.in_flight = m.in_flight.saturating_sub(n);
-        m.unanswered = m.unanswered.saturating_add(n);
+        st.requests_in_flight = st.requests_in_flight.saturating_sub(n);
+        st.requests_unanswered = st.requests_unanswered.saturating_add(n);
         self.unanswered = self
             .unanswered
             .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         self.queue.clear();
-        self.release(m);
+        self.release(st);
         self.untracked = 0;
         n
     }
 
     /// Gives the emptied set's allocation back: an idle connection holds
     /// nothing for its requests.
-    fn release(&mut self, m: &mut Matching) {
+    fn release(&mut self, st: &mut Stats) {
         let set = std::mem::take(&mut self.queue);
         let capacity = set.capacity();
-        if capacity > 0 && capacity <= SPARE_MAX_CAPACITY && m.spare.len() < SPARE_SETS {
-            m.spare.push(set);
+        if capacity > 0 && capacity <= SPARE_MAX_CAPACITY && st.matching.spare.len() < SPARE_SETS {
+            st.matching.spare.push(set);
         }
     }
 }
@@ -183,16 +177,16 @@ impl Seqs {
 pub struct Tracking<'a> {
     pub counts: FrameCounts,
     pub seqs: &'a mut Seqs,
-    pub matching: &'a mut Matching,
+    pub stats: &'a mut Stats,
     now: Option<u64>,
 }
 
 impl<'a> Tracking<'a> {
-    pub fn new(seqs: &'a mut Seqs, matching: &'a mut Matching) -> Self {
+    pub fn new(seqs: &'a mut Seqs, stats: &'a mut Stats) -> Self {
         Tracking {
             counts: FrameCounts::default(),
             seqs,
-            matching,
+            stats,
             now: None,
         }
     }
@@ -212,15 +206,15 @@ impl FrameSink for Tracking<'_> {
         match frame {
             Frame::Req => {
                 let t = self.now();
-                self.seqs.request(seq, t, self.matching);
+                self.seqs.request(seq, t, self.stats);
             }
             Frame::Ack => {
                 let t = self.now();
-                self.seqs.answer(Answer::Ack, seq, t, self.matching);
+                self.seqs.answer(Answer::Ack, seq, t, self.stats);
             }
             Frame::Nak => {
                 let t = self.now();
-                self.seqs.answer(Answer::Nak, seq, t, self.matching);
+                self.seqs.answer(Answer::Nak, seq, t, self.stats);
             }
             Frame::Invalid => {}
         }
@@ -232,30 +226,33 @@ mod tests {
     use super::*;
     use crate::scanner::{Direction, Scanner};
 
-    fn ack(s: &mut Seqs, seq: u64, at: u64, m: &mut Matching) {
+    fn ack(s: &mut Seqs, seq: u64, at: u64, m: &mut Stats) {
         s.answer(Answer::Ack, seq, at, m);
     }
 
     #[test]
     fn in_order_answers_match_and_time_each_request() {
-        let (mut s, mut m) = (Seqs::default(), Matching::default());
+        let (mut s, mut m) = (Seqs::default(), Stats::default());
         s.request(1, 100, &mut m);
         s.request(2, 150, &mut m);
-        assert_eq!(m.in_flight, 2);
+        assert_eq!(m.requests_in_flight, 2);
         ack(&mut s, 1, 1_100, &mut m);
         s.answer(Answer::Nak, 2, 20_150, &mut m);
-        assert_eq!(m.in_flight, 0);
-        assert_eq!(m.latency.ack.count(), 1);
-        assert_eq!(m.latency.ack.sum_us, 1_000);
-        assert_eq!(m.latency.nak.sum_us, 20_000);
+        assert_eq!(m.requests_in_flight, 0);
+        assert_eq!(m.matching.latency.ack.count(), 1);
+        assert_eq!(m.matching.latency.ack.sum_us, 1_000);
+        assert_eq!(m.matching.latency.nak.sum_us, 20_000);
         assert_eq!(s.slowest_us, 20_000);
-        assert_eq!(m.unmatched + m.duplicate_seq + m.unanswered, 0);
+        assert_eq!(
+            m.answers_unmatched + m.requests_duplicate_seq + m.requests_unanswered,
+            0
+        );
         assert!(!s.holds_allocation(), "an idle connection holds nothing");
     }
 
     #[test]
     fn out_of_order_answers_match_their_own_request() {
-        let (mut s, mut m) = (Seqs::default(), Matching::default());
+        let (mut s, mut m) = (Seqs::default(), Stats::default());
         for seq in 1..=4 {
             s.request(seq, seq * 10, &mut m);
         }
@@ -263,77 +260,81 @@ mod tests {
         ack(&mut s, 1, 1_010, &mut m);
         ack(&mut s, 4, 1_040, &mut m);
         ack(&mut s, 2, 1_020, &mut m);
-        assert_eq!(m.latency.ack.sum_us, 4_000, "each took 1 ms");
-        assert_eq!(m.unmatched, 0);
+        assert_eq!(m.matching.latency.ack.sum_us, 4_000, "each took 1 ms");
+        assert_eq!(m.answers_unmatched, 0);
         assert_eq!(s.outstanding(), 0);
     }
 
     #[test]
     fn a_duplicate_seq_is_counted_and_both_are_answered() {
-        let (mut s, mut m) = (Seqs::default(), Matching::default());
+        let (mut s, mut m) = (Seqs::default(), Stats::default());
         s.request(7, 0, &mut m);
         s.request(8, 0, &mut m);
         s.request(7, 500, &mut m);
-        assert_eq!(m.duplicate_seq, 1);
+        assert_eq!(m.requests_duplicate_seq, 1);
         ack(&mut s, 7, 1_000, &mut m);
         ack(&mut s, 8, 1_000, &mut m);
         ack(&mut s, 7, 1_000, &mut m);
-        assert_eq!(m.unmatched, 0);
-        assert_eq!(m.latency.ack.sum_us, 1_000 + 1_000 + 500, "oldest first");
+        assert_eq!(m.answers_unmatched, 0);
+        assert_eq!(
+            m.matching.latency.ack.sum_us,
+            1_000 + 1_000 + 500,
+            "oldest first"
+        );
         // A seq reused after its answer is no duplicate.
         s.request(7, 0, &mut m);
-        assert_eq!(m.duplicate_seq, 1);
+        assert_eq!(m.requests_duplicate_seq, 1);
     }
 
     #[test]
     fn unknown_and_twice_answered_seqs_are_unmatched() {
-        let (mut s, mut m) = (Seqs::default(), Matching::default());
+        let (mut s, mut m) = (Seqs::default(), Stats::default());
         ack(&mut s, 5, 10, &mut m);
         s.request(1, 0, &mut m);
         ack(&mut s, 1, 10, &mut m);
         ack(&mut s, 1, 20, &mut m);
         s.request(2, 0, &mut m);
         ack(&mut s, 9, 20, &mut m);
-        assert_eq!(m.unmatched, 3);
-        assert_eq!(m.in_flight, 1);
-        assert_eq!(m.latency.ack.count(), 1);
+        assert_eq!(m.answers_unmatched, 3);
+        assert_eq!(m.requests_in_flight, 1);
+        assert_eq!(m.matching.latency.ack.count(), 1);
     }
 
     #[test]
     fn past_the_cap_requests_are_untracked_and_their_answers_not_unmatched() {
-        let (mut s, mut m) = (Seqs::default(), Matching::default());
+        let (mut s, mut m) = (Seqs::default(), Stats::default());
         let over = MAX_OUTSTANDING as u64 + 3;
         for seq in 0..over {
             s.request(seq, 0, &mut m);
         }
-        assert_eq!(m.untracked, 3);
-        assert_eq!(m.in_flight, over);
+        assert_eq!(m.requests_untracked, 3);
+        assert_eq!(m.requests_in_flight, over);
         assert!(s.queue.len() <= MAX_OUTSTANDING, "the set stays bounded");
         for seq in 0..over {
             ack(&mut s, seq, 5, &mut m);
         }
-        assert_eq!(m.unmatched, 0);
-        assert_eq!(m.in_flight, 0);
-        assert_eq!(m.latency.ack.count(), MAX_OUTSTANDING as u64);
+        assert_eq!(m.answers_unmatched, 0);
+        assert_eq!(m.requests_in_flight, 0);
+        assert_eq!(m.matching.latency.ack.count(), MAX_OUTSTANDING as u64);
     }
 
     #[test]
     fn a_close_with_requests_outstanding_counts_them_unanswered() {
-        let (mut s, mut m) = (Seqs::default(), Matching::default());
+        let (mut s, mut m) = (Seqs::default(), Stats::default());
         s.request(1, 0, &mut m);
         s.request(2, 0, &mut m);
         s.request(3, 0, &mut m);
         ack(&mut s, 2, 10, &mut m);
         assert_eq!(s.finish(&mut m), 2);
-        assert_eq!(m.unanswered, 2);
+        assert_eq!(m.requests_unanswered, 2);
         assert_eq!(s.unanswered, 2);
-        assert_eq!(m.in_flight, 0);
+        assert_eq!(m.requests_in_flight, 0);
         assert!(!s.holds_allocation());
     }
 
     #[test]
     fn a_request_split_across_reads_is_timed_from_its_last_byte() {
-        let (mut s, mut m) = (Seqs::default(), Matching::default());
+        let (mut s, mut m) = (Seqs::default(), Stats::default());
         let mut c2s = Scanner::new(Direction::ClientToServer);
         let mut sink = Tracking::new(&mut s, &mut m);
         c2s.scan(b"REQ 4", &mut sink);
@@ -350,7 +351,10 @@ mod tests {
         let mut sink = Tracking::new(&mut s, &mut m);
         s2c.scan(b"NAK 43 x\nACK 42\nREQ 1\n", &mut sink);
         assert_eq!(sink.counts.invalid, 1, "a REQ from the server is no answer");
-        assert_eq!(m.latency.ack.count() + m.latency.nak.count(), 2);
-        assert_eq!(m.unmatched, 0);
+        assert_eq!(
+            m.matching.latency.ack.count() + m.matching.latency.nak.count(),
+            2
+        );
+        assert_eq!(m.answers_unmatched, 0);
     }
 }

@@ -21,6 +21,8 @@
 #[macro_use]
 mod define;
 
+use crate::latency::{Quantiles, now_us};
+use crate::observe::{ByType, Closed, bounds_ms};
 use crate::rates::{RateSnapshot, RateWindow};
 use crate::scanner::FrameCounts;
 use serde::{Deserialize, Serialize};
@@ -116,6 +118,30 @@ counters! {
         "Bytes read but not yet written, over all connections."];
     /// Seconds since start.
     uptime_secs: f64 = derived(|_, _, now_ms| now_ms as f64 / 1000.0) [];
+    // Request/answer matching (issue 12; names fixed by CONTRACT-12).
+    requests_in_flight: u64 = reset(requests_in_flight) [gauge "foo_requests_in_flight" ""
+        "Requests read from clients and not yet answered."];
+    requests_unanswered: u64 = kept(requests_unanswered)
+        [counter "foo_requests_unanswered_total" ""
+        "Requests still outstanding when their connection ended."];
+    answers_unmatched: u64 = kept(answers_unmatched) [counter "foo_answers_unmatched_total" ""
+        "Answers whose seq was not outstanding on their connection."];
+    requests_duplicate_seq: u64 = kept(requests_duplicate_seq)
+        [counter "foo_requests_duplicate_seq_total" ""
+        "Requests whose seq was already outstanding on their connection."];
+    requests_untracked: u64 = kept(requests_untracked) [counter "foo_requests_untracked_total" ""
+        "Requests past the per-connection cap of outstanding requests: relayed, not timed."];
+    /// Answers matched in the last 10 s: count, quantiles and max in ms.
+    response_latency_ms: Quantiles =
+        derived(|s, _, _| s.matching.latency.recent.quantiles(now_us())) [];
+    /// The fixed histogram bounds, in ms.
+    response_latency_buckets_ms: Vec<f64> = derived(|_, _, _| bounds_ms()) [];
+    /// Matched answers by fixed bucket, by type, since start (not cumulative);
+    /// rendered for Prometheus by `observe::prometheus`.
+    response_latency_histogram: ByType = derived(|s, _, _| ByType::of(&s.matching.latency)) [];
+    /// Connections closed, by termination reason; rendered for Prometheus by
+    /// `observe::prometheus`.
+    connections_closed: Closed = derived(|s, _, _| Closed(s.matching.closed)) [];
 }
 
 impl Stats {

@@ -262,6 +262,13 @@ fn metrics_speaks_prometheus_to_a_scraper_and_json_to_curl() {
         ("foo_buffered_bytes", PrometheusType::Gauge),
         ("process_start_time_seconds", PrometheusType::Gauge),
         ("foo_build_info", PrometheusType::Gauge),
+        ("foo_requests_in_flight", PrometheusType::Gauge),
+        ("foo_requests_unanswered_total", PrometheusType::Counter),
+        ("foo_answers_unmatched_total", PrometheusType::Counter),
+        ("foo_requests_duplicate_seq_total", PrometheusType::Counter),
+        ("foo_requests_untracked_total", PrometheusType::Counter),
+        ("foo_response_latency_seconds", PrometheusType::Histogram),
+        ("foo_connections_closed_total", PrometheusType::Counter),
     ] {
         let fam = exposition
             .families
@@ -272,7 +279,7 @@ fn metrics_speaks_prometheus_to_a_scraper_and_json_to_curl() {
         assert_eq!(text.matches(&format!("# HELP {family} ")).count(), 1);
         assert_eq!(text.matches(&format!("# TYPE {family} ")).count(), 1);
     }
-    assert_eq!(exposition.families.len(), 17, "{text}");
+    assert_eq!(exposition.families.len(), 24, "{text}");
     assert!(!text.contains("rate"), "no precomputed rates: {text}");
     assert_eq!(sample(&text, "foo_messages_total", &["req"]).1, 5.0);
     let version = env!("CARGO_PKG_VERSION");

@@ -140,6 +140,10 @@ fn totals_file(path: &Path, total: u64) {
             upstream_errors: total,
             bytes_client_to_server: total,
             bytes_server_to_client: total,
+            requests_unanswered: total,
+            answers_unmatched: total,
+            requests_duplicate_seq: total,
+            requests_untracked: total,
         },
         window: Vec::new(),
     };

@@ -35,6 +35,7 @@ pub fn prometheus(r: &Report, start_unix: f64) -> String {
             }
         }
     }
+    crate::observe::prometheus(r, &mut out);
     let _ = write!(
         out,
         "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\

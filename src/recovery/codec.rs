@@ -359,6 +359,10 @@ pub(in crate::recovery) mod tests {
                 upstream_errors: 2,
                 bytes_client_to_server: u64::MAX - 1,
                 bytes_server_to_client: 123_456_789_012,
+                requests_unanswered: 5,
+                answers_unmatched: 6,
+                requests_duplicate_seq: 7,
+                requests_untracked: 8,
             },
             // Started 0 ms, 10 ms, 2 s, 6.49 s, 6.5 s and 9.99 s before the write.
             window: vec![
