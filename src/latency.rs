@@ -58,7 +58,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    #[inline]
+    #[inline(always)]
     pub fn record(&mut self, us: u64) {
         if let Some(c) = self.counts.get_mut(bucket_of(us)) {
             *c = c.saturating_add(1);
@@ -147,7 +147,7 @@ impl Default for Recent {
 
 impl Recent {
     /// One answer `us` long, read at `at_us`.
-    #[inline]
+    #[inline(always)]
     pub fn record(&mut self, at_us: u64, us: u64) {
         // The clock is monotonic: only a new second needs the slot found.
         if at_us >= self.current_end_us {
@@ -156,10 +156,11 @@ impl Recent {
         let Some(slot) = self.seconds.get_mut(self.current) else {
             return;
         };
-        slot.count = slot.count.saturating_add(1);
+        // Per second: neither count can come near its limit.
+        slot.count = slot.count.wrapping_add(1);
         slot.max_us = slot.max_us.max(us);
         if let Some(c) = slot.counts.get_mut(fine_of(us)) {
-            *c = c.saturating_add(1);
+            *c = c.wrapping_add(1);
         }
     }
 
@@ -239,7 +240,7 @@ pub struct Latency {
 
 impl Latency {
     /// One matched answer: `us` from request to answer, read at `at_us`.
-    #[inline]
+    #[inline(always)]
     pub fn record(&mut self, answer: Answer, at_us: u64, us: u64) {
         match answer {
             Answer::Ack => self.ack.record(us),

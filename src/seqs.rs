@@ -82,7 +82,7 @@ impl Seqs {
     }
 
     /// A well-formed `REQ` with `seq` whose last byte was read at `at_us`.
-    #[inline]
+    #[inline(always)]
     pub fn request(&mut self, seq: u64, at_us: u64, st: &mut Stats) {
         st.requests_in_flight = st.requests_in_flight.saturating_add(1);
         let len = self.queue.len();
@@ -107,7 +107,7 @@ impl Seqs {
     }
 
     /// A well-formed answer with `seq` read at `at_us`.
-    #[inline]
+    #[inline(always)]
     pub fn answer(&mut self, answer: Answer, seq: u64, at_us: u64, st: &mut Stats) {
         let found = match self.queue.front() {
             Some(&(s, t)) if s == seq => {
