@@ -18,7 +18,10 @@
 //! 4. **count**: frame counts go into [`stats::Stats`] in place; the moving
 //!    windows ([`rates`]) take them once per loop iteration. One list in
 //!    [`stats`] names every counter once: its report field, its Prometheus
-//!    metric and whether the recovery file keeps it across a restart.
+//!    metric and whether the recovery file keeps it across a restart. The
+//!    same scan matches each answer to its request by seq ([`seqs`]) and
+//!    records the latency ([`latency`]); each connection's end is counted
+//!    under its termination reason, and `--log-connections` logs it.
 //! 5. **report**: SIGUSR2 (or SIGUSR1) prints [`stats::Report`] as one JSON
 //!    line on stdout; the admin HTTP socket ([`admin`], same loop, after the
 //!    data path each iteration) serves the same report as JSON or Prometheus
@@ -49,7 +52,8 @@
 //! its lock and its writer thread), [`pool`],
 //! [`pipe`], [`linger`] and [`server`] (I/O), [`admin`] (the connections
 //! the loop drives, a pure request to response part, the Prometheus
-//! renderer), [`probe`]
+//! renderer), [`observe`] (the report's latency and termination values),
+//! [`probe`]
 //! (`--probe URL`, the container image's health check), [`proxy_protocol`]
 //! (the PROXY protocol v1/v2 header a balancer sends, `--accept-proxy`, and
 //! the one sent upstream, `--send-proxy`), `clients` (open connections
