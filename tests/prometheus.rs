@@ -139,7 +139,7 @@ fn a_real_prometheus_sees_the_latency_and_request_rate_foo_load_saw() {
     let dir = Scratch::new();
     let server_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let _server = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_foo-server"))
+        Command::new(util::tool("foo-server"))
             .args(["-listen", &server_addr.to_string(), "--delay-ms", "20"])
             .args(["--log-level", "warn"])
             .stdout(Stdio::null())
@@ -191,7 +191,7 @@ fn a_real_prometheus_sees_the_latency_and_request_rate_foo_load_saw() {
         thread::sleep(Duration::from_millis(200));
     }
 
-    let load = Command::new(env!("CARGO_BIN_EXE_foo-load"))
+    let load = Command::new(util::tool("foo-load"))
         .args(["--target", &proxy.addr.to_string()])
         .args([
             "--connections",
