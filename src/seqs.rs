@@ -21,6 +21,11 @@ use crate::stats::Stats;
 
 /// How many termination reasons there are (`crate::pair::Reason::NAMES`).
 pub const CLOSE_REASONS: usize = 12;
+/// A REQ whose seq is not above every outstanding one is looked for among
+/// this many most recent outstanding requests: a client that reuses seqs
+/// (wraps, or resends 1..N in a loop) must not cost a scan of the whole set
+/// per request. An older duplicate is not counted (its answers still match).
+pub const DUPLICATE_WINDOW: usize = 64;
 /// Most requests tracked per connection.
 pub const MAX_OUTSTANDING: usize = 4096;
 /// Capacity of a set's first allocation: the default pipelining depth of
@@ -88,7 +93,13 @@ impl Seqs {
         let len = self.queue.len();
         if len == 0 || seq > self.top {
             self.top = seq;
-        } else if self.queue.iter().any(|&(s, _)| s == seq) {
+        } else if self
+            .queue
+            .iter()
+            .rev()
+            .take(DUPLICATE_WINDOW)
+            .any(|&(s, _)| s == seq)
+        {
             st.requests_duplicate_seq = st.requests_duplicate_seq.saturating_add(1);
         }
         if len >= MAX_OUTSTANDING {
@@ -284,6 +295,24 @@ mod tests {
         // A seq reused after its answer is no duplicate.
         s.request(7, 0, &mut m);
         assert_eq!(m.requests_duplicate_seq, 1);
+    }
+
+    #[test]
+    fn reused_seqs_are_checked_against_the_recent_window_only() {
+        let (mut s, mut m) = (Seqs::default(), Stats::default());
+        for seq in 1..=1000 {
+            s.request(seq, 0, &mut m);
+        }
+        // Seq 1 is outstanding but older than the window: relayed, tracked,
+        // not counted as a duplicate; seq 990 is within it.
+        s.request(1, 0, &mut m);
+        assert_eq!(m.requests_duplicate_seq, 0);
+        s.request(990, 0, &mut m);
+        assert_eq!(m.requests_duplicate_seq, 1);
+        // Both copies of seq 1 are answered, oldest first.
+        ack(&mut s, 1, 5, &mut m);
+        ack(&mut s, 1, 5, &mut m);
+        assert_eq!(m.answers_unmatched, 0);
     }
 
     #[test]
