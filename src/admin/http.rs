@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::admin::page::{self, Asset, CSP};
 use crate::admin::prometheus::prometheus;
 use crate::dates::{self, http_date};
 use crate::stats::{Report, Stats};
@@ -15,6 +16,14 @@ const MAX_HEADERS: usize = 32;
 const JSON: &str = "application/json";
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 const ALLOWED: &str = "GET, HEAD";
+/// Every answer names the proxy and its version (`foo-proxy/0.1.0`): the
+/// status page shows it, and an operator can tell which build answered.
+const SERVER: &str = concat!("foo-proxy/", env!("CARGO_PKG_VERSION"));
+/// The reports change every instant: never reuse one.
+const NO_STORE: &str = "no-store";
+/// The page's files change only with the binary: keep, but revalidate
+/// (`ETag`, `If-None-Match`, 304) so a new build is seen at once.
+const REVALIDATE: &str = "no-cache";
 
 /// What the answer depends on besides the request and the report.
 #[derive(Clone, Copy, Debug)]
@@ -92,6 +101,8 @@ enum Route {
     Metrics,
     Live,
     Ready,
+    /// The status page (`/`) and its script and style.
+    Page(Asset),
 }
 
 fn route(
@@ -111,7 +122,10 @@ fn route(
         "/metrics" => Route::Metrics,
         "/health" | "/heartbeat" | "/status" => Route::Live,
         "/ready" => Route::Ready,
-        _ => return error(404, "not found", &[], head_only, facts),
+        other => match page::asset(other) {
+            Some(asset) => Route::Page(asset),
+            None => return error(404, "not found", &[], head_only, facts),
+        },
     };
     if !matches!(method, "GET" | "HEAD") {
         return error(
@@ -123,6 +137,7 @@ fn route(
         );
     }
     let (status, content_type, body) = match route {
+        Route::Page(asset) => return page_file(asset, headers, head_only, facts),
         Route::Live => (200, JSON, String::from("{\"status\":\"OK\"}\n")),
         Route::Ready if facts.ready => (200, JSON, String::from("{\"status\":\"OK\"}\n")),
         Route::Ready => (503, JSON, String::from("{\"status\":\"unavailable\"}\n")),
@@ -135,6 +150,7 @@ fn route(
         bytes: render(
             status,
             content_type,
+            NO_STORE,
             &[],
             body.as_bytes(),
             head_only,
@@ -142,6 +158,45 @@ fn route(
         ),
         status,
         body_len: if head_only { 0 } else { body.len() },
+        request_line: String::new(),
+    }
+}
+
+/// One of the status page's files, with its CSP and entity tag; 304 (GET's
+/// headers, no body) when `If-None-Match` names the current tag or `*`.
+fn page_file(
+    asset: Asset,
+    headers: &[httparse::Header<'_>],
+    head_only: bool,
+    facts: &Facts,
+) -> Answer {
+    let tag = format!("\"{:016x}\"", asset.tag);
+    let fresh = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("if-none-match"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == tag);
+    let extra = [
+        ("ETag", tag.as_str()),
+        ("Content-Security-Policy", CSP),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "no-referrer"),
+    ];
+    let (status, head_only) = if fresh { (304, true) } else { (200, head_only) };
+    Answer {
+        bytes: render(
+            status,
+            asset.content_type,
+            REVALIDATE,
+            &extra,
+            asset.body.as_bytes(),
+            head_only,
+            facts.now,
+        ),
+        status,
+        body_len: if head_only { 0 } else { asset.body.len() },
         request_line: String::new(),
     }
 }
@@ -260,7 +315,15 @@ fn decode_unreserved(text: &str) -> Result<String, &'static str> {
 fn error(status: u16, why: &str, extra: &[(&str, &str)], head_only: bool, facts: &Facts) -> Answer {
     let body = format!("{{\"error\":\"{why}\"}}\n");
     Answer {
-        bytes: render(status, JSON, extra, body.as_bytes(), head_only, facts.now),
+        bytes: render(
+            status,
+            JSON,
+            NO_STORE,
+            extra,
+            body.as_bytes(),
+            head_only,
+            facts.now,
+        ),
         status,
         body_len: if head_only { 0 } else { body.len() },
         request_line: String::from("-"),
@@ -270,6 +333,7 @@ fn error(status: u16, why: &str, extra: &[(&str, &str)], head_only: bool, facts:
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        304 => "Not Modified",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -279,19 +343,22 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// The whole response. HEAD gets GET's headers, `Content-Length` included.
+/// The whole response. HEAD gets GET's headers, `Content-Length` included
+/// (so does a 304: the length the 200 would have had).
 fn render(
     status: u16,
     content_type: &str,
+    cache_control: &str,
     extra: &[(&str, &str)],
     body: &[u8],
     head_only: bool,
     now: SystemTime,
 ) -> Vec<u8> {
     let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: {content_type}\r\n\
-         Content-Length: {}\r\nAccess-Control-Allow-Origin: *\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n",
+        "HTTP/1.1 {status} {}\r\nDate: {}\r\nServer: {SERVER}\r\n\
+         Content-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Access-Control-Allow-Origin: *\r\nCache-Control: {cache_control}\r\n\
+         Connection: close\r\n",
         reason(status),
         http_date(now),
         body.len()
@@ -555,10 +622,101 @@ mod tests {
         let parts = |p: &str, q: &str| Ok((p.to_string(), q.to_string()));
         assert_eq!(path_and_query("http://h"), parts("/", ""));
         assert_eq!(path_and_query("http://h:8088?x=1"), parts("/", "x=1"));
-        for target in ["http://h:8088", "http://h:8088?x=1"] {
-            let (a, _) = ask(&format!("GET {target} HTTP/1.1\r\n\r\n"));
-            assert_eq!(a.status, 404, "{target}");
+        for target in ["http://h:8088", "http://h:8088?x=1", "/", "/?x=1"] {
+            let (a, text) = ask(&format!("GET {target} HTTP/1.1\r\n\r\n"));
+            assert_eq!(a.status, 200, "{target}");
+            assert!(text.contains("Content-Type: text/html"), "{target}");
         }
+    }
+
+    fn header<'t>(text: &'t str, name: &str) -> Option<&'t str> {
+        text.split("\r\n\r\n")
+            .next()?
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+    }
+
+    #[test]
+    fn the_status_page_is_html_under_a_csp_that_allows_only_itself() {
+        let (a, text) = ask("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(a.status, 200);
+        assert_eq!(
+            header(&text, "Content-Type"),
+            Some("text/html; charset=utf-8")
+        );
+        let csp = header(&text, "Content-Security-Policy").unwrap();
+        assert!(csp.starts_with("default-src 'none'; "), "{csp}");
+        for directive in csp.split("; ").skip(1) {
+            let (_, sources) = directive.split_once(' ').unwrap();
+            assert!(
+                sources == "'self'" || sources == "'none'",
+                "{directive}: only the page's own origin, nothing inline"
+            );
+        }
+        assert!(csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"));
+        assert_eq!(header(&text, "X-Content-Type-Options"), Some("nosniff"));
+        assert_eq!(header(&text, "Cache-Control"), Some("no-cache"));
+        assert!(body(&text).starts_with("<!doctype html>"));
+        assert!(body(&text).contains("/page.js") && body(&text).contains("/page.css"));
+        let total = crate::admin::page::TOTAL_BYTES;
+        assert!(total < 48 * 1024, "the page's files are {total} bytes");
+        for (path, kind) in [
+            ("/page.js", "text/javascript; charset=utf-8"),
+            ("/page.css", "text/css; charset=utf-8"),
+        ] {
+            let (a, text) = ask(&format!("GET {path} HTTP/1.1\r\n\r\n"));
+            assert_eq!((a.status, header(&text, "Content-Type")), (200, Some(kind)));
+            assert!(a.body_len > 0);
+        }
+        let (a, _) = ask("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(a.status, 405);
+    }
+
+    #[test]
+    fn the_page_answers_head_and_if_none_match_with_get_headers_and_no_body() {
+        let (get, get_text) = ask("GET / HTTP/1.1\r\n\r\n");
+        let tag = header(&get_text, "ETag").unwrap();
+        assert!(tag.starts_with('"') && tag.ends_with('"'), "{tag}");
+        let (head, head_text) = ask("HEAD / HTTP/1.1\r\n\r\n");
+        assert_eq!((head.status, head.body_len, body(&head_text)), (200, 0, ""));
+        assert_eq!(
+            header(&head_text, "Content-Length"),
+            Some(get.body_len.to_string().as_str())
+        );
+        for condition in [tag.to_string(), format!("W/{tag}"), "\"x\", *".to_string()] {
+            let (a, text) = ask(&format!(
+                "GET / HTTP/1.1\r\nIf-None-Match: {condition}\r\n\r\n"
+            ));
+            assert_eq!(
+                (a.status, a.body_len, body(&text)),
+                (304, 0, ""),
+                "{condition}"
+            );
+            assert!(text.starts_with("HTTP/1.1 304 Not Modified\r\n"));
+            assert_eq!(header(&text, "ETag"), Some(tag));
+        }
+        let (a, _) = ask("GET / HTTP/1.1\r\nIf-None-Match: \"0\"\r\n\r\n");
+        assert_eq!(a.status, 200, "a stale tag gets the file");
+        let (_, js) = ask("GET /page.js HTTP/1.1\r\n\r\n");
+        assert_ne!(header(&js, "ETag"), Some(tag), "each file has its own tag");
+    }
+
+    #[test]
+    fn every_answer_names_the_proxy_and_its_version() {
+        for req in [
+            "GET /stats HTTP/1.1",
+            "GET / HTTP/1.1",
+            "GET /nope HTTP/1.1",
+        ] {
+            let (_, text) = ask(&format!("{req}\r\n\r\n"));
+            assert_eq!(
+                header(&text, "Server"),
+                Some(concat!("foo-proxy/", env!("CARGO_PKG_VERSION"))),
+                "{req}"
+            );
+        }
+        let (_, text) = ask("GET /stats HTTP/1.1\r\n\r\n");
+        assert_eq!(header(&text, "Cache-Control"), Some("no-store"));
     }
 
     #[test]
