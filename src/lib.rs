@@ -25,9 +25,11 @@
 //! 5. **report**: SIGUSR2 (or SIGUSR1) prints [`stats::Report`] as one JSON
 //!    line on stdout; the admin HTTP socket ([`admin`], same loop, after the
 //!    data path each iteration) serves the same report as JSON or Prometheus
-//!    text, plus liveness and readiness: `admin::conn` (the connections the
-//!    loop drives) -> `admin::http` (pure request to response) ->
-//!    `admin::prometheus` (the text format).
+//!    text, plus liveness, readiness and a live status page that polls
+//!    `/stats` from the browser: `admin::conn` (the connections the loop
+//!    drives) -> `admin::http` (pure request to response) ->
+//!    `admin::prometheus` (the text format) and `admin::page` (the page's
+//!    embedded files).
 //! 6. **recover**: before any socket is bound, the recovery path is checked
 //!    (a regular file or nothing) and locked (one owner). At most once a
 //!    second, while counters change, a [`recovery::Snapshot`] of the totals

@@ -406,9 +406,9 @@ fn request_targets_are_read_as_rfc_3986_says() {
     let proxy = Proxy::start("127.0.0.1:1", &[]);
     let admin = proxy.admin.expect("admin on");
     for (target, status) in [
-        // An empty path is `/`, with a query or without.
-        (format!("http://{admin}"), "404"),
-        (format!("http://{admin}?x=1"), "404"),
+        // An empty path is `/` (the status page), with a query or without.
+        (format!("http://{admin}"), "200"),
+        (format!("http://{admin}?x=1"), "200"),
         // Never in a request target: a fragment, userinfo.
         (format!("http://{admin}#frag/health"), "400"),
         (format!("http://user:pw@{admin}/health"), "400"),
@@ -431,9 +431,46 @@ fn request_targets_are_read_as_rfc_3986_says() {
 }
 
 #[test]
+fn the_status_page_and_its_files_come_with_their_csp_and_revalidate_by_etag() {
+    let proxy = Proxy::start("127.0.0.1:1", &[]);
+    for (path, kind) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/page.css", "text/css; charset=utf-8"),
+        ("/page.js", "text/javascript; charset=utf-8"),
+    ] {
+        let page = get(&proxy, path);
+        assert_eq!((page.status, page.content_type.as_str()), (200, kind));
+        let header = |name: &str| page.headers.get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(
+            header("content-security-policy"),
+            Some(foo_proxy::admin::CSP)
+        );
+        assert_eq!(header("cache-control"), Some("no-cache"));
+        let tag = header("etag").expect("an ETag").to_string();
+        let again = got(agent()
+            .get(proxy.admin_url(path))
+            .header("If-None-Match", &tag)
+            .call());
+        assert_eq!((again.status, again.body.as_str()), (304, ""), "{path}");
+    }
+    assert!(
+        get(&proxy, "/")
+            .body
+            .contains("<title>foo-proxy status</title>")
+    );
+}
+
+#[test]
 fn unknown_paths_get_404() {
     let proxy = Proxy::start("127.0.0.1:1", &[]);
-    for path in ["/", "/stats/", "/statsx", "/metric", "/favicon.ico"] {
+    for path in [
+        "/stats/",
+        "/statsx",
+        "/metric",
+        "/favicon.ico",
+        "/page",
+        "/index.htm",
+    ] {
         assert_eq!(get(&proxy, path).status, 404, "{path}");
     }
 }
