@@ -308,7 +308,7 @@ fn stats(proxy: &Proxy) -> Value {
 }
 
 fn start_load(proxy: &Proxy, duration: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_foo-load"))
+    Command::new(util::tool("foo-load"))
         .args(["--target", &proxy.addr.to_string()])
         .args(["--connections", "4", "--depth", "8", "--duration", duration])
         .stdin(Stdio::null())
