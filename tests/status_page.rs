@@ -507,6 +507,8 @@ fn regenerate_the_status_page_screenshots() {
     let Some(mut browser) = browser_or_skip("the screenshots") else {
         return;
     };
+    // Built before the page opens, so its chart is all load.
+    util::tool("foo-load");
     let server = FooServer::start(ServerOpts::default());
     let proxy = Proxy::start(&server.addr.to_string(), &[]);
     browser.open(&proxy.admin_url("/"));
