@@ -124,12 +124,32 @@ fn parse_v1(input: &[u8]) -> Parsed {
         return Parsed::Invalid(Invalid::Malformed);
     };
     match v1::Header::try_from(line) {
-        Ok(h) if h.header.len() == line.len() => Parsed::Done(Header {
-            len: line.len(),
-            addresses: v1_addresses(&h.addresses),
-        }),
+        Ok(h) if h.header.len() == line.len() && v1_fields_are_plain(line, &h.addresses) => {
+            Parsed::Done(Header {
+                len: line.len(),
+                addresses: v1_addresses(&h.addresses),
+            })
+        }
         _ => Parsed::Invalid(Invalid::Malformed),
     }
+}
+
+/// Whether the address and port fields of a TCP4/TCP6 line hold only what
+/// the spec allows (digits, hex digits, `.`, `:`, single spaces): Rust's
+/// number parsers behind `ppp` also take a `+` sign (`+80`), which the
+/// spec's "decimal digits" does not.
+fn v1_fields_are_plain(line: &[u8], addresses: &v1::Addresses) -> bool {
+    if matches!(addresses, v1::Addresses::Unknown) {
+        return true;
+    }
+    // `PROXY TCP4 ` / `PROXY TCP6 `, the fields, CRLF.
+    let fields = line
+        .get(V1_PREFIX.len() + 5..line.len().saturating_sub(2))
+        .unwrap_or(&[]);
+    !fields.is_empty()
+        && fields
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() || matches!(b, b'.' | b':' | b' '))
 }
 
 fn parse_v2(input: &[u8]) -> Parsed {
@@ -144,6 +164,11 @@ fn parse_v2(input: &[u8]) -> Parsed {
         return Parsed::Incomplete;
     };
     match v2::Header::try_from(whole) {
+        // A PROXY header for a datagram (UDP) cannot describe this stream
+        // connection; LOCAL ignores the transport, as the spec says.
+        Ok(h) if h.command == v2::Command::Proxy && h.protocol == v2::Protocol::Datagram => {
+            Parsed::Invalid(Invalid::Malformed)
+        }
         Ok(h) if h.header.len() == total => Parsed::Done(Header {
             len: total,
             addresses: match h.command {
@@ -407,6 +432,14 @@ mod tests {
             b"PROXY TCP4 ::1 5.6.7.8 1 2\r\n",
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n",
             b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n",
+            // A sign is not a decimal digit (Rust's u16 parser takes `+`).
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 +1111 2222\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1111 +2222\r\n",
+            b"PROXY TCP6 ::1 ::2 +1 2\r\n",
+            b"PROXY TCP4 +1.2.3.4 5.6.7.8 1 2\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 -1 2\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1\t2\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 \r\n",
         ] {
             assert_eq!(
                 parse(bad),
@@ -418,6 +451,23 @@ mod tests {
         // v1 without its CRLF within 107 bytes.
         let long = [b"PROXY TCP4 ".as_slice(), &[b'1'; 120]].concat();
         assert!(matches!(parse(&long), Parsed::Invalid(_)));
+    }
+
+    #[test]
+    fn a_v2_proxy_header_for_udp_is_malformed() {
+        // 0x12 UDP over IPv4, 0x22 UDP over IPv6: this is a stream proxy.
+        let mut udp4 = V2_SIGNATURE.to_vec();
+        udp4.extend_from_slice(&[0x21, 0x12, 0, 12, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0, 2]);
+        assert_eq!(parse(&udp4), Parsed::Invalid(Invalid::Malformed));
+        let mut udp6 = V2_SIGNATURE.to_vec();
+        udp6.extend_from_slice(&[0x21, 0x22, 0, 36]);
+        udp6.extend_from_slice(&[1; 36]);
+        assert_eq!(parse(&udp6), Parsed::Invalid(Invalid::Malformed));
+        // The same headers for TCP are accepted.
+        udp4[13] = 0x11;
+        udp6[13] = 0x21;
+        assert!(matches!(parse(&udp4), Parsed::Done(_)));
+        assert!(matches!(parse(&udp6), Parsed::Done(_)));
     }
 
     #[test]
