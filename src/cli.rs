@@ -152,13 +152,15 @@ enum Given {
 /// `flag` package: `-f v`, `-f=v`, `--f v` and `--f=v` are one flag; a flag
 /// that takes a value takes the next argument whatever it looks like
 /// (`-recovery-path --version` sets the path to `--version`); a switch takes
-/// no value, or `=true` / `=false`; the last setting of a flag wins. `-h`
+/// no value, or a Go boolean (`=true`, `=0`, `=F`, ...); every value is
+/// checked as it is read and the last setting of a flag wins. `-h`
 /// and `-help` are always the `help` switch. Shared by every binary of the
 /// workspace, so they all read their flags alike.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Flags {
-    /// (long name, what was given), in command-line order.
-    given: Vec<(&'static str, Given)>,
+    /// (long name, what was given, the flag as typed: `-listen`), in
+    /// command-line order.
+    given: Vec<(&'static str, Given, String)>,
 }
 
 impl Flags {
@@ -192,6 +194,7 @@ impl Flags {
                 Some((n, v)) => (n, Some(v)),
                 None => (bare, None),
             };
+            let typed = text.split_once('=').map_or(text, |(t, _)| t).to_owned();
             let name = if name == "h" { "help" } else { name };
             if let Some(&flag) = value_flags.iter().find(|f| **f == name) {
                 let value = match inline {
@@ -208,18 +211,19 @@ impl Flags {
                         })?
                     }
                 };
-                given.push((flag, Given::Value(value)));
+                given.push((flag, Given::Value(value), typed));
             } else if let Some(&flag) = switch_flags.iter().chain(&["help"]).find(|f| **f == name) {
+                // Go's strconv.ParseBool spellings.
                 let on = match inline {
-                    None | Some("true") => true,
-                    Some("false") => false,
+                    None | Some("1" | "t" | "T" | "TRUE" | "true" | "True") => true,
+                    Some("0" | "f" | "F" | "FALSE" | "false" | "False") => false,
                     Some(v) => {
                         return Err(CliError(format!(
                             "invalid boolean value {v:?} for -{name}: expected true or false"
                         )));
                     }
                 };
-                given.push((flag, Given::Switch(on)));
+                given.push((flag, Given::Switch(on), typed));
             } else {
                 return Err(CliError(format!("flag provided but not defined: -{name}")));
             }
@@ -229,7 +233,15 @@ impl Flags {
 
     /// The last value given for the value flag `name` (`"listen"`).
     pub fn value(&self, name: &str) -> Option<&str> {
-        self.given.iter().rev().find_map(|(n, g)| match g {
+        self.given.iter().rev().find_map(|(n, g, _)| match g {
+            Given::Value(v) if *n == name => Some(v.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Every value given for the value flag `name`, in command-line order.
+    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.given.iter().filter_map(move |(n, g, _)| match g {
             Given::Value(v) if *n == name => Some(v.as_str()),
             _ => None,
         })
@@ -240,7 +252,7 @@ impl Flags {
         self.given
             .iter()
             .rev()
-            .find_map(|(n, g)| match g {
+            .find_map(|(n, g, _)| match g {
                 Given::Switch(on) if *n == name => Some(*on),
                 _ => None,
             })
@@ -248,33 +260,42 @@ impl Flags {
     }
 
     /// The last value of `name` read with `parse`, or `default` when the
-    /// flag was not given; the error names the flag and the value.
+    /// flag was not given. Every value given is read, as Go's `flag` sets
+    /// each in turn: the error names the flag and the first bad value, even
+    /// when a later one overrides it.
     pub fn parse_or<T>(
         &self,
         name: &str,
         default: T,
-        parse: impl FnOnce(&str) -> Result<T, String>,
+        mut parse: impl FnMut(&str) -> Result<T, String>,
     ) -> Result<T, CliError> {
-        match self.value(name) {
-            Some(v) => {
-                parse(v).map_err(|why| CliError(format!("invalid value {v:?} for -{name}: {why}")))
-            }
-            None => Ok(default),
+        let mut last = default;
+        for v in self.values(name) {
+            last = parse(v).map_err(|why| invalid(name, v, why))?;
         }
+        Ok(last)
     }
 
     /// Fails naming the first flag given that is not one of `allowed` (a
-    /// switch turned off counts as not given): for a mode such as `--probe`
-    /// that takes no other flag.
+    /// switch turned off counts as not given), as the user typed it: for a
+    /// mode such as `--probe` (`allowed[0]`) that takes no other flag.
     pub fn only(&self, allowed: &[&str]) -> Result<(), CliError> {
-        match self
+        let Some((_, _, typed)) = self
             .given
             .iter()
-            .find(|(n, g)| !allowed.contains(n) && *g != Given::Switch(false))
-        {
-            Some((name, _)) => Err(CliError(format!("unexpected argument: --{name}"))),
-            None => Ok(()),
-        }
+            .find(|(n, g, _)| !allowed.contains(n) && *g != Given::Switch(false))
+        else {
+            return Ok(());
+        };
+        let mode = self
+            .given
+            .iter()
+            .find(|(n, _, _)| allowed.first() == Some(n))
+            .map_or_else(
+                || format!("-{}", allowed.first().unwrap_or(&"")),
+                |g| g.2.clone(),
+            );
+        Err(CliError(format!("{typed} cannot be combined with {mode}")))
     }
 }
 
@@ -303,35 +324,51 @@ pub fn parse_with(
     }
     if let Some(url) = flags.value("probe") {
         flags.only(&["probe"])?;
+        for earlier in flags.values("probe") {
+            crate::probe::Target::parse(earlier)?;
+        }
         return Ok(Command::Probe(crate::probe::Target::parse(url)?));
     }
-    let listen_spec = flags.value("listen").unwrap_or(":8002");
-    let forward_spec = flags.value("forward").unwrap_or(":8001").to_owned();
-    let http_spec = flags.value("http").unwrap_or("127.0.0.1:8088");
     let accept_proxy = flags.switch("accept-proxy");
     let reuse_port = flags.switch("reuse-port");
     let takeover = flags.switch("takeover");
     let log_connections = flags.switch("log-connections");
 
-    let bad = |flag: &str, value: &str, why: String| invalid(flag, value, why);
-    // `:PORT` listens on every interface, IPv6 too (dual-stack `[::]`).
-    let listen = resolve(listen_spec, "::")
-        .map_err(|why| bad("listen", listen_spec, why))?
-        .into_iter()
-        .next()
-        .ok_or_else(|| bad("listen", listen_spec, "resolves to no address".into()))?;
-    let http = match http_spec {
-        "" | "off" => None,
-        spec => Some(
-            resolve(spec, "::")
-                .map_err(|why| bad("http", spec, why))?
-                .into_iter()
-                .next()
-                .ok_or_else(|| bad("http", spec, "resolves to no address".into()))?,
-        ),
+    // Every value given is resolved, not only the last (as Go's flag reads
+    // each); the defaults are read the same way when a flag is not given.
+    let first = |spec: &str, default_host: &str| {
+        resolve(spec, default_host)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| "resolves to no address".to_string())
     };
-    let forward =
-        resolve(&forward_spec, "localhost").map_err(|why| bad("forward", &forward_spec, why))?;
+    // `:PORT` listens on every interface, IPv6 too (dual-stack `[::]`).
+    let listen = match flags.parse_or("listen", None, |v| first(v, "::").map(Some))? {
+        Some(addr) => addr,
+        None => first(":8002", "::").map_err(|why| invalid("listen", ":8002", why))?,
+    };
+    let http_spec = "127.0.0.1:8088";
+    let read_http = |v: &str| match v {
+        "" | "off" => Ok(None),
+        spec => first(spec, "::").map(Some),
+    };
+    let http = match flags.values("http").next() {
+        Some(_) => flags.parse_or("http", None, read_http)?,
+        None => read_http(http_spec).map_err(|why| invalid("http", http_spec, why))?,
+    };
+    let forward_spec = flags.value("forward").unwrap_or(":8001").to_owned();
+    // No server listens on port 0: every client would fail to connect.
+    let read_forward = |v: &str| match split_host_port(v, "localhost")? {
+        (_, 0) => Err("port 0 cannot be connected to".to_string()),
+        _ => resolve(v, "localhost"),
+    };
+    let forward = flags.parse_or("forward", None, |v| read_forward(v).map(Some))?;
+    let forward = match forward {
+        Some(f) => f,
+        None => {
+            read_forward(&forward_spec).map_err(|why| invalid("forward", &forward_spec, why))?
+        }
+    };
     let secs = Duration::from_secs;
     let buffer_size = flags.parse_or("buffer-size", 64 * 1024, parse_size)?;
     let connect_timeout = flags.parse_or("connect-timeout", secs(5), parse_duration)?;
@@ -635,6 +672,120 @@ mod tests {
     }
 
     #[test]
+    fn every_value_of_a_flag_is_checked_not_only_the_last() {
+        // As Go's flag package, which sets (and checks) each in turn.
+        for (args, flag, bad) in [
+            (
+                &["--buffer-size", "0", "--buffer-size", "1KiB"][..],
+                "buffer-size",
+                "0",
+            ),
+            (&["--send-proxy=v9", "--send-proxy=v1"], "send-proxy", "v9"),
+            (
+                &["-http", "127.0.0.1:99999", "-http", "off"],
+                "http",
+                "127.0.0.1:99999",
+            ),
+            (&["-listen", "nope", "-listen", ":1"], "listen", "nope"),
+            (&["-forward", "x", "-forward", ":1"], "forward", "x"),
+            (
+                &["--max-connections", "abc", "--max-connections", "5"],
+                "max-connections",
+                "abc",
+            ),
+            (
+                &["--connect-timeout", "xyz", "--connect-timeout", "1s"],
+                "connect-timeout",
+                "xyz",
+            ),
+            (&["--fin-timeout=0", "--fin-timeout=1s"], "fin-timeout", "0"),
+            (
+                &["--idle-timeout=0", "--idle-timeout=1s"],
+                "idle-timeout",
+                "0",
+            ),
+            (
+                &["--drain-timeout=0", "--drain-timeout=1s"],
+                "drain-timeout",
+                "0",
+            ),
+            (
+                &["--log-level", "bogus", "--log-level", "info"],
+                "log-level",
+                "bogus",
+            ),
+            (
+                &[
+                    "--max-connections-per-client=0",
+                    "--max-connections-per-client=5",
+                ],
+                "max-connections-per-client",
+                "0",
+            ),
+        ] {
+            let e = run(args).unwrap_err();
+            assert!(
+                e.0.starts_with(&format!("invalid value {bad:?} for -{flag}:")),
+                "{args:?}: {e}"
+            );
+        }
+        // The probe URL too, even before the mode's own check.
+        let e = parse(
+            ["--probe", "nope", "--probe", "http://127.0.0.1:1/health"]
+                .map(OsString::from)
+                .into(),
+        );
+        assert!(e.is_err(), "{e:?}");
+        // Good values: the last wins.
+        let c = run(&[
+            "-http",
+            "off",
+            "-http",
+            "127.0.0.1:1",
+            "--buffer-size=2KiB",
+            "--buffer-size=1KiB",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.http, c.buffer_size),
+            (Some("127.0.0.1:1".parse().unwrap()), 1024)
+        );
+    }
+
+    #[test]
+    fn switches_take_gos_boolean_spellings() {
+        for on in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert!(
+                run(&[&format!("--accept-proxy={on}")])
+                    .unwrap()
+                    .accept_proxy,
+                "{on}"
+            );
+        }
+        for off in ["0", "f", "F", "FALSE", "false", "False"] {
+            let c = run(&["--reuse-port", &format!("--reuse-port={off}")]).unwrap();
+            assert!(!c.reuse_port, "{off}");
+        }
+        for bad in ["yes", "on", "tRUE", "2", ""] {
+            let e = run(&[&format!("--accept-proxy={bad}")]).unwrap_err();
+            assert!(e.0.contains("-accept-proxy"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_forward_to_port_0_is_refused() {
+        for spec in ["127.0.0.1:0", ":0", "[::1]:0", "localhost:0"] {
+            let e = run(&["-forward", spec]).unwrap_err();
+            assert!(
+                e.0.contains("-forward") && e.0.contains("port 0"),
+                "{spec}: {e}"
+            );
+        }
+        // Listening on port 0 (any free port) stays allowed.
+        assert_eq!(run(&["-listen", "127.0.0.1:0"]).unwrap().listen.port(), 0);
+    }
+
+    #[test]
     fn probe_takes_no_other_flag() {
         let e = parse(
             ["--probe", "http://127.0.0.1:1/health", "-listen", ":1"]
@@ -642,7 +793,15 @@ mod tests {
                 .into(),
         )
         .unwrap_err();
-        assert_eq!(e.0, "unexpected argument: --listen");
+        // Named as typed, both of them.
+        assert_eq!(e.0, "-listen cannot be combined with --probe");
+        let e = parse(
+            ["-http", "off", "-probe=http://127.0.0.1:1/health"]
+                .map(OsString::from)
+                .into(),
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "-http cannot be combined with -probe");
         assert!(matches!(
             parse(
                 ["--probe", "http://127.0.0.1:1/health"]

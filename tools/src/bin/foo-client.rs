@@ -61,6 +61,8 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
         return Ok(None);
     }
     let fragment = !flags.switch("no-fragment");
+    // Every value given is checked, as Go's flag package does.
+    flags.parse_or("connect", (), |v| cli::resolve(v, "localhost").map(drop))?;
     let connect_spec = flags
         .value("connect")
         .unwrap_or("localhost:8001")

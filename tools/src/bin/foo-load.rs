@@ -77,6 +77,8 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
         return Ok(None);
     }
     let json = flags.switch("json");
+    // Every value given is checked, as Go's flag package does.
+    flags.parse_or("target", (), |v| cli::resolve(v, "localhost").map(drop))?;
     let target_spec = flags.value("target").unwrap_or("localhost:8001").to_owned();
     let target = cli::resolve(&target_spec, "localhost")
         .map_err(|why| cli::invalid("target", &target_spec, why))?;

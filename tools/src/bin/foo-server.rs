@@ -69,6 +69,8 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
         return Ok(None);
     }
     let fragment = !flags.switch("no-fragment");
+    // Every value given is checked, as Go's flag package does.
+    flags.parse_or("listen", (), |v| cli::resolve(v, "0.0.0.0").map(drop))?;
     let listen = flags.value("listen").unwrap_or(":8001");
     let listen_addr = cli::resolve(listen, "0.0.0.0")
         .and_then(|addrs| {
