@@ -140,7 +140,8 @@ fn start(
     };
     // Known only once the listener has its port: a bad value all the same.
     if let Some(why) = server.forwards_to_itself() {
-        error!("{why}");
+        // A bad -forward value: the same line as every other one.
+        let _ = output::print_now(true, &format!("foo-proxy: {why} (see foo-proxy -h)\n"));
         return ExitCode::from(2);
     }
     if let Some(recovery) = recovery {

@@ -182,6 +182,12 @@ fn exits_2_naming_the_forward(args: &[&str]) {
         stderr.contains("-forward") && stderr.contains("own listen address"),
         "{stderr}"
     );
+    // The shape of every other bad value, not a timestamped log line.
+    assert!(
+        stderr.starts_with("foo-proxy: invalid value ")
+            && stderr.trim_end().ends_with("(see foo-proxy -h)"),
+        "{stderr}"
+    );
 }
 
 #[test]
