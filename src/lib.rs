@@ -89,11 +89,14 @@ pub mod observe;
 pub mod output;
 mod pair;
 mod pairs;
-pub mod pipe;
-pub mod pool;
+mod pipe;
+mod pool;
 pub mod probe;
 pub mod proxy_protocol;
+#[cfg(fuzzing)]
 pub mod rates;
+#[cfg(not(fuzzing))]
+mod rates;
 pub mod recovery;
 pub mod scanner;
 pub mod seqs;

@@ -95,11 +95,6 @@ impl Pipe {
         self.buf.as_ref().map_or(0, |b| b.end - b.start)
     }
 
-    /// True while the pipe holds a pooled buffer.
-    pub fn holds_buffer(&self) -> bool {
-        self.buf.is_some()
-    }
-
     /// Drops unsent bytes (the destination is gone) and returns the buffer.
     pub fn discard(&mut self, pool: &mut Pool) {
         if let Some(b) = self.buf.take() {

@@ -2,12 +2,12 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use crate::admin::page::{self, Asset, CSP};
 use crate::admin::prometheus::prometheus;
 use crate::dates::{self, http_date};
-use crate::stats::{Report, Stats};
+use crate::stats::Report;
 
 /// Longest request head; a longer one gets 431.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -59,13 +59,16 @@ pub struct Answer {
 /// Answers one request as a fresh, ready proxy with zero counters would:
 /// request bytes in, response bytes out; empty while the head is incomplete.
 /// The entry point for fuzzing.
+#[cfg(any(test, fuzzing))]
 pub fn handle_request(bytes: &[u8]) -> Vec<u8> {
     let facts = Facts {
         ready: true,
         start_unix: 0.0,
-        now: UNIX_EPOCH,
+        now: std::time::UNIX_EPOCH,
     };
-    match respond(bytes, &facts, &mut || Stats::default().report(0)) {
+    match respond(bytes, &facts, &mut || {
+        crate::stats::Stats::default().report(0)
+    }) {
         Reply::Partial => Vec::new(),
         Reply::Done(answer) => answer.bytes,
     }
@@ -465,7 +468,7 @@ pub fn access_line(peer: IpAddr, t: SystemTime, answer: &Answer) -> String {
 mod tests {
     use super::*;
     use crate::admin::prometheus::tests::sample;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn facts() -> Facts {
         Facts {

@@ -42,6 +42,7 @@ pub fn asset(path: &str) -> Option<Asset> {
 
 /// The page's three files together, in bytes (for the size bound's test and
 /// the note).
+#[cfg(test)]
 pub const TOTAL_BYTES: usize = HTML.len() + CSS.len() + JS.len();
 
 /// 64-bit FNV-1a: a content fingerprint for `ETag`, not a defence.
