@@ -99,7 +99,7 @@ pub enum Command {
     Help,
     Version,
     /// `--probe URL`: one health-check request instead of serving.
-    Probe(crate::probe::Target),
+    Probe(Target),
 }
 
 /// A command-line error: one line naming the flag or value at fault.
@@ -109,6 +109,47 @@ pub struct CliError(pub String);
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// Where a probe connects and what it asks for, from `http://HOST:PORT/PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The URL as given, for messages.
+    pub url: String,
+    /// `HOST:PORT` (`:PORT` means this host), resolved when the probe runs.
+    pub authority: String,
+    /// The origin-form request target, `/` when the URL has no path.
+    pub path: String,
+}
+
+impl Target {
+    /// Parses `http://HOST:PORT[/PATH]`: plain HTTP only (the admin socket
+    /// has no TLS), a port always (no default port to guess), and no user
+    /// info, query or fragment. Errors name the URL and what is wrong.
+    pub fn parse(url: &str) -> Result<Target, CliError> {
+        let bad = |why: &str| CliError(format!("invalid value {url:?} for -probe: {why}"));
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| bad("expected http://HOST:PORT/PATH"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(at) => (rest.get(..at).unwrap_or(""), rest.get(at..).unwrap_or("/")),
+            None => (rest, "/"),
+        };
+        if authority.contains('@') {
+            return Err(bad("user info is not supported"));
+        }
+        if path.contains(['?', '#']) || !path.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad(
+                "the path must be a plain path (no query, fragment or spaces)",
+            ));
+        }
+        split_host_port(authority, "localhost").map_err(|why| bad(&why))?;
+        Ok(Target {
+            url: url.to_owned(),
+            authority: authority.to_owned(),
+            path: path.to_owned(),
+        })
     }
 }
 
@@ -325,9 +366,9 @@ pub fn parse_with(
     if let Some(url) = flags.value("probe") {
         flags.only(&["probe"])?;
         for earlier in flags.values("probe") {
-            crate::probe::Target::parse(earlier)?;
+            Target::parse(earlier)?;
         }
-        return Ok(Command::Probe(crate::probe::Target::parse(url)?));
+        return Ok(Command::Probe(Target::parse(url)?));
     }
     let accept_proxy = flags.switch("accept-proxy");
     let reuse_port = flags.switch("reuse-port");

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::cli::{self, CliError};
+use crate::cli::{self, Target};
 use crate::net::{self, Io, describe};
 
 /// The whole probe (resolve, connect, request, status line) gets this long.
@@ -21,47 +21,6 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most bytes read while looking for the end of the status line
 /// (`HTTP/1.1 200 OK\r\n`); an answer without one by then is unhealthy.
 const STATUS_LINE_MAX: usize = 256;
-
-/// Where a probe connects and what it asks for, from `http://HOST:PORT/PATH`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    /// The URL as given, for messages.
-    pub url: String,
-    /// `HOST:PORT` (`:PORT` means this host), resolved when the probe runs.
-    pub authority: String,
-    /// The origin-form request target, `/` when the URL has no path.
-    pub path: String,
-}
-
-impl Target {
-    /// Parses `http://HOST:PORT[/PATH]`: plain HTTP only (the admin socket
-    /// has no TLS), a port always (no default port to guess), and no user
-    /// info, query or fragment. Errors name the URL and what is wrong.
-    pub fn parse(url: &str) -> Result<Target, CliError> {
-        let bad = |why: &str| CliError(format!("invalid value {url:?} for -probe: {why}"));
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("expected http://HOST:PORT/PATH"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(at) => (rest.get(..at).unwrap_or(""), rest.get(at..).unwrap_or("/")),
-            None => (rest, "/"),
-        };
-        if authority.contains('@') {
-            return Err(bad("user info is not supported"));
-        }
-        if path.contains(['?', '#']) || !path.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(bad(
-                "the path must be a plain path (no query, fragment or spaces)",
-            ));
-        }
-        cli::split_host_port(authority, "localhost").map_err(|why| bad(&why))?;
-        Ok(Target {
-            url: url.to_owned(),
-            authority: authority.to_owned(),
-            path: path.to_owned(),
-        })
-    }
-}
 
 /// Why a probe found the admin socket unhealthy: one line.
 #[derive(Debug, PartialEq, Eq)]
