@@ -335,11 +335,11 @@ fn a_64_mib_line_without_newline_is_forwarded_exactly_with_bounded_memory() {
     });
     let proxy = Proxy::start(&addr.to_string(), &[]);
     let mut client = proxy.connect();
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let mut data = vec![0u8; SIZE];
     for b in data.iter_mut() {
         // Any byte but a newline.
-        *b = (rng.next() % 256) as u8;
+        *b = (rng.next_u64() % 256) as u8;
         if *b == b'\n' {
             *b = b'x';
         }
@@ -369,13 +369,13 @@ fn binary_garbage_is_relayed_unchanged_and_counted_invalid() {
     let server = FooServer::start(ServerOpts::default());
     let proxy = Proxy::start(&upstream(&server), &[]);
     let mut client = proxy.connect();
-    let mut rng = Rng(99);
+    let mut rng = Rng::new(99);
     let mut garbage = Vec::new();
     for _ in 0..200 {
         // Never a valid type: the first byte is never R, A or N.
-        garbage.push(0x80 | (rng.next() as u8));
+        garbage.push(0x80 | (rng.next_u64() as u8));
         for _ in 0..rng.below(40) {
-            let b = rng.next() as u8;
+            let b = rng.next_u64() as u8;
             garbage.push(if b == b'\n' { 0 } else { b });
         }
         garbage.push(b'\n');

@@ -60,7 +60,7 @@ fn lines(range: std::ops::RangeInclusive<u64>, last: &str) -> Vec<u8> {
 }
 
 fn one_connection(addr: SocketAddr, i: u64, start: &Barrier) -> Outcome {
-    let mut rng = Rng(i * 7919 + 1);
+    let mut rng = Rng::new(i * 7919 + 1);
     let kind = rng.below(10);
     let n = 1 + rng.below(30);
     let mut s = TcpStream::connect_timeout(&addr, WAIT).expect("connect");

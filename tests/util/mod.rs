@@ -270,22 +270,8 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// splitmix64: deterministic randomness without a dependency.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+/// splitmix64, the tools' generator: deterministic randomness for tests.
+pub use foo_tools::rng::Rng;
 
 /// How the in-test Foo server behaves.
 #[derive(Clone, Default)]
@@ -418,7 +404,7 @@ fn serve_conn(
     naks: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) -> End {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     stream
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
