@@ -48,6 +48,8 @@ Flags take one dash or two, and their value after a space or '=':
                            from the foo-proxy running with the same
                            -recovery-path (which then drains and exits);
                            without one, start normally
+    --check                check the flags, addresses and recovery path,
+                           print what would run, exit 0 (or 2) unserved
     -h, --help             print this help
     --version              print the version
     --probe URL            GET http://HOST:PORT/PATH and exit 0 on a 2xx
@@ -96,6 +98,8 @@ pub struct Config {
 #[derive(Debug)]
 pub enum Command {
     Run(Box<Config>),
+    /// `--check`: check everything a start checks, report, do not serve.
+    Check(Box<Config>),
     Help,
     Version,
     /// `--probe URL`: one health-check request instead of serving.
@@ -180,6 +184,7 @@ const SWITCH_FLAGS: &[&str] = &[
     "reuse-port",
     "takeover",
     "log-connections",
+    "check",
 ];
 
 /// One flag as given: a value, or a switch's setting.
@@ -450,7 +455,7 @@ pub fn parse_with(
             "-takeover needs a recovery file (-recovery-path): the running proxy is found by its control socket beside it".into(),
         ));
     }
-    Ok(Command::Run(Box::new(Config {
+    let config = Box::new(Config {
         listen,
         forward,
         forward_spec,
@@ -469,7 +474,12 @@ pub fn parse_with(
         max_connections_per_client,
         reuse_port,
         takeover,
-    })))
+    });
+    Ok(if flags.switch("check") {
+        Command::Check(config)
+    } else {
+        Command::Run(config)
+    })
 }
 
 /// Resolves `HOST:PORT`; an empty host (`:PORT`) becomes `default_host`.
@@ -824,6 +834,17 @@ mod tests {
         }
         // Listening on port 0 (any free port) stays allowed.
         assert_eq!(run(&["-listen", "127.0.0.1:0"]).unwrap().listen.port(), 0);
+    }
+
+    #[test]
+    fn check_reads_every_flag_like_a_run() {
+        let args = ["--check", "-listen=127.0.0.1:0", "--idle-timeout=2m"];
+        let Ok(Command::Check(c)) = parse(args.map(OsString::from).into()) else {
+            panic!("expected check");
+        };
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
+        let e = parse(["--check", "--idle-timeout=x"].map(OsString::from).into()).unwrap_err();
+        assert!(e.0.contains("-idle-timeout"), "{e}");
     }
 
     #[test]

@@ -77,6 +77,7 @@
 )]
 
 pub mod admin;
+pub mod check;
 pub mod cli;
 mod clients;
 mod dates;

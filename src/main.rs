@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             return printed(output::print_now(false, &version));
         }
         Ok(Command::Probe(target)) => return foo_proxy::probe::main(&target),
+        Ok(Command::Check(config)) => return check(&config),
         Err(e) => {
             // Exit 2 whether or not stderr takes the line.
             let _ = output::print_now(true, &format!("foo-proxy: {e} (see foo-proxy -h)\n"));
@@ -80,6 +81,23 @@ fn printed(result: std::io::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::from(1),
     }
+}
+
+/// `--check`: the report on stdout, each problem on stderr; exit 0 when
+/// a start would get past every check, 2 otherwise.
+fn check(config: &cli::Config) -> ExitCode {
+    logging::init(config.log_level);
+    let outcome = foo_proxy::check::check(config);
+    let mut code = ExitCode::SUCCESS;
+    for problem in &outcome.problems {
+        let _ = output::print_now(true, &format!("foo-proxy: {problem}\n"));
+        code = ExitCode::from(2);
+    }
+    if output::print_now(false, &outcome.report).is_err() {
+        code = ExitCode::from(2);
+    }
+    output::flush(OUTPUT_FLUSH_WAIT);
+    code
 }
 
 /// Takes over from a running proxy (`--takeover`) or claims the recovery

@@ -129,6 +129,28 @@ impl Recovery {
     /// cannot be created or written gets one warning here, and the writer
     /// retries quietly later. Never blocks.
     pub fn claim(path: PathBuf) -> Result<Recovery, StartError> {
+        let (recovery, unwritable) = Recovery::claim_quietly(path)?;
+        if let Some(why) = &unwritable {
+            warn!(
+                "recovery file {} cannot be written: {why}; relaying anyway and retrying quietly",
+                recovery.path.display()
+            );
+        }
+        Ok(recovery)
+    }
+
+    /// `--check`: the checks [`claim`](Recovery::claim) makes, the lock
+    /// taken and released at once (a lock another process holds is never
+    /// taken: it is the error, naming its pid). `Ok(Some(why))`: the file
+    /// cannot be written now, which the proxy would warn about and relay
+    /// through. Like a start, it creates the directory and the lock file.
+    pub fn check(path: PathBuf) -> Result<Option<String>, StartError> {
+        Recovery::claim_quietly(path).map(|(_, unwritable)| unwritable)
+    }
+
+    /// [`claim`](Recovery::claim) without the warning: the recovery, and
+    /// why the file cannot be written if it cannot.
+    fn claim_quietly(path: PathBuf) -> Result<(Recovery, Option<String>), StartError> {
         check_path(&path)?;
         let mut unwritable = None;
         let mut lock = None;
@@ -154,13 +176,7 @@ impl Recovery {
                 unwritable = Some(why);
             }
         }
-        if let Some(why) = &unwritable {
-            warn!(
-                "recovery file {} cannot be written: {why}; relaying anyway and retrying quietly",
-                path.display()
-            );
-        }
-        Ok(Recovery {
+        let recovery = Recovery {
             path,
             lock,
             warned: unwritable.is_some(),
@@ -168,7 +184,8 @@ impl Recovery {
             last: Totals::default(),
             dirty: false,
             next_write: Instant::now(),
-        })
+        };
+        Ok((recovery, unwritable))
     }
 
     /// Restores what the file holds into `stats` (moving a bad file aside,

@@ -1,0 +1,146 @@
+//! The operator flags through the real binary: `--check`, `--access-log`, `--log-format`, `--version`, `--help`.
+
+mod util;
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use util::{FooServer, Proxy, ServerOpts};
+
+/// A fresh directory for one test, under cargo's scratch space.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{name}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs foo-proxy with `args` to its exit, bounded by 10 s.
+fn run(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_foo-proxy"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + util::WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("foo-proxy {args:?} did not exit within {:?}", util::WAIT);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn check_reports_what_would_run_on_stdout_and_exits_0_without_serving() {
+    let dir = scratch("check-ok");
+    let path = dir.join("sub/recovery.json");
+    let flag = format!("-recovery-path={}", path.display());
+    let out = run(&[
+        "--check",
+        "-listen",
+        "127.0.0.1:0",
+        "-http",
+        "127.0.0.1:0",
+        "-forward",
+        "127.0.0.1:9",
+        &flag,
+        "--buffer-size=1MiB",
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.starts_with("foo-proxy --check: OK"), "{stdout}");
+    for want in [
+        "listen          127.0.0.1:0 (can be bound now)",
+        "forward         127.0.0.1:9 -> 127.0.0.1:9",
+        "admin HTTP      127.0.0.1:0 (can be bound now)",
+        "(usable; lock ",
+        "buffer size     1 MiB per direction",
+        "timeouts        connect 5s, fin 5s, idle 10m, drain 5s",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing from\n{stdout}");
+    }
+    // Nothing served, so no start line; and the lock was released.
+    assert!(!stderr.contains("listening"), "{stderr}");
+    let again = run(&["--check", "-listen=127.0.0.1:0", "-http=off", &flag]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+}
+
+#[test]
+fn check_exits_2_naming_an_address_that_cannot_be_bound_or_an_unusable_path() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let out = run(&["--check", "-listen", &busy, "-http=off", "-recovery-path="]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stdout.starts_with("foo-proxy --check: FAILED"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {busy}: address already in use")),
+        "{stderr}"
+    );
+    let out = run(&[
+        "--check",
+        "-listen=127.0.0.1:0",
+        "-http",
+        &busy,
+        "-recovery-path=",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(&format!("cannot listen for HTTP on {busy}")),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&[
+        "--check",
+        "-listen=127.0.0.1:0",
+        "-http=off",
+        "-recovery-path=/dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("recovery path /dev/null is a character device"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A bad value stays a bad value: exit 2, no report.
+    let out = run(&["--check", "--buffer-size=1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn check_reports_a_recovery_lock_held_by_a_running_proxy_without_taking_it() {
+    let server = FooServer::start(ServerOpts::default());
+    let dir = scratch("check-held");
+    let path = dir.join("recovery.json");
+    let flag = format!("-recovery-path={}", path.display());
+    let mut proxy = Proxy::start(&server.addr.to_string(), &[&flag]);
+    for _ in 0..3 {
+        let out = run(&["--check", "-listen=127.0.0.1:0", "-http=off", &flag]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "is in use by another foo-proxy (pid {})",
+                proxy.pid()
+            )),
+            "{stderr}"
+        );
+    }
+    // The running proxy still owns it: its pid is still in the lock file.
+    let lock = fs::read_to_string(dir.join("recovery.json.lock")).unwrap();
+    assert_eq!(lock.trim(), proxy.pid().to_string());
+    assert!(proxy.alive());
+}
