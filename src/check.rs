@@ -126,6 +126,13 @@ pub fn check(config: &Config) -> Outcome {
         yes_no(config.accept_proxy)
     );
     let _ = writeln!(out, "reuse-port      {}", yes_no(config.reuse_port));
+    let _ = writeln!(
+        out,
+        "logs            level {:?}, format {}, admin access log {}",
+        config.log_level,
+        config.log_format.name(),
+        if config.access_log { "on" } else { "off" }
+    );
     let verdict = if problems.is_empty() {
         "foo-proxy --check: OK, this is what would run\n"
     } else {

@@ -34,8 +34,9 @@ Flags take one dash or two, and their value after a space or '=':
     --max-connections N    most client connections at once [default 10000]
     --log-level LEVEL      error, warn, info or debug       [default info]
     --log-connections      one line on stderr per closed connection
-    --log-format FORMAT    the connection log's format: logfmt or json
-                                                        [default logfmt]
+    --log-format FORMAT    text (logfmt for --log-connections) or json,
+                           for every log line               [default text]
+    --access-log on|off    one line per admin HTTP request  [default on]
     --accept-proxy         every client starts with a PROXY protocol v1/v2
                            header (from a balancer); its address is the client's
     --send-proxy v1|v2     start each upstream connection with a PROXY header
@@ -82,6 +83,11 @@ pub struct Config {
     pub log_level: Level,
     /// The connection log's format; `None` when it is off.
     pub log_connections: Option<LogFormat>,
+    /// `--log-format`: every log line's format.
+    pub log_format: LogFormat,
+    /// `--access-log`: one line per admin request (throttled); off keeps
+    /// every other info line.
+    pub access_log: bool,
     /// `--accept-proxy`.
     pub accept_proxy: bool,
     /// `--send-proxy v1|v2`.
@@ -171,6 +177,7 @@ const VALUE_FLAGS: &[&str] = &[
     "max-connections",
     "log-level",
     "log-format",
+    "access-log",
     "probe",
     "send-proxy",
     "max-connections-per-client",
@@ -427,11 +434,16 @@ pub fn parse_with(
             .filter(|n| (1..=1_000_000).contains(n))
             .ok_or_else(|| "expected a number from 1 to 1000000".to_string())
     })?;
-    let log_format = flags.parse_or("log-format", LogFormat::Logfmt, |v| {
-        LogFormat::parse(v).ok_or_else(|| "expected logfmt or json".to_string())
-    })?;
     let log_level = flags.parse_or("log-level", Level::Info, |v| {
         Level::parse(v).ok_or_else(|| "expected error, warn, info or debug".to_string())
+    })?;
+    let log_format = flags.parse_or("log-format", LogFormat::Text, |v| {
+        LogFormat::parse(v).ok_or_else(|| "expected text or json".to_string())
+    })?;
+    let access_log = flags.parse_or("access-log", true, |v| match v {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err("expected on or off".to_string()),
     })?;
     let send_proxy = flags.parse_or("send-proxy", None, |v| {
         crate::proxy_protocol::Version::parse(v)
@@ -469,6 +481,8 @@ pub fn parse_with(
         max_connections,
         log_level,
         log_connections: log_connections.then_some(log_format),
+        log_format,
+        access_log,
         accept_proxy,
         send_proxy,
         max_connections_per_client,
@@ -845,6 +859,25 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(120));
         let e = parse(["--check", "--idle-timeout=x"].map(OsString::from).into()).unwrap_err();
         assert!(e.0.contains("-idle-timeout"), "{e}");
+    }
+
+    #[test]
+    fn log_format_and_access_log() {
+        let c = run(&[]).unwrap();
+        assert_eq!((c.log_format, c.access_log), (LogFormat::Text, true));
+        let c = run(&["--log-format=json", "--access-log", "off"]).unwrap();
+        assert_eq!((c.log_format, c.access_log), (LogFormat::Json, false));
+        assert_eq!(
+            run(&["--log-format=logfmt"]).unwrap().log_format,
+            LogFormat::Text
+        );
+        let e = run(&["--log-format=xml"]).unwrap_err();
+        assert!(
+            e.0.contains("-log-format") && e.0.contains("text or json"),
+            "{e}"
+        );
+        let e = run(&["--access-log=maybe"]).unwrap_err();
+        assert!(e.0.contains("-access-log"), "{e}");
     }
 
     #[test]

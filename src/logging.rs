@@ -1,12 +1,13 @@
 //! The `log` facade's backend: `2026-11-27T22:10:11.123Z WARN message` lines
-//! on stderr, through [`output`](crate::output) so that logging never blocks
-//! the event loop.
+//! (or one JSON object a line with `--log-format json`) on stderr, through
+//! [`output`](crate::output) so that logging never blocks the event loop.
 //!
 //! Nothing is logged per message or per connection at the default level
 //! (`info`); per-connection events are `debug`. Lines a peer can trigger
 //! over and over go through a [`Throttle`].
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::{dates, output};
@@ -41,9 +42,61 @@ impl Level {
     }
 }
 
+/// `--log-format`: how every log line is written. `text` is
+/// `TIME LEVEL message` for the general log (and logfmt for a log of
+/// key=value records such as the connection log; `logfmt` is accepted as
+/// another name for it), `json` one JSON object a line for every log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s {
+            "text" | "logfmt" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 struct Logger;
 
 static LOGGER: Logger = Logger;
+
+/// Whether lines are JSON (`--log-format json`); set once by [`init`].
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// One log line, newline included: `TIME LEVEL message`, or
+/// `{"ts":"TIME","level":"LEVEL","msg":"message"}` (the message escaped
+/// as a JSON string, so a peer's bytes in it cannot break the line; `ts`
+/// and `msg` as in the connection log's lines).
+pub fn format_line(format: LogFormat, time: SystemTime, level: log::Level, msg: &str) -> String {
+    let time = dates::rfc3339_ms(time);
+    let mut line = String::with_capacity(msg.len() + 64);
+    match format {
+        LogFormat::Text => {
+            let _ = writeln!(line, "{time} {level} {msg}");
+        }
+        LogFormat::Json => {
+            let msg = serde_json::to_string(msg).unwrap_or_else(|_| "\"\"".to_string());
+            let _ = writeln!(
+                line,
+                "{{\"ts\":\"{time}\",\"level\":\"{level}\",\"msg\":{msg}}}"
+            );
+        }
+    }
+    line
+}
 
 impl log::Log for Logger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
@@ -54,25 +107,27 @@ impl log::Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let mut line = String::with_capacity(96);
-        let _ = writeln!(
-            line,
-            "{} {} {}",
-            dates::rfc3339_ms(SystemTime::now()),
-            record.level(),
-            record.args()
-        );
-        output::log_line(line);
+        let format = if JSON.load(Ordering::Relaxed) {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        };
+        let msg = match record.args().as_str() {
+            Some(text) => std::borrow::Cow::Borrowed(text),
+            None => std::borrow::Cow::Owned(record.args().to_string()),
+        };
+        output::log_line(format_line(format, SystemTime::now(), record.level(), &msg));
     }
 
     fn flush(&self) {}
 }
 
-/// Installs the backend (once; later calls only change the level) and sets
-/// the most verbose level logged.
-pub fn init(level: Level) {
+/// Installs the backend (once; later calls only change the level and
+/// format) and sets the most verbose level logged and the line format.
+pub fn init(level: Level, format: LogFormat) {
     // Fails only when a logger is already installed, which is ours.
     let _ = log::set_logger(&LOGGER);
+    JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     log::set_max_level(level.filter());
 }
 
@@ -133,27 +188,26 @@ pub fn suppressed_note(suppressed: u64) -> String {
     }
 }
 
-/// The connection log's line format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Logfmt,
-    Json,
-}
-
-impl LogFormat {
-    pub fn parse(s: &str) -> Option<LogFormat> {
-        match s {
-            "logfmt" => Some(LogFormat::Logfmt),
-            "json" => Some(LogFormat::Json),
-            _ => None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_json_line_is_one_object_with_the_message_escaped() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_500);
+        let text = format_line(LogFormat::Text, t, log::Level::Warn, "a \"b\"\nc");
+        assert_eq!(text, "1970-01-01T00:00:01.500Z WARN a \"b\"\nc\n");
+        let json = format_line(LogFormat::Json, t, log::Level::Info, "a \"b\"\nc\u{1}");
+        assert_eq!(json.matches('\n').count(), 1, "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["ts"], "1970-01-01T00:00:01.500Z");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["msg"], "a \"b\"\nc\u{1}");
+        assert_eq!(LogFormat::parse("logfmt"), Some(LogFormat::Text));
+        assert_eq!(LogFormat::parse("json"), Some(LogFormat::Json));
+        assert_eq!(LogFormat::parse("xml"), None);
+    }
 
     #[test]
     fn a_throttle_logs_once_per_interval_and_counts_the_rest() {

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     // Before the recovery file and the sockets: a signal during the start
     // waits for the loop instead of killing the process (or being lost).
     let signals = signals::install();
-    logging::init(config.log_level);
+    logging::init(config.log_level, config.log_format);
     let signals = match signals {
         Ok(signals) => signals,
         Err(e) => {
@@ -86,7 +86,7 @@ fn printed(result: std::io::Result<()>) -> ExitCode {
 /// `--check`: the report on stdout, each problem on stderr; exit 0 when
 /// a start would get past every check, 2 otherwise.
 fn check(config: &cli::Config) -> ExitCode {
-    logging::init(config.log_level);
+    logging::init(config.log_level, config.log_format);
     let outcome = foo_proxy::check::check(config);
     let mut code = ExitCode::SUCCESS;
     for problem in &outcome.problems {

@@ -159,7 +159,13 @@ impl Server {
             .register(&mut signals, SIGNALS, mio::Interest::READABLE)
             .map_err(|e| format!("cannot poll signals: {}", describe(&e)))?;
         let admin = match config.http {
-            Some(addr) => Some(Admin::bind(addr, inherited.admin, registry, ADMIN)?),
+            Some(addr) => Some(Admin::bind(
+                addr,
+                inherited.admin,
+                registry,
+                ADMIN,
+                config.access_log,
+            )?),
             None => None,
         };
         let upstreams = Upstreams::new(

@@ -144,3 +144,78 @@ fn check_reports_a_recovery_lock_held_by_a_running_proxy_without_taking_it() {
     assert_eq!(lock.trim(), proxy.pid().to_string());
     assert!(proxy.alive());
 }
+
+/// One `GET path` on the admin socket; the whole response.
+fn get(proxy: &Proxy, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(proxy.admin.unwrap()).unwrap();
+    s.set_read_timeout(Some(util::WAIT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Stops `proxy` with SIGTERM and returns everything it logged.
+fn stopped_log(mut proxy: Proxy) -> String {
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(util::WAIT), Some(0));
+    proxy.stderr()
+}
+
+#[test]
+fn access_log_off_drops_admin_request_lines_but_keeps_the_start_line() {
+    let server = FooServer::start(ServerOpts::default());
+    let on = Proxy::start(&server.addr.to_string(), &[]);
+    assert!(get(&on, "/stats").starts_with("HTTP/1.1 200"));
+    let log = stopped_log(on);
+    assert!(log.contains("\"GET /stats HTTP/1.1\" 200"), "{log}");
+
+    let off = Proxy::start(&server.addr.to_string(), &["--access-log", "off"]);
+    for path in ["/stats", "/metrics", "/health", "/nope"] {
+        assert!(get(&off, path).starts_with("HTTP/1.1 "));
+    }
+    let log = stopped_log(off);
+    assert!(log.contains(" INFO foo-proxy "), "{log}");
+    assert!(log.contains("listening on"), "{log}");
+    assert!(!log.contains("GET /"), "{log}");
+    assert!(!log.contains("were not logged"), "{log}");
+}
+
+#[test]
+fn log_format_json_makes_every_log_line_one_json_object() {
+    // The upstream is down: each client costs a (throttled) warning.
+    let dead = format!("127.0.0.1:{}", util::dead_port());
+    let proxy = Proxy::start(&dead, &["--log-format=json", "--log-connections"]);
+    assert!(get(&proxy, "/stats").starts_with("HTTP/1.1 200"));
+    let mut client = proxy.connect();
+    let _ = util::read_to_eof(&mut client);
+    drop(client);
+    let deadline = Instant::now() + util::WAIT;
+    while !proxy.stderr().contains("\"WARN\"") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = stopped_log(proxy);
+    let mut msgs = Vec::new();
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert!(v["ts"].as_str().unwrap().ends_with('Z'), "{line}");
+        let msg = v["msg"].as_str().unwrap().to_string();
+        // The connection log's lines have their own keys, and no level.
+        let level = match msg.as_str() {
+            "connection" => "CONN".to_string(),
+            _ => v["level"].as_str().unwrap().to_string(),
+        };
+        msgs.push((level, msg));
+    }
+    let has = |level: &str, text: &str| msgs.iter().any(|(l, m)| l == level && m.contains(text));
+    assert!(has("INFO", "listening on"), "{msgs:?}");
+    assert!(has("INFO", "\"GET /stats HTTP/1.1\" 200"), "{msgs:?}");
+    assert!(msgs.iter().any(|(l, _)| l == "WARN"), "{msgs:?}");
+    assert!(has("CONN", "connection"), "{msgs:?}");
+}

@@ -172,17 +172,21 @@ pub struct Admin {
     start_unix: f64,
     /// The access log: a scraper in a tight loop must not flood stderr.
     access_log: Throttle,
+    /// `--access-log off`: no access lines at all.
+    access_log_on: bool,
 }
 
 impl Admin {
     /// Binds `addr` and registers the listener under `listener_token`.
     /// `inherited` is a listener already bound (socket activation, a
-    /// hand-over), used as it is.
+    /// hand-over), used as it is. `access_log` says whether requests are
+    /// logged (`--access-log`).
     pub fn bind(
         addr: SocketAddr,
         inherited: Option<std::net::TcpListener>,
         registry: &Registry,
         listener_token: Token,
+        access_log: bool,
     ) -> Result<Admin, String> {
         let cannot = |e: io::Error| format!("cannot listen for HTTP on {addr}: {}", describe(&e));
         let mut listener = match inherited {
@@ -209,6 +213,7 @@ impl Admin {
             next_id: 0,
             start_unix,
             access_log: Throttle::with_burst(Duration::from_secs(1), ACCESS_LOG_BURST),
+            access_log_on: access_log,
         })
     }
 
@@ -364,10 +369,12 @@ impl Admin {
         let mut cached: Option<Report> = None;
         // Moved out for the closure while the loop below borrows `self`.
         let mut access_log = std::mem::replace(&mut self.access_log, Throttle::new(DEADLINE));
+        let access_log_on = self.access_log_on;
         let mut answer = |head: &[u8], peer: IpAddr| {
             let mut get = || cached.get_or_insert_with(&mut *report).clone();
             let reply = respond(head, &facts, &mut get);
             if let Reply::Done(a) = &reply
+                && access_log_on
                 && let Some(suppressed) = access_log.ready(now)
             {
                 if suppressed > 0 {

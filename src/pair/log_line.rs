@@ -91,7 +91,7 @@ pub fn line(rec: &ConnRecord, end: &Ended, format: LogFormat) -> String {
     let ts = dates::rfc3339_ms(end.wall);
     let mut out = String::with_capacity(320);
     match format {
-        LogFormat::Logfmt => {
+        LogFormat::Text => {
             let _ = writeln!(
                 out,
                 "ts={ts} msg=connection id={} client={} upstream={} duration_ms={duration_ms:.3} \
@@ -172,7 +172,7 @@ mod tests {
     fn a_logfmt_line_has_every_field_in_order() {
         let (rec, end) = sample();
         assert_eq!(
-            line(&rec, &end, LogFormat::Logfmt),
+            line(&rec, &end, LogFormat::Text),
             "ts=1970-01-01T00:00:00.000Z msg=connection id=7 client=127.0.0.1:5000 \
              upstream=127.0.0.1:8001 duration_ms=1500.000 bytes_client_to_server=40 \
              bytes_server_to_client=30 req=3 ack=2 nak=0 invalid=1 unanswered=1 \

@@ -103,7 +103,11 @@ impl Proxy {
                 for (at, _) in line.match_indices("listening on ") {
                     let before = line.get(..at).unwrap_or("");
                     let rest = line.get(at + "listening on ".len()..).unwrap_or("");
-                    let addr = rest.split([',', ' ', ';']).next().unwrap_or("").to_string();
+                    let addr = rest
+                        .split([',', ' ', ';', '"'])
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
                     let _ = addr_tx.send((before.ends_with("admin "), addr));
                 }
                 let mut s = sink.lock().unwrap();

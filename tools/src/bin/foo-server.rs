@@ -309,7 +309,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    logging::init(config.log_level);
+    logging::init(config.log_level, logging::LogFormat::Text);
     let mut server = match Server::bind(config) {
         Ok(server) => server,
         Err(e) => {
