@@ -12,53 +12,66 @@ use std::time::Duration;
 
 use crate::logging::{Level, LogFormat};
 
+/// `--help`: grouped, at most 80 columns (pinned by a test), with units.
 pub const USAGE: &str = "\
 foo-proxy: a counting proxy for the Foo line protocol
 
-USAGE:
-    foo-proxy [FLAGS]
+Usage: foo-proxy [FLAGS]
+Flags take one dash or two, and their value after a space or '='
+(-listen :8002, --listen=:8002); the last value given wins.
 
-Flags take one dash or two, and their value after a space or '=':
-    -listen ADDR           where clients connect            [default :8002]
-    -forward ADDR          the Foo server to relay to       [default :8001]
-    -http ADDR             admin HTTP address for /stats, /metrics, /health,
-                           /ready; 'off' or '' disables [default 127.0.0.1:8088]
-    -recovery-path PATH    snapshot file for totals and rates; empty disables
-                                                  [default .data/recovery.json]
-    --buffer-size BYTES    unsent bytes held per direction  [default 64KiB]
-    --connect-timeout DUR  upstream connect timeout         [default 5s]
-    --fin-timeout DUR      wait for answers after a client half-close, and
-                           bound of a lingering close       [default 5s]
-    --idle-timeout DUR     close a pair that moved no byte for this long [default 10m]
-    --drain-timeout DUR    on SIGTERM, let connections finish this long [default 5s]
-    --max-connections N    most client connections at once [default 10000]
-    --log-level LEVEL      error, warn, info or debug       [default info]
-    --log-connections      one line on stderr per closed connection
-    --log-format FORMAT    text (logfmt for --log-connections) or json,
-                           for every log line               [default text]
-    --access-log on|off    one line per admin HTTP request  [default on]
-    --accept-proxy         every client starts with a PROXY protocol v1/v2
-                           header (from a balancer); its address is the client's
-    --send-proxy v1|v2     start each upstream connection with a PROXY header
-    --max-connections-per-client N
-                           most open connections per client address [default off]
-    --reuse-port           share -listen with other foo-proxy processes
-                           (SO_REUSEPORT); each needs its own -http and
-                           -recovery-path
-    --takeover             take the listeners, counts and recovery file over
-                           from the foo-proxy running with the same
-                           -recovery-path (which then drains and exits);
-                           without one, start normally
-    --check                check the flags, addresses and recovery path,
-                           print what would run, exit 0 (or 2) unserved
-    -h, --help             print this help
-    --version              print the version
-    --probe URL            GET http://HOST:PORT/PATH and exit 0 on a 2xx
-                           answer, 1 otherwise (a container health check)
+Addresses:
+  -listen ADDR            where clients connect                    [:8002]
+  -forward ADDR           the Foo server to relay to               [:8001]
+  -http ADDR              admin HTTP: /stats /metrics /health /ready;
+                          'off' or '' disables            [127.0.0.1:8088]
+  -recovery-path PATH     totals and rates kept across restarts;
+                          '' disables                [.data/recovery.json]
 
-ADDR is HOST:PORT; ':PORT' means every interface (IPv4 and IPv6) for -listen
-and -http and this host for -forward. The admin socket serves statistics to anyone who can
-reach it: open it to the network deliberately, e.g. -http 0.0.0.0:8088. DUR is a number of seconds or a number with ms, s or m.
+Limits and timeouts:
+  --buffer-size SIZE      unsent bytes held per direction, 1KiB to 64MiB
+                                                                   [64KiB]
+  --max-connections N     client connections at once               [10000]
+  --max-connections-per-client N
+                          open connections per client address        [off]
+  --connect-timeout DUR   give up on an upstream connect after        [5s]
+  --fin-timeout DUR       wait for answers after a client half-close;
+                          also bounds a lingering close               [5s]
+  --idle-timeout DUR      close a pair that moved no byte for        [10m]
+  --drain-timeout DUR     on SIGTERM, let connections finish for      [5s]
+
+PROXY protocol, scale-out and restarts:
+  --accept-proxy          clients start with a PROXY v1/v2 header (from a
+                          balancer); its address is the client's
+  --send-proxy v1|v2      start each upstream connection with one  [off]
+  --reuse-port            share -listen with other foo-proxy processes
+                          (SO_REUSEPORT); each needs its own -http and
+                          -recovery-path
+  --takeover              take the listeners, counts and recovery file
+                          over from the foo-proxy running with the same
+                          -recovery-path (which then drains and exits);
+                          without one, start normally
+
+Logs, on stderr:
+  --log-level LEVEL       error, warn, info or debug                [info]
+  --log-format FORMAT     text or json, for every log line          [text]
+                          (text is logfmt for --log-connections)
+  --log-connections       one line per closed connection
+  --access-log on|off     one line per admin HTTP request             [on]
+
+Other modes:
+  --check                 check the flags, addresses and recovery path,
+                          print what would run; exit 0 or 2, no serving
+  --probe URL             GET http://HOST:PORT/PATH once; exit 0 on a 2xx
+                          answer, 1 otherwise (a container health check)
+  -h, --help              print this help
+  -V, --version           print the version, git commit and build profile
+
+ADDR is HOST:PORT; ':PORT' is every interface (IPv4 and IPv6) for -listen
+and -http, and this host for -forward. The admin socket serves statistics
+to anyone who can reach it: open it to the network deliberately.
+SIZE is bytes, or a number with KiB or MiB (65536, 64KiB, 1MiB).
+DUR is seconds, or a number with ms, s or m (5, 250ms, 1.5s, 2m).
 SIGUSR2 (or SIGUSR1) prints the statistics as one JSON line on stdout.
 SIGTERM or SIGINT drains and exits; SIGHUP is ignored.
 ";
@@ -227,6 +240,17 @@ impl Flags {
         value_flags: &[&'static str],
         switch_flags: &[&'static str],
     ) -> Result<Flags, CliError> {
+        Flags::parse_aliased(args, value_flags, switch_flags, &[])
+    }
+
+    /// [`parse`](Flags::parse), with short names: `(short, long)` pairs
+    /// such as `("V", "version")`, read wherever a flag name is.
+    pub fn parse_aliased(
+        args: Vec<OsString>,
+        value_flags: &[&'static str],
+        switch_flags: &[&'static str],
+        aliases: &[(&str, &'static str)],
+    ) -> Result<Flags, CliError> {
         let mut given = Vec::with_capacity(args.len());
         let mut iter = args.into_iter();
         while let Some(arg) = iter.next() {
@@ -248,7 +272,14 @@ impl Flags {
                 None => (bare, None),
             };
             let typed = text.split_once('=').map_or(text, |(t, _)| t).to_owned();
-            let name = if name == "h" { "help" } else { name };
+            let name = if name == "h" {
+                "help"
+            } else {
+                aliases
+                    .iter()
+                    .find(|(short, _)| *short == name)
+                    .map_or(name, |(_, long)| long)
+            };
             if let Some(&flag) = value_flags.iter().find(|f| **f == name) {
                 let value = match inline {
                     Some(v) => v.to_owned(),
@@ -368,7 +399,10 @@ pub fn parse_with(
     args: Vec<OsString>,
     resolve: impl Fn(&str, &str) -> Result<Vec<SocketAddr>, String>,
 ) -> Result<Command, CliError> {
-    let flags = Flags::parse(args, VALUE_FLAGS, SWITCH_FLAGS)?;
+    // `-V`: Go's flag package gives it no meaning and the reference proxy
+    // defines no such flag (it would exit 2 on it), so no compatibility is
+    // lost.
+    let flags = Flags::parse_aliased(args, VALUE_FLAGS, SWITCH_FLAGS, &[("V", "version")])?;
     if flags.switch("help") {
         return Ok(Command::Help);
     }
@@ -658,10 +692,9 @@ mod tests {
         for a in ["-h", "--help", "-help"] {
             assert!(matches!(parse(vec![a.into()]), Ok(Command::Help)), "{a}");
         }
-        assert!(matches!(
-            parse(vec!["--version".into()]),
-            Ok(Command::Version)
-        ));
+        for a in ["--version", "-version", "-V", "--V"] {
+            assert!(matches!(parse(vec![a.into()]), Ok(Command::Version)), "{a}");
+        }
     }
 
     #[test]

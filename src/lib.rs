@@ -107,3 +107,23 @@ pub mod stats;
 pub mod systemd;
 mod timer;
 mod upstream;
+
+/// The build, as `--version` and `foo_build_info` name it: the crate
+/// version, the git commit it was built from (12 hex digits, or `unknown`
+/// when built without a git checkout, e.g. from a crate tarball) and the
+/// cargo profile (`release`, `dist`, `dev`, ...). Set by `build.rs`.
+pub mod build {
+    pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+    pub const COMMIT: &str = env!("FOO_BUILD_COMMIT");
+    pub const PROFILE: &str = env!("FOO_BUILD_PROFILE");
+
+    /// `foo-proxy 0.1.0 (commit 0123456789ab, release profile)`, or
+    /// `(unknown commit, ...)`; newline included.
+    pub fn version_line() -> String {
+        if COMMIT == "unknown" {
+            format!("foo-proxy {VERSION} (unknown commit, {PROFILE} profile)\n")
+        } else {
+            format!("foo-proxy {VERSION} (commit {COMMIT}, {PROFILE} profile)\n")
+        }
+    }
+}

@@ -32,8 +32,7 @@ fn main() -> ExitCode {
         Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => return printed(output::print_now(false, USAGE)),
         Ok(Command::Version) => {
-            let version = format!("foo-proxy {}\n", env!("CARGO_PKG_VERSION"));
-            return printed(output::print_now(false, &version));
+            return printed(output::print_now(false, &foo_proxy::build::version_line()));
         }
         Ok(Command::Probe(target)) => return foo_proxy::probe::main(&target),
         Ok(Command::Check(config)) => return check(&config),

@@ -282,8 +282,13 @@ fn metrics_speaks_prometheus_to_a_scraper_and_json_to_curl() {
     assert_eq!(exposition.families.len(), 24, "{text}");
     assert!(!text.contains("rate"), "no precomputed rates: {text}");
     assert_eq!(sample(&text, "foo_messages_total", &["req"]).1, 5.0);
-    let version = env!("CARGO_PKG_VERSION");
-    assert_eq!(sample(&text, "foo_build_info", &[version]).1, 1.0);
+    // The labels --version names (tests/operator.rs ties them to git).
+    let build = [
+        foo_proxy::build::COMMIT,
+        foo_proxy::build::PROFILE,
+        foo_proxy::build::VERSION,
+    ];
+    assert_eq!(sample(&text, "foo_build_info", &build).1, 1.0);
     let start = sample(&text, "process_start_time_seconds", &[]).1;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

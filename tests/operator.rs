@@ -219,3 +219,101 @@ fn log_format_json_makes_every_log_line_one_json_object() {
     assert!(msgs.iter().any(|(l, _)| l == "WARN"), "{msgs:?}");
     assert!(has("CONN", "connection"), "{msgs:?}");
 }
+
+#[test]
+fn version_names_the_git_commit_and_the_build_profile_and_v_is_its_short_form() {
+    let out = run(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    let line = text(&out.stdout);
+    assert_eq!(run(&["-V"]).stdout, out.stdout);
+    assert_eq!(run(&["-version"]).stdout, out.stdout);
+    // This test binary's own directory names the profile both were built with.
+    let exe = Path::new(env!("CARGO_BIN_EXE_foo-proxy"));
+    let profile = exe.parent().unwrap().file_name().unwrap().to_str().unwrap();
+    let profile = if profile == "debug" { "dev" } else { profile };
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let head = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(manifest)
+        .output()
+        .ok()
+        .filter(|o| o.status.success() && manifest.join(".git").exists())
+        .map(|o| text(&o.stdout).trim().to_string());
+    let want = match head {
+        Some(head) => format!(
+            "foo-proxy {} (commit {}, {profile} profile)\n",
+            env!("CARGO_PKG_VERSION"),
+            &head[..12]
+        ),
+        None => format!(
+            "foo-proxy {} (unknown commit, {profile} profile)\n",
+            env!("CARGO_PKG_VERSION")
+        ),
+    };
+    assert_eq!(line, want);
+    // As in Go, a value flag takes `-V` as its value: no version then.
+    let out = run(&["-http", "-V"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("invalid value \"-V\" for -http"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_fits_80_columns_groups_the_flags_and_names_units() {
+    let out = run(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for line in help.lines() {
+        assert!(
+            line.chars().count() <= 80,
+            "{} columns: {line:?}",
+            line.chars().count()
+        );
+        assert!(!line.contains('\t'), "{line:?}");
+    }
+    for group in [
+        "Addresses:",
+        "Limits and timeouts:",
+        "Logs, on stderr:",
+        "Other modes:",
+    ] {
+        assert!(help.contains(group), "{group} missing:\n{help}");
+    }
+    for unit in ["KiB", "MiB", "5s", "10m", "-V, --version"] {
+        assert!(help.contains(unit), "{unit} missing:\n{help}");
+    }
+    // Every flag the proxy takes is in the help.
+    for flag in [
+        "-listen",
+        "-forward",
+        "-http",
+        "-recovery-path",
+        "--buffer-size",
+        "--connect-timeout",
+        "--fin-timeout",
+        "--idle-timeout",
+        "--drain-timeout",
+        "--max-connections",
+        "--max-connections-per-client",
+        "--log-level",
+        "--log-format",
+        "--log-connections",
+        "--access-log",
+        "--accept-proxy",
+        "--send-proxy",
+        "--reuse-port",
+        "--takeover",
+        "--check",
+        "--probe",
+        "--help",
+    ] {
+        assert!(
+            help.contains(&format!("{flag} ")),
+            "{flag} missing:\n{help}"
+        );
+    }
+}

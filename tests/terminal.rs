@@ -108,7 +108,7 @@ fn help_version_and_a_bad_flag_print_in_the_background_on_a_tostop_terminal_with
         return;
     }
     for (case, code, shows) in [
-        ("help", "exit 0", "USAGE:"),
+        ("help", "exit 0", "Usage: foo-proxy"),
         ("version", "exit 0", "foo-proxy 0."),
         ("bad-flag", "exit 2", "invalid value"),
         // The writer threads, with a report and log lines.

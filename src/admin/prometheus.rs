@@ -41,10 +41,12 @@ pub fn prometheus(r: &Report, start_unix: f64) -> String {
         "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\
          # TYPE process_start_time_seconds gauge\n\
          process_start_time_seconds {start_unix}\n\
-         # HELP foo_build_info The version of foo-proxy running; always 1.\n\
+         # HELP foo_build_info The build of foo-proxy running (version, git commit, cargo profile); always 1.\n\
          # TYPE foo_build_info gauge\n\
-         foo_build_info{{version=\"{}\"}} 1\n",
-        env!("CARGO_PKG_VERSION")
+         foo_build_info{{version=\"{}\",commit=\"{}\",profile=\"{}\"}} 1\n",
+        crate::build::VERSION,
+        crate::build::COMMIT,
+        crate::build::PROFILE,
     );
     out
 }
@@ -98,6 +100,13 @@ pub(in crate::admin) mod tests {
         }
         assert!(!text.contains("rate"));
         assert!(text.contains("process_start_time_seconds 12.5\n"));
+        let build = format!(
+            "foo_build_info{{version=\"{}\",commit=\"{}\",profile=\"{}\"}} 1\n",
+            crate::build::VERSION,
+            crate::build::COMMIT,
+            crate::build::PROFILE
+        );
+        assert!(text.contains(&build), "{text}");
         assert!(text.contains("foo_bytes_total{direction=\"client_to_server\"} 100\n"));
     }
 }
