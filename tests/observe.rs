@@ -354,17 +354,43 @@ fn a_client_that_cannot_get_an_upstream_socket_ends_as_proxy_error() {
     let server = FooServer::start(ServerOpts::default());
     let bin = env!("CARGO_BIN_EXE_foo-proxy");
     let upstream = server.addr.to_string();
-    // A low descriptor limit: a handful of pairs exhaust it.
-    let script = format!(
-        "ulimit -n 32 && exec {bin} -listen 127.0.0.1:0 -forward {upstream} -recovery-path= -http 127.0.0.1:0"
-    );
-    let proxy = Proxy::spawn(Command::new("sh").args(["-c", &script]));
-    let mut clients = Vec::new();
-    for _ in 0..40 {
-        clients.push(TcpStream::connect_timeout(&proxy.addr, WAIT).unwrap());
+    // A low descriptor limit: a handful of pairs exhaust it. Each pair takes
+    // two descriptors (client, then upstream), so whether the last free one
+    // goes to an accept (which then fails: a resource error, no pair) or to
+    // an upstream socket (which fails: proxy_error) depends on the parity of
+    // the descriptors below the limit that are already taken. The shell
+    // closes what the test inherited (a CI runner's or cargo's descriptors
+    // land anywhere below the limit), and of two neighbouring limits one
+    // always has the parity this test needs. The client that got no
+    // upstream has a lingering close (a short --fin-timeout here) and is
+    // counted when it ends.
+    let mut seen = Vec::new();
+    for limit in [32, 33] {
+        let script = format!(
+            "for fd in $(ls /proc/$$/fd); do [ \"$fd\" -gt 2 ] && eval \"exec $fd>&-\"; done; \
+             ulimit -n {limit} && exec {bin} -listen 127.0.0.1:0 -forward {upstream} \
+             -recovery-path= -http 127.0.0.1:0 --fin-timeout 100ms"
+        );
+        let proxy = Proxy::spawn(Command::new("bash").args(["-c", &script]));
+        let mut clients = Vec::new();
+        for _ in 0..40 {
+            clients.push(TcpStream::connect_timeout(&proxy.addr, WAIT).unwrap());
+        }
+        // Accepting that fails pauses 100 ms at a time: twenty failures
+        // (twenty fin timeouts) say this limit gives no proxy_error.
+        let r = proxy.report_until(|r| {
+            closed(r, "proxy_error") > 0 || r["resource_errors"].as_u64().unwrap() >= 20
+        });
+        let total = r["connections_total"].as_u64().unwrap();
+        let active = r["connections_active"].as_u64().unwrap();
+        // No pair ended for any other reason.
+        assert_eq!(closed(&r, "proxy_error"), total - active, "{r}");
+        if closed(&r, "proxy_error") > 0 {
+            return;
+        }
+        seen.push(r);
     }
-    let r = proxy.report_until(|r| closed(r, "proxy_error") > 0);
-    assert!(closed(&r, "proxy_error") > 0, "{r}");
+    panic!("no limit gave proxy_error: {seen:?}");
 }
 
 #[test]
