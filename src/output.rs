@@ -23,6 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::net::{self, Io};
+use crate::signals;
 
 /// Report lines queued for stdout; a report is about 700 bytes.
 pub const REPORT_QUEUE: usize = 64;
@@ -69,10 +70,10 @@ impl Sink {
             Stream::Stdout => "stdout-writer",
             Stream::Stderr => "stderr-writer",
         };
-        let spawned = thread::Builder::new()
+        let builder = thread::Builder::new()
             .name(name.into())
-            .stack_size(64 * 1024)
-            .spawn(move || run_writer(stream, rx));
+            .stack_size(64 * 1024);
+        let spawned = signals::spawn_unsignalled(builder, move || run_writer(stream, rx));
         Sink {
             tx: spawned.ok().map(|_| tx),
             queued: AtomicU64::new(0),

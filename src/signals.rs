@@ -2,12 +2,13 @@
 //! registration, which `main` does as soon as it knows it will serve.
 
 use std::io;
+use std::thread::{self, JoinHandle};
 
 use libc::{
     SIGALRM, SIGHUP, SIGINT, SIGIO, SIGPROF, SIGPWR, SIGSTKFLT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1,
     SIGUSR2, SIGVTALRM, SIGXCPU, SIGXFSZ,
 };
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 pub use signal_hook_mio::v1_0::Signals;
 
 /// What the loop does on a signal.
@@ -102,6 +103,35 @@ pub(crate) fn name(signal: i32) -> String {
         }
         None => format!("signal {signal}"),
     }
+}
+
+/// Spawns a side thread (an output writer, the recovery writer) with every
+/// signal blocked, so that only the loop's thread takes signals.
+///
+/// A handler runs on the stack of whichever thread the kernel picks, and
+/// different signals nest (each is blocked only while its own handler
+/// runs): a burst of distinct real-time signals stacked one frame per
+/// signal on a writer's 64 KiB stack until it overflowed (SIGSEGV). The
+/// loop's thread has the main stack, and nesting there is bounded by the
+/// number of signals. The new thread inherits the mask; the caller's is
+/// restored at once (a signal arriving meanwhile is held, not lost).
+///
+/// # Errors
+///
+/// What [`thread::Builder::spawn`] returns: the thread could not be made.
+pub(crate) fn spawn_unsignalled<F, T>(builder: thread::Builder, f: F) -> io::Result<JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let mut old = SigSet::empty();
+    let blocked =
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut old)).is_ok();
+    let spawned = builder.spawn(f);
+    if blocked {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    }
+    spawned
 }
 
 #[cfg(test)]

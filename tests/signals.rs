@@ -80,6 +80,39 @@ fn power_io_stack_fault_and_real_time_signals_are_ignored_with_a_log_line() {
     assert!(log.contains("(6 more since the last one)"), "{log}");
 }
 
+/// Different signals nest: each is blocked only while its own handler
+/// runs, so a burst of distinct real-time signals stacks one handler frame
+/// per signal on whichever thread the kernel picks. On a side thread's small
+/// stack (the output writers have 64 KiB) that overflowed into SIGSEGV.
+/// Only the loop's thread may take signals.
+#[test]
+fn a_burst_of_distinct_real_time_signals_neither_crashes_nor_stalls_it() {
+    let server = FooServer::start(ServerOpts::default());
+    let mut proxy = Proxy::start(&server.addr.to_string(), &[]);
+    // Both output writers exist: the stderr one since the start line, the
+    // stdout one after a report.
+    let _ = proxy.report();
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    let script = format!(
+        "for round in $(seq 1 30); do for s in $(seq {min} {max}); do kill -$s {} || exit 1; done; done",
+        proxy.pid()
+    );
+    for attempt in 0..3 {
+        let status = Command::new("bash").args(["-c", &script]).status().unwrap();
+        assert!(status.success(), "kill failed in attempt {attempt}");
+        assert!(
+            proxy.alive(),
+            "a burst of real-time signals killed the proxy"
+        );
+        assert_eq!(
+            round_trip(&proxy, attempt + 1),
+            answers(attempt + 1..=attempt + 1)
+        );
+    }
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(WAIT), Some(0), "{}", proxy.stderr());
+}
+
 #[test]
 fn sigxcpu_drains_saves_and_exits_0_like_sigterm() {
     let server = FooServer::start(ServerOpts::default());

@@ -15,6 +15,7 @@ use crate::recovery::files::{
 };
 use crate::recovery::lock::{LockError, RecoveryLock};
 use crate::recovery::path::{StartError, Unreadable, check_path};
+use crate::signals;
 use crate::stats::Stats;
 use log::{debug, info, warn};
 
@@ -243,9 +244,9 @@ impl Recovery {
         let thread_path = path.clone();
         let lock = self.lock.take();
         let warned = self.warned;
-        let writer = thread::Builder::new()
-            .name("recovery-writer".into())
-            .spawn(move || run_writer(thread_path, lock, warned, rx));
+        let builder = thread::Builder::new().name("recovery-writer".into());
+        let writer =
+            signals::spawn_unsignalled(builder, move || run_writer(thread_path, lock, warned, rx));
         self.writer = match writer {
             Ok(handle) => Some((tx, handle)),
             Err(e) => {
