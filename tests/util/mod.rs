@@ -204,6 +204,30 @@ impl Proxy {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Polls stderr until `done` holds, and returns it; panics with the
+    /// whole log when [`WAIT`] runs out. The log is written by the
+    /// proxy's output thread, so a line may come a while after the event
+    /// it tells of: read it with this, never once.
+    pub fn stderr_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        wait_until(|| {
+            let log = self.stderr();
+            done(&log).then_some(log)
+        })
+        .unwrap_or_else(|| panic!("no {what} in stderr within {WAIT:?}:\n{}", self.stderr()))
+    }
+
+    /// Polls stderr until it contains `line` (bounded by [`WAIT`]).
+    pub fn stderr_has(&self, line: &str) -> String {
+        self.stderr_until(&format!("{line:?}"), |log| log.contains(line))
+    }
+
+    /// Polls stderr until `line` occurs at least `n` times.
+    pub fn stderr_count(&self, line: &str, n: usize) -> String {
+        self.stderr_until(&format!("{n} x {line:?}"), |log| {
+            log.matches(line).count() >= n
+        })
+    }
+
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -272,6 +296,29 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// Polls `probe` every 10 ms until it yields a value or [`WAIT`] runs
+/// out (`None`). A loaded machine delays every step, so a test waits for a state with
+/// this instead of sleeping a fixed time and looking once.
+pub fn wait_until<T>(mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// [`wait_until`] for a condition; panics naming `what` when it never holds.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    if wait_until(|| cond().then_some(())).is_none() {
+        panic!("{what}: not within {WAIT:?}");
+    }
 }
 
 /// splitmix64, the tools' generator: deterministic randomness for tests.
