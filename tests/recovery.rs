@@ -94,9 +94,13 @@ fn window_and_totals_survive_kill_9_and_a_quick_restart() {
 
     let proxy = start(&server, &path);
     let r = proxy.report();
+    // Not a speed test: the rates below hold while the restored window is
+    // under 10 s old, and this names the cause if a loaded machine took
+    // longer than that to restart.
     assert!(
-        killed.elapsed() < Duration::from_secs(2),
-        "restart took too long"
+        killed.elapsed() < Duration::from_secs(9),
+        "restart took too long for the 10 s window: {:?}",
+        killed.elapsed()
     );
     assert_eq!(r["msg_req"], 100);
     assert_eq!(r["msg_ack"], 88);
@@ -105,8 +109,10 @@ fn window_and_totals_survive_kill_9_and_a_quick_restart() {
     assert_eq!(r["request_rate_10s"], 10.0);
     assert_eq!(r["response_rate_10s"], 10.0);
     assert_eq!(r["connections_total"], 1);
+    // Polled for: the output thread writes the line, maybe after the
+    // report came.
+    proxy.stderr_has("restored totals");
     assert!(warnings(&proxy).is_empty(), "{}", proxy.stderr());
-    assert!(proxy.stderr().contains("restored totals"));
 
     // The restored counts keep adding up with new traffic.
     traffic(&proxy, 10);
@@ -315,13 +321,8 @@ fn a_final_snapshot_that_cannot_be_written_exits_3_not_0() {
     traffic(&proxy, 4);
     proxy.signal("TERM");
     assert_eq!(proxy.wait_exit(WAIT), Some(3), "{}", proxy.stderr());
-    assert!(
-        proxy
-            .stderr()
-            .contains("the final snapshot could not be written"),
-        "{}",
-        proxy.stderr()
-    );
+    // The reader thread may not have the last lines yet: polled for.
+    proxy.stderr_has("the final snapshot could not be written");
     // A final snapshot that lands still exits 0.
     let path = dir.join("recovery.json");
     let mut proxy = start(&server, &path);
@@ -397,30 +398,27 @@ fn a_further_signal_ends_the_wait_for_a_stuck_final_snapshot_with_exit_3() {
     };
     traffic(&proxy, 4);
     // The first signal stops the (idle) proxy; the final snapshot cannot be
-    // written, so the exit would wait its whole bound (5 s).
+    // written, so the exit would wait its whole bound (5 s). Two pending
+    // signals of one kind merge into one, so the second goes only once the
+    // first has been handled: the listener is closed (connects refused).
+    // A fixed pause here let a loaded machine merge the two.
     proxy.signal("TERM");
-    thread::sleep(Duration::from_millis(300));
-    let second = Instant::now();
+    util::wait_for("the first SIGTERM closing the listener", || {
+        std::net::TcpStream::connect_timeout(&proxy.addr, WAIT).is_err()
+    });
     proxy.signal("TERM");
     // The process has exited once its main thread is gone: the frozen
     // thread keeps it unreaped (state Z) until the tracer lets go.
-    while proc_state(proxy.pid()).is_some_and(|s| s != 'Z') {
-        assert!(
-            second.elapsed() < Duration::from_secs(3),
-            "the second signal did not end the wait: {}",
-            proxy.stderr()
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+    util::wait_for("the main thread's exit", || {
+        proc_state(proxy.pid()).is_none_or(|s| s == 'Z')
+    });
     drop(tracer);
     assert_eq!(proxy.wait_exit(WAIT), Some(3), "{}", proxy.stderr());
-    assert!(
-        proxy
-            .stderr()
-            .contains("without waiting for the final snapshot"),
-        "{}",
-        proxy.stderr()
-    );
+    // Which of the two ends of the wait it was is told by the log, not by
+    // the clock (a loaded machine can take seconds either way): the 5 s
+    // bound logs "is taking more than 5 s" instead.
+    let log = proxy.stderr_has("without waiting for the final snapshot");
+    assert!(!log.contains("is taking more than"), "{log}");
 }
 
 #[test]
