@@ -53,10 +53,10 @@ fn at_the_connection_limit_new_clients_wait_and_resume_below_90_percent() {
         .unwrap();
     let mut buf = [0u8; 64];
     assert!(waiting.read(&mut buf).is_err(), "served beyond the limit");
-    let r = proxy.report();
+    let r = proxy.report_until(|r| r["connection_limit_hits"] != 0);
     assert_eq!(r["connections_active"], 5);
     assert_eq!(r["connection_limit_hits"], 1);
-    assert!(proxy.stderr().contains("connection limit 5 reached"));
+    proxy.stderr_has("connection limit 5 reached");
 
     // 4 of 5 is below 90 %: accepting resumes and the waiting client is served.
     held.pop();
@@ -80,7 +80,7 @@ fn the_connection_limit_line_is_logged_once_per_interval_not_per_hit() {
     let r = proxy.report();
     assert!(r["connection_limit_hits"].as_u64().unwrap() >= 30, "{r}");
     let lines = proxy
-        .stderr()
+        .stderr_has("connection limit 1 reached")
         .lines()
         .filter(|l| l.contains("connection limit 1 reached"))
         .count();
@@ -105,7 +105,8 @@ fn descriptor_exhaustion_pauses_accepting_without_spinning_and_recovers() {
     }
     let r = proxy.report_until(|r| r["resource_errors"].as_u64().unwrap_or(0) > 0);
     assert!(r["resource_errors"].as_u64().unwrap() > 0, "{r}");
-    // Exhausted for a second: the loop must sleep, not spin.
+    // Exhausted for a second: the loop must sleep, not spin. (A loaded
+    // machine gives it less CPU, never more: this bound only gets easier.)
     let before = cpu_secs(proxy.pid());
     thread::sleep(Duration::from_secs(1));
     let used = cpu_secs(proxy.pid()) - before;
@@ -113,8 +114,10 @@ fn descriptor_exhaustion_pauses_accepting_without_spinning_and_recovers() {
         used < 0.3,
         "busy loop while out of descriptors: {used} s of CPU in 1 s"
     );
+    // The warning is written by the output thread: polled for, then
+    // counted.
     let warnings = proxy
-        .stderr()
+        .stderr_has("pausing accepts")
         .lines()
         .filter(|l| l.contains("pausing accepts"))
         .count();
@@ -138,24 +141,35 @@ fn descriptor_exhaustion_pauses_accepting_without_spinning_and_recovers() {
 #[test]
 fn an_idle_pair_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
     let server = FooServer::start(ServerOpts::default());
-    let proxy = Proxy::start(&server.addr.to_string(), &["--idle-timeout", "400ms"]);
+    // 1 s idle against a busy pair's 100 ms gaps: a loaded machine would
+    // have to stall the busy client ten times as long to close it.
+    let proxy = Proxy::start(&server.addr.to_string(), &["--idle-timeout", "1s"]);
     let mut idle = proxy.connect();
     let mut busy = proxy.connect();
     assert_eq!(round_trip(&mut idle, 1), answer(1));
     let started = Instant::now();
-    for seq in 1..=8 {
+    // When the idle pair closes, seen from a thread while the busy one
+    // keeps talking.
+    let closed = thread::spawn(move || {
+        let (_, eof) = read_to_eof(&mut idle);
+        (eof, started.elapsed())
+    });
+    let mut seq = 0;
+    while !closed.is_finished() {
+        seq += 1;
         assert_eq!(round_trip(&mut busy, seq), answer(seq), "busy pair closed");
         thread::sleep(Duration::from_millis(100));
     }
-    let (_, eof) = read_to_eof(&mut idle);
-    assert!(eof);
-    let took = started.elapsed();
+    // Closed within read_to_eof's 10 s wait, so by the flag and not the
+    // default 600 s; no tighter upper bound, as a loaded machine fires
+    // timers late (the lower bound only gets easier).
+    let (eof, took) = closed.join().unwrap();
+    assert!(eof, "the idle pair was not closed");
     assert!(
-        took >= Duration::from_millis(350),
+        took >= Duration::from_millis(950),
         "closed too early: {took:?}"
     );
-    assert!(took < Duration::from_secs(3), "closed too late: {took:?}");
-    assert_eq!(round_trip(&mut busy, 9), answer(9));
+    assert_eq!(round_trip(&mut busy, seq + 1), answer(seq + 1));
 }
 
 /// A loopback listener whose accept queue is full, so further connects hang
@@ -196,14 +210,15 @@ fn a_connect_timeout_closes_the_client_and_counts_it() {
         took >= Duration::from_millis(250),
         "not a timeout: {took:?}"
     );
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    // The default connect timeout is 5 s: closing sooner shows the flag
+    // was used. Not a tighter bound: a loaded machine may fire a 300 ms
+    // timer seconds late.
+    assert!(took < Duration::from_millis(4900), "{took:?}");
     let r = proxy.report_until(|r| r["upstream_errors"] == 1);
     assert_eq!(r["upstream_errors"], 1);
-    assert!(
-        proxy.stderr().contains("connect timed out"),
-        "{}",
-        proxy.stderr()
-    );
+    // The log line is written by the output thread, maybe after the close
+    // the client saw: polled for.
+    proxy.stderr_has("connect timed out");
 }
 
 #[test]
@@ -212,16 +227,16 @@ fn sigterm_drains_open_connections_then_exits_zero() {
         never_close: true,
         ..Default::default()
     });
-    let mut proxy = Proxy::start(&server.addr.to_string(), &["--drain-timeout", "5s"]);
+    let mut proxy = Proxy::start(&server.addr.to_string(), &["--drain-timeout", "30s"]);
     let mut c = proxy.connect();
     assert_eq!(round_trip(&mut c, 1), answer(1));
     proxy.signal("TERM");
-    thread::sleep(Duration::from_millis(200));
-    // Draining: no new clients, but the open one still works.
-    assert!(
-        TcpStream::connect_timeout(&proxy.addr, Duration::from_secs(1)).is_err(),
-        "a draining proxy must refuse new clients"
-    );
+    // Draining: no new clients (polled for: the signal takes a while to be
+    // handled on a loaded machine), but the open one still works.
+    proxy.stderr_has("signal again to stop now");
+    wait_for("a draining proxy refusing new clients", || {
+        TcpStream::connect_timeout(&proxy.addr, Duration::from_secs(1)).is_err()
+    });
     assert!(proxy.alive());
     assert_eq!(round_trip(&mut c, 2), answer(2));
     // The client finishes: it half-closes, gets its answer, and the proxy exits.
@@ -230,7 +245,10 @@ fn sigterm_drains_open_connections_then_exits_zero() {
     let (got, eof) = read_to_eof(&mut c);
     assert_eq!(got, answer(3));
     assert!(eof);
-    assert_eq!(proxy.wait_exit(Duration::from_secs(2)), Some(0));
+    // Within the 10 s wait, so not at the 30 s drain timeout, and with no
+    // connection left to close.
+    assert_eq!(proxy.wait_exit(WAIT), Some(0), "{}", proxy.stderr());
+    assert!(!proxy.stderr().contains("still open"), "{}", proxy.stderr());
 }
 
 #[test]
@@ -244,7 +262,8 @@ fn the_drain_ends_at_the_drain_timeout() {
     assert_eq!(round_trip(&mut c, 1), answer(1));
     let started = Instant::now();
     proxy.signal("TERM");
-    assert_eq!(proxy.wait_exit(Duration::from_secs(3)), Some(0));
+    // The client never leaves: only the drain timeout ends the drain.
+    assert_eq!(proxy.wait_exit(WAIT), Some(0), "{}", proxy.stderr());
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(450), "{took:?}");
     let (_, eof) = read_to_eof(&mut c);
@@ -261,23 +280,33 @@ fn a_second_signal_stops_the_drain_at_once() {
     let mut c = proxy.connect();
     assert_eq!(round_trip(&mut c, 1), answer(1));
     proxy.signal("TERM");
-    thread::sleep(Duration::from_millis(200));
+    // The second signal goes once the first has started the drain: two
+    // pending at once could merge into one.
+    proxy.stderr_has("signal again to stop now");
     assert!(proxy.alive());
-    let started = Instant::now();
     proxy.signal("INT");
-    assert_eq!(proxy.wait_exit(Duration::from_secs(2)), Some(0));
-    assert!(started.elapsed() < Duration::from_secs(1));
+    // An exit within the 10 s wait is not the 30 s drain timeout; no
+    // tighter clock bound (a loaded machine is slow to schedule the exit).
+    assert_eq!(proxy.wait_exit(WAIT), Some(0), "{}", proxy.stderr());
+    proxy.stderr_has("closing 1 connection(s) still open");
 }
 
 #[test]
 fn a_flooding_client_does_not_starve_an_interactive_one() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let server = FooServer::start(ServerOpts::default());
     let proxy = Proxy::start(&server.addr.to_string(), &[]);
     let addr = proxy.addr;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Bytes the flood has written so far, and whether it still runs.
+    let flooded = Arc::new(AtomicU64::new(0));
+    let flooding = Arc::new(AtomicBool::new(true));
+    let (flag, sent, running) = (stop.clone(), flooded.clone(), flooding.clone());
     // The flood: big pipelined writes as fast as the proxy takes them, with
-    // a reader draining the answers so nothing blocks on our side.
+    // a reader draining the answers so nothing blocks on our side. It runs
+    // until told to stop (two minutes at most, so a broken proxy cannot
+    // hang the test).
     let flood = thread::spawn(move || {
         let mut w = TcpStream::connect(addr).unwrap();
         let mut r = w.try_clone().unwrap();
@@ -285,45 +314,68 @@ fn a_flooding_client_does_not_starve_an_interactive_one() {
             .unwrap();
         let reader = thread::spawn(move || {
             let mut buf = vec![0u8; 1 << 16];
-            let mut total = 0u64;
             while let Ok(n) = r.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
-                total += n as u64;
             }
-            total
         });
         let chunk = requests(1..=2000);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut sent = 0u64;
-        while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
             if w.write_all(&chunk).is_err() {
                 break;
             }
-            sent += chunk.len() as u64;
+            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
+        running.store(false, Ordering::Relaxed);
         let _ = w.shutdown(Shutdown::Write);
         let _ = reader.join();
-        sent
     });
-    thread::sleep(Duration::from_millis(300));
+    // The flood is under way before the interactive client starts.
+    wait_for("the flood's first MiB", || {
+        flooded.load(Ordering::Relaxed) > 1 << 20
+    });
     let mut c = proxy.connect();
+    let before = flooded.load(Ordering::Relaxed);
     let mut times = Vec::new();
-    for seq in 1..=200 {
+    // At least 200 round trips, and as many as it takes for the flood to
+    // write one more MiB meanwhile (on an idle machine 200 can take less
+    // time than that).
+    // Bounded by a minute (each round trip by its own 10 s wait).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seq = 0;
+    while seq < 200 || flooded.load(Ordering::Relaxed) - before <= 1 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "only {seq} round trips in a minute"
+        );
+        seq += 1;
         let t = Instant::now();
-        assert_eq!(round_trip(&mut c, seq), answer(seq));
+        assert_eq!(round_trip(&mut c, seq), answer(seq), "round trip {seq}");
         times.push(t.elapsed());
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sent = flood.join().unwrap();
+    let during = flooded.load(Ordering::Relaxed) - before;
+    let still_flooding = flooding.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    // The count-based check: every one of the round trips (200 or more)
+    // was answered while the flood kept writing (more than a MiB
+    // meanwhile, and still going at the end). A proxy that served the flood until it paused
+    // would answer the interactive client only once the flood stopped:
+    // its reads would run out their 10 s wait first.
+    assert!(
+        still_flooding,
+        "the flood stopped before the client was done"
+    );
+    assert!(during > 1 << 20, "the flood did not flood: {during} bytes");
+    // And a generous bound on the median, not a tight one: a fair loop
+    // answers in one turn (well under a millisecond when idle, tens of
+    // milliseconds on a loaded shared 2-core machine); starvation means
+    // seconds.
     times.sort();
     let p50 = times[times.len() / 2];
-    let p99 = times[times.len() * 99 / 100];
-    assert!(sent > 1 << 20, "the flood did not flood: {sent} bytes");
-    // Generous bounds for a shared 2-core machine; starvation means seconds.
-    assert!(p50 < Duration::from_millis(50), "p50 {p50:?}");
-    assert!(p99 < Duration::from_millis(250), "p99 {p99:?}");
+    assert!(p50 < Duration::from_secs(1), "p50 {p50:?}");
 }
 
 /// The binary's source, outside tests, keeps clippy's panic lints denied.
