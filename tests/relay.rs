@@ -123,8 +123,11 @@ fn upstream_down_closes_the_client_fast_then_recovers() {
     let mut buf = [0u8; 16];
     let n = client.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "expected EOF from a proxy whose upstream is down");
+    // Fast means on the refusal, not at the 5 s connect timeout (the log
+    // below names the refusal); not a tighter clock bound, which a loaded
+    // machine overran.
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_millis(4900),
         "took {:?}",
         started.elapsed()
     );
@@ -134,11 +137,7 @@ fn upstream_down_closes_the_client_fast_then_recovers() {
     let r = proxy.report_until(|r| r["upstream_errors"] == 1 && r["connections_active"] == 0);
     assert_eq!(r["upstream_errors"], 1);
     assert_eq!(r["connections_active"], 0);
-    assert!(
-        proxy.stderr().contains("cannot reach upstream"),
-        "{}",
-        proxy.stderr()
-    );
+    proxy.stderr_has("cannot reach upstream");
 
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let _server = FooServer::serve(listener, ServerOpts::default());
@@ -181,12 +180,9 @@ fn client_half_close_gets_every_reply_then_eof_from_a_server_that_never_closes()
     let started = Instant::now();
     let (got, eof) = read_to_eof(&mut client);
     assert_eq!(got, answers(1..=100));
-    assert!(eof);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    // The EOF within read_to_eof's 10 s wait is not the 30 s fin timeout:
+    // no tighter clock bound, which a loaded machine could overrun.
+    assert!(eof, "no close within {WAIT:?}: {:?}", started.elapsed());
     let r = proxy.report_until(|r| r["connections_active"] == 0);
     assert_eq!(r["connections_active"], 0);
     assert_eq!(proxy.fd_count(), baseline, "both sockets must be closed");
@@ -215,8 +211,10 @@ fn half_close_with_unanswered_lines_ends_at_the_fin_timeout() {
     let (_, eof) = read_to_eof(&mut client);
     assert!(eof);
     let took = started.elapsed();
+    // At the flag's 300 ms, not the default 5 s; the upper bound is as
+    // generous as that allows, for a loaded machine's late timers.
     assert!(
-        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(250) && took < Duration::from_millis(4900),
         "{took:?}"
     );
 }
@@ -462,19 +460,32 @@ fn sigusr1_reports_too_and_reports_go_to_stdout_only() {
 #[test]
 fn rates_fall_to_zero_a_second_after_traffic_stops() {
     let server = FooServer::start(ServerOpts::default());
-    let proxy = Proxy::start(&upstream(&server), &[]);
-    let mut c = proxy.connect();
-    c.write_all(&requests(1..=50)).unwrap();
-    read_exact_timeout(&mut c, answers(1..=50).len());
-    let r = proxy.report();
-    assert_eq!(r["request_rate_1s"], 50.0);
-    assert_eq!(r["response_rate_1s"], 50.0);
-    assert_eq!(r["request_rate_10s"], 5.0);
-    thread::sleep(Duration::from_millis(1100));
-    let r = proxy.report();
-    assert_eq!(r["request_rate_1s"], 0.0);
-    assert_eq!(r["response_rate_1s"], 0.0);
-    assert_eq!(r["request_rate_10s"], 5.0);
+    // The 1 s rate holds the 50 only if the report comes within a second of
+    // them, which a loaded machine does not promise: an attempt that took
+    // longer tells nothing and is run again on a fresh proxy; one that was
+    // quick enough must show the exact rates.
+    for attempt in 1..=5 {
+        let proxy = Proxy::start(&upstream(&server), &[]);
+        let mut c = proxy.connect();
+        let started = Instant::now();
+        c.write_all(&requests(1..=50)).unwrap();
+        read_exact_timeout(&mut c, answers(1..=50).len());
+        let r = proxy.report();
+        if started.elapsed() > Duration::from_millis(900) {
+            eprintln!("attempt {attempt}: the report took {:?}", started.elapsed());
+            continue;
+        }
+        assert_eq!(r["request_rate_1s"], 50.0);
+        assert_eq!(r["response_rate_1s"], 50.0);
+        assert_eq!(r["request_rate_10s"], 5.0);
+        thread::sleep(Duration::from_millis(1100));
+        let r = proxy.report();
+        assert_eq!(r["request_rate_1s"], 0.0);
+        assert_eq!(r["response_rate_1s"], 0.0);
+        assert_eq!(r["request_rate_10s"], 5.0);
+        return;
+    }
+    panic!("no attempt got its report within a second of its traffic");
 }
 
 #[test]
@@ -483,13 +494,17 @@ fn sigterm_on_an_idle_proxy_exits_zero_within_a_second() {
     let mut proxy = Proxy::start(&upstream(&server), &[]);
     let started = Instant::now();
     proxy.signal("TERM");
-    let code = proxy.wait_exit(Duration::from_secs(2));
-    assert_eq!(code, Some(0));
+    let code = proxy.wait_exit(WAIT);
+    assert_eq!(code, Some(0), "{}", proxy.stderr());
+    // Within a second when idle; the bound is what tells an exit at once
+    // from one after a drain or linger (their 5 s defaults), generous for a
+    // loaded machine; the log shows no drain either.
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_millis(4900),
         "{:?}",
         started.elapsed()
     );
+    assert!(!proxy.stderr().contains("draining"), "{}", proxy.stderr());
 }
 
 #[test]
