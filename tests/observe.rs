@@ -340,7 +340,9 @@ fn a_connection_still_open_when_the_drain_ends_is_drained_and_logged() {
     assert_eq!(proxy.wait_exit(WAIT), Some(0));
     let (_, eof) = read_to_eof(&mut c);
     assert!(eof);
-    let err = proxy.stderr();
+    // After the exit the reader thread may still lack the last lines:
+    // polled for, then counted.
+    let err = proxy.stderr_has("msg=connection");
     let lines: Vec<&str> = err
         .lines()
         .filter(|l| l.contains("msg=connection"))

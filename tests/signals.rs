@@ -40,11 +40,8 @@ fn sighup_and_other_stray_signals_are_ignored_with_a_log_line() {
             "after SIG{name}"
         );
     }
-    assert!(
-        proxy.stderr().contains("ignoring SIGHUP"),
-        "{}",
-        proxy.stderr()
-    );
+    // Polled for: the output thread writes the line.
+    proxy.stderr_has("ignoring SIGHUP");
 }
 
 #[test]
@@ -67,17 +64,25 @@ fn power_io_stack_fault_and_real_time_signals_are_ignored_with_a_log_line() {
         );
     }
     // One line a second: the first is logged, the rest are counted on the
-    // next one.
+    // next one. Over a second after the last line, one more is logged.
     thread::sleep(Duration::from_millis(1100));
     proxy.signal("RTMIN+2");
-    let deadline = std::time::Instant::now() + WAIT;
-    while !proxy.stderr().contains("ignoring SIGRTMIN+2") {
-        assert!(std::time::Instant::now() < deadline, "{}", proxy.stderr());
-        thread::sleep(Duration::from_millis(20));
-    }
-    let log = proxy.stderr();
+    let log = proxy.stderr_has("ignoring SIGRTMIN+2");
     assert!(log.contains("ignoring SIGPWR"), "{log}");
-    assert!(log.contains("(6 more since the last one)"), "{log}");
+    // Counted, not timed: on a loaded machine the seven signals above may
+    // span more than a second and so more than one line, but every signal
+    // is either a line or counted in the next one's note, and some were
+    // held back (seven within a few hundred milliseconds when idle).
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("ignoring SIG")).collect();
+    let held_back: u64 = lines
+        .iter()
+        .filter_map(|l| {
+            let before = l.split(" more since the last one)").next()?;
+            before.rsplit('(').next()?.parse::<u64>().ok()
+        })
+        .sum();
+    assert_eq!(lines.len() as u64 + held_back, 8, "{log}");
+    assert!(held_back > 0, "every signal got its own line: {log}");
 }
 
 /// Different signals nest: each is blocked only while its own handler
@@ -123,11 +128,7 @@ fn sigxcpu_drains_saves_and_exits_0_like_sigterm() {
     assert_eq!(round_trip(&proxy, 1), answers(1..=1));
     proxy.signal("XCPU");
     assert_eq!(proxy.wait_exit(WAIT), Some(0), "{}", proxy.stderr());
-    assert!(
-        proxy.stderr().contains("CPU time limit"),
-        "{}",
-        proxy.stderr()
-    );
+    proxy.stderr_has("CPU time limit");
     let saved: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     assert_eq!(saved["totals"]["msg_req"], 1, "{saved}");
 }
