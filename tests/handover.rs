@@ -12,7 +12,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -126,8 +126,13 @@ struct Seen {
 
 /// A client that opens a new connection every few milliseconds until
 /// `stop`: a few REQs, a half-close, every answer read and compared byte
-/// for byte, then the server's EOF.
-fn connector(addr: SocketAddr, stop: Arc<AtomicBool>) -> thread::JoinHandle<Seen> {
+/// for byte, then the server's EOF. `made` counts its connections as they
+/// go, so a test can wait for traffic instead of sleeping.
+fn connector(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    made: Arc<AtomicU64>,
+) -> thread::JoinHandle<Seen> {
     thread::spawn(move || {
         let mut seen = Seen::default();
         let mut i = 0u64;
@@ -143,6 +148,7 @@ fn connector(addr: SocketAddr, stop: Arc<AtomicBool>) -> thread::JoinHandle<Seen
                 }
             };
             seen.connections += 1;
+            made.fetch_add(1, Ordering::Relaxed);
             stream.set_read_timeout(Some(WAIT)).unwrap();
             stream.set_write_timeout(Some(WAIT)).unwrap();
             let sent = stream
@@ -169,6 +175,15 @@ fn connector(addr: SocketAddr, stop: Arc<AtomicBool>) -> thread::JoinHandle<Seen
         }
         seen
     })
+}
+
+/// Waits (bounded) until the connector has made `n` more connections:
+/// traffic that overlaps what comes next, however slow the machine.
+fn more_connections(made: &AtomicU64, n: u64) {
+    let want = made.load(Ordering::Relaxed) + n;
+    util::wait_for(&format!("{n} more connections"), || {
+        made.load(Ordering::Relaxed) >= want
+    });
 }
 
 /// What foo-load reported (`--json`).
@@ -211,9 +226,12 @@ fn a_takeover_under_load_refuses_no_client_and_keeps_every_count() {
     let mut old = start(&flags(&server, "127.0.0.1:0", &dir));
     let addr = old.addr;
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = connector(addr, stop.clone());
+    let made = Arc::new(AtomicU64::new(0));
+    let clients = connector(addr, stop.clone(), made.clone());
     let load = foo_load(addr, "2s");
-    thread::sleep(Duration::from_millis(500));
+    // Counted, not timed: the connector is busy before, between and after
+    // the hand-overs (fixed pauses gave a loaded machine too few).
+    more_connections(&made, 40);
     // Three hand-overs in a row: the first while foo-load's connections
     // live on the old process, the others with only the connector.
     let mut current = take_over(&server, &old, &dir);
@@ -221,14 +239,14 @@ fn a_takeover_under_load_refuses_no_client_and_keeps_every_count() {
     let load = load.join().unwrap();
     assert_eq!(old.wait_exit(WAIT), Some(0), "{}", old.stderr());
     for _ in 0..2 {
-        thread::sleep(Duration::from_millis(300));
+        more_connections(&made, 30);
         let next = take_over(&server, &current, &dir);
         assert_eq!(current.wait_exit(WAIT), Some(0), "{}", current.stderr());
         wait_for_log(&next, "complete");
         current = next;
         assert!(current.alive());
     }
-    thread::sleep(Duration::from_millis(300));
+    more_connections(&made, 30);
     stop.store(true, Ordering::Relaxed);
     let seen = clients.join().unwrap();
 
@@ -271,7 +289,7 @@ fn without_a_running_proxy_takeover_starts_normally() {
         util::read_exact_timeout(&mut c, answers(1..=3).len()),
         answers(1..=3)
     );
-    assert!(proxy.stderr().contains("starting without a hand-over"));
+    wait_for_log(&proxy, "starting without a hand-over");
     // And it can be taken over in turn.
     let next = take_over(&server, &proxy, &dir);
     wait_for_log(&next, "hand-over: accepting");
@@ -497,9 +515,10 @@ fn with_socket_activation_a_plain_stop_and_start_refuses_no_client() {
     let holder = Proxy::spawn(&mut cmd);
     trigger.join().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = connector(addr, stop.clone());
+    let made = Arc::new(AtomicU64::new(0));
+    let clients = connector(addr, stop.clone(), made.clone());
     let load = foo_load(addr, "1500ms");
-    thread::sleep(Duration::from_millis(500));
+    more_connections(&made, 25);
     let first = *children(holder.pid()).first().expect("the first proxy");
     kill(first, "TERM");
     let deadline = Instant::now() + WAIT * 2;
@@ -512,7 +531,7 @@ fn with_socket_activation_a_plain_stop_and_start_refuses_no_client() {
         thread::sleep(Duration::from_millis(5));
     };
     let load = load.join().unwrap();
-    thread::sleep(Duration::from_millis(500));
+    more_connections(&made, 25);
     stop.store(true, Ordering::Relaxed);
     let seen = clients.join().unwrap();
     kill(second, "TERM");
@@ -525,7 +544,7 @@ fn with_socket_activation_a_plain_stop_and_start_refuses_no_client() {
     assert_eq!(seen.resets, 0, "{seen:?}");
     assert_eq!(seen.wrong_answers, 0, "{seen:?}");
     assert!(seen.connections > 50, "{seen:?}");
-    let err = holder.stderr();
+    let err = holder.stderr_count("listening on", 2);
     assert_eq!(err.matches("listening on").count(), 2, "{err}");
     // The first run's counts came back from its final snapshot.
     let want = (
