@@ -99,12 +99,9 @@ fn a_name_with_two_addresses_gets_the_second_after_the_first_times_out() {
     let warned = format!(
         "upstream 127.0.0.1:{port} failed (connect timed out); trying the next address, 127.0.0.2:{port}"
     );
-    assert_eq!(
-        proxy.stderr().matches(&warned).count(),
-        1,
-        "{}",
-        proxy.stderr()
-    );
+    // Polled for (the output thread writes it), then counted.
+    let log = proxy.stderr_has(&warned);
+    assert_eq!(log.matches(&warned).count(), 1, "{log}");
 }
 
 /// Starts a proxy on `-listen :PORT -http :PORT2`.

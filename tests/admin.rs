@@ -591,13 +591,17 @@ fn a_silent_or_dribbling_admin_client_is_closed_after_five_seconds() {
     let (got, eof) = read_to_eof(&mut silent);
     let silent_closed = start.elapsed();
     assert!(got.is_empty() && eof, "closed without an answer");
+    // Not before the 5 s deadline; the upper bounds are generous (a loaded
+    // machine fires timers late): what they rule out is no deadline at
+    // all, where the client is still open at the test's 10 s wait.
     assert!(
-        silent_closed >= Duration::from_millis(4900) && silent_closed < Duration::from_secs(7),
+        silent_closed >= Duration::from_millis(4900) && silent_closed < Duration::from_millis(9500),
         "silent client closed after {silent_closed:?}"
     );
     let dribbler_closed = dribbling.join().unwrap();
     assert!(
-        dribbler_closed >= Duration::from_millis(4900) && dribbler_closed < Duration::from_secs(8),
+        dribbler_closed >= Duration::from_millis(4900)
+            && dribbler_closed < Duration::from_millis(9500),
         "dribbler closed after {dribbler_closed:?}"
     );
 }
@@ -651,7 +655,9 @@ fn with_every_slot_held_by_a_silent_connection_a_health_probe_is_answered_at_onc
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     assert!(
-        started.elapsed() < Duration::from_millis(2500),
+        // Generous: the silent ones' deadline is 5 s after their accept;
+        // the count below (exactly the oldest gave way) is the real check.
+        started.elapsed() < Duration::from_millis(4500),
         "the probe waited {:?}, as for the silent ones' deadline",
         started.elapsed()
     );
@@ -731,8 +737,11 @@ fn slowloris_on_the_admin_socket_does_not_slow_the_data_path() {
         baseline * 1e3,
         loaded * 1e3
     );
+    // Generous, for a loaded shared machine (the baseline is printed for
+    // comparison): a loop held up by the slow clients stalls the data
+    // path for about a second a byte, not for milliseconds.
     assert!(
-        loaded < 0.1,
+        loaded < 0.5,
         "data-path p99 {:.1} ms under slowloris (baseline {:.1} ms, {loaded_over:?})",
         loaded * 1e3,
         baseline * 1e3
@@ -857,8 +866,10 @@ fn scrapes_in_a_tight_loop_do_not_slow_the_data_path() {
         loaded * 1e3
     );
     assert!(scrapes > 10, "the scraper ran ({scrapes})");
+    // Generous, for a loaded shared machine: a scrape that blocked the
+    // loop would show as a stall per scrape, and there were over ten.
     assert!(
-        loaded < 0.1,
+        loaded < 0.5,
         "data-path p99 {:.1} ms during scrapes",
         loaded * 1e3
     );

@@ -374,7 +374,12 @@ fn two_hosts_behind_haproxy_see_the_real_clients_and_add_up_in_prometheus() {
     for host in &hosts {
         let r = host.report_until(|r| r["connections_active"] == 0);
         assert_eq!(counter(&r, "proxy_header_errors"), 0, "{r}");
-        let log = host.stderr();
+        // The log lines trail the report: polled for both.
+        let log = host.stderr_until("both sources' PROXY header lines", |log| {
+            ["127.0.0.11", "127.0.0.12"]
+                .iter()
+                .all(|source| log.contains(&format!("PROXY header: client {source}:")))
+        });
         for source in ["127.0.0.11", "127.0.0.12"] {
             assert!(
                 log.contains(&format!("PROXY header: client {source}:")),
@@ -494,7 +499,9 @@ fn two_processes_sharing_a_port_behind_haproxy_add_up_in_prometheus() {
         "both processes served: {conns:?}"
     );
     for p in &procs {
-        let log = p.stderr();
+        let log = p.stderr_until("a PROXY header line", |log| {
+            log.contains("PROXY header: client 127.0.0.1")
+        });
         let named = |c: &str| log.contains(&format!("PROXY header: client {c}:"));
         assert!(named("127.0.0.11") || named("127.0.0.12"), "{log}");
         assert!(!named("127.0.0.1"), "{log}");
@@ -572,15 +579,16 @@ fn haproxy_send_proxy_v1_reaches_foo_proxy_with_the_client_address() {
     s.shutdown(Shutdown::Write).unwrap();
     let (got, _) = read_to_eof(&mut s);
     assert_eq!(got, answers(1..=5));
-    let log = host.stderr();
-    assert!(
-        log.contains(&format!("PROXY header: client 127.0.0.23:{port}")),
-        "{log}"
-    );
+    proxy_header_logged(&host, &format!("127.0.0.23:{port}"));
     let r = host.report();
     assert_eq!(
         (counter(&r, "msg_req"), counter(&r, "proxy_header_errors")),
         (5, 0)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Polls `host`'s log for the PROXY header line naming `client`.
+fn proxy_header_logged(host: &Proxy, client: &str) {
+    host.stderr_has(&format!("PROXY header: client {client}"));
 }
