@@ -22,7 +22,7 @@ use crate::handover::{bind_control, control_path};
 use crate::logging::{Throttle, suppressed_note};
 use crate::net::{self, Io, describe};
 use crate::output;
-use crate::pair::Timeouts;
+use crate::pair::{Reason, Timeouts};
 use crate::pairs::{Env, Opened, Pairs, Serving};
 use crate::recovery::{self, Recovery, RecoveryLock, Totals};
 use crate::signals::{self, Action};
@@ -138,6 +138,9 @@ pub struct Server {
     handing_over: bool,
     /// A stop signal came: a broken-off hand-over does not resume serving.
     stopping: bool,
+    /// What ended the process (the first stop signal's name), for the
+    /// exit line.
+    stop_cause: Option<String>,
     /// When the successor gets our counts next, and what it had last.
     counts_due: Instant,
     counts_sent: Totals,
@@ -212,6 +215,7 @@ impl Server {
             ready_wait: Slot::default(),
             handing_over: false,
             stopping: false,
+            stop_cause: None,
             counts_due: Instant::now(),
             counts_sent: Totals::default(),
         })
@@ -318,6 +322,7 @@ impl Server {
                 break;
             }
             if self.hand_over() {
+                self.log_exit(Stopped::HandedOver);
                 return Ok(Stopped::HandedOver);
             }
             if self.phase == Phase::Done {
@@ -342,7 +347,47 @@ impl Server {
                 stopped = Stopped::SnapshotLost;
             }
         }
+        self.log_exit(stopped);
         Ok(stopped)
+    }
+
+    /// One info line at exit on what this process did and how it ended,
+    /// so an operator reading the log needs no report to know.
+    fn log_exit(&mut self, stopped: Stopped) {
+        let now = Instant::now();
+        let r = report(&mut self.stats, &self.pairs, self.start, now);
+        let how = match stopped {
+            Stopped::Clean => "stopped",
+            Stopped::SnapshotLost => "stopped without its final recovery snapshot",
+            Stopped::HandedOver => "handed over to its successor",
+        };
+        let cause = match &self.stop_cause {
+            Some(signal) => format!(" on {signal}"),
+            None => String::new(),
+        };
+        let restored = if self.config.recovery_path.is_some() {
+            "; totals include the counts restored from the recovery file"
+        } else {
+            ""
+        };
+        info!(
+            "{how}{cause} after {:.1}s: {} connection(s), {} request(s) relayed, \
+             {} answer(s) returned ({} ACK, {} NAK), {} invalid, {} upstream error(s), \
+             {} connection(s) closed by the drain's end{restored}",
+            r.uptime_secs,
+            r.connections_total,
+            r.msg_req,
+            r.msg_ack.saturating_add(r.msg_nak),
+            r.msg_ack,
+            r.msg_nak,
+            r.msg_invalid,
+            r.upstream_errors,
+            r.connections_closed
+                .0
+                .get(Reason::Shutdown.index())
+                .copied()
+                .unwrap_or(0),
+        );
     }
 
     /// The loop, until the phase is `Done`.
@@ -626,8 +671,12 @@ impl Server {
         for signal in pending {
             match signals::action(signal) {
                 Action::Report => self.print_report(now),
-                Action::Stop => self.begin_shutdown(now),
+                Action::Stop => {
+                    self.stop_cause.get_or_insert_with(|| signals::name(signal));
+                    self.begin_shutdown(now);
+                }
                 Action::CpuLimit => {
+                    self.stop_cause.get_or_insert_with(|| "SIGXCPU".to_string());
                     warn!("SIGXCPU: the CPU time limit is reached; stopping as on SIGTERM");
                     self.begin_shutdown(now);
                 }

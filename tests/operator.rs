@@ -317,3 +317,31 @@ fn help_fits_80_columns_groups_the_flags_and_names_units() {
         );
     }
 }
+
+#[test]
+fn the_exit_line_says_what_the_process_relayed_and_which_signal_stopped_it() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(&server.addr.to_string(), &[]);
+    let mut client = proxy.connect();
+    std::io::Write::write_all(&mut client, &util::requests(1..=3)).unwrap();
+    let answers = util::read_exact_timeout(&mut client, util::answers(1..=3).len());
+    assert_eq!(answers, util::answers(1..=3));
+    drop(client);
+    // The close is counted before the signal: the report shows it.
+    proxy.report_until(|r| r["connections_active"] == 0);
+    let mut proxy = proxy;
+    proxy.signal("INT");
+    assert_eq!(proxy.wait_exit(util::WAIT), Some(0));
+    let log = proxy.stderr();
+    let exit: Vec<&str> = log.lines().filter(|l| l.contains(" stopped ")).collect();
+    assert_eq!(exit.len(), 1, "{log}");
+    let exit = exit[0];
+    assert!(exit.contains(" INFO stopped on SIGINT after "), "{exit}");
+    assert!(
+        exit.contains(
+            ": 1 connection(s), 3 request(s) relayed, 3 answer(s) returned (3 ACK, 0 NAK), \
+             0 invalid, 0 upstream error(s), 0 connection(s) closed by the drain's end"
+        ),
+        "{exit}"
+    );
+}
