@@ -10,8 +10,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// A running child. Its stderr is echoed to ours line by line, prefixed with
-/// its name, and kept for [`Child::wait_for_listening`].
+/// A running child. Its stderr is kept line by line for
+/// [`Child::wait_for_listening`] and, from [`Child::spawn`], also echoed to
+/// ours prefixed with its name.
 pub struct Child {
     name: String,
     child: std::process::Child,
@@ -109,7 +110,24 @@ fn forward_lines<R: Read + Send + 'static>(from: R, echo: Option<String>) -> Rec
 }
 
 impl Child {
+    /// Starts `command`, echoing its stderr to ours (for tests: the child's
+    /// log shows with a failure).
     pub fn spawn(name: &str, command: &mut Command, stdout: Stdout) -> Result<Child, String> {
+        Child::start(name, command, stdout, true)
+    }
+
+    /// Starts `command` without echoing its stderr: the caller shows what
+    /// it wants, when it wants, so the child's lines never cut into its own.
+    pub fn spawn_quiet(name: &str, command: &mut Command, stdout: Stdout) -> Result<Child, String> {
+        Child::start(name, command, stdout, false)
+    }
+
+    fn start(
+        name: &str,
+        command: &mut Command,
+        stdout: Stdout,
+        echo: bool,
+    ) -> Result<Child, String> {
         command.stdin(Stdio::null()).stderr(Stdio::piped());
         command.stdout(match stdout {
             Stdout::Capture => Stdio::piped(),
@@ -119,7 +137,7 @@ impl Child {
             .spawn()
             .map_err(|e| format!("cannot start {name} ({:?}): {e}", command.get_program()))?;
         let stderr = match child.stderr.take() {
-            Some(pipe) => forward_lines(pipe, Some(name.to_string())),
+            Some(pipe) => forward_lines(pipe, echo.then(|| name.to_string())),
             None => mpsc::channel().1,
         };
         let stdout = child.stdout.take().map(|pipe| forward_lines(pipe, None));
