@@ -329,8 +329,13 @@ fn main() -> ExitCode {
         });
     let result = dir.and_then(|dir| {
         if build {
-            // `cargo run` builds only the binary it runs: build the rest.
-            build_workspace_bins(&dir, false, BUILD_TIMEOUT)?;
+            // `cargo run` builds only the binary it runs: build the rest,
+            // quietly (cargo still shows errors); its progress lines would
+            // come before the demo's, but say nothing a newcomer needs.
+            if std::env::var_os("CARGO").is_some() {
+                println!("Building foo-proxy, foo-server, foo-client and foo-load...\n");
+            }
+            build_workspace_bins(&dir, true, BUILD_TIMEOUT)?;
         }
         demo(&dir)
     });
