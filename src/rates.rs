@@ -3,7 +3,7 @@
 //! Pure: the time is passed in as milliseconds on a monotonic clock, so tests
 //! drive it with a fake one. The 10 s window is kept in 1,000 buckets of
 //! 10 ms; the 1 s rate sums the newest 100 of them. A bucket is 1 % of the
-//! 1 s window and 0.1 % of the 10 s one, which bounds the error as FOO.md
+//! 1 s window and 0.1 % of the 10 s one, which bounds the error as docs/PROTOCOL.md
 //! asks. Nothing ticks: buckets are aged lazily when touched or read.
 
 /// Width of one bucket.
@@ -20,7 +20,7 @@ pub struct Bucket {
     pub resp: u32,
 }
 
-/// The four rates FOO.md defines.
+/// The four rates docs/PROTOCOL.md defines.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RateSnapshot {
     pub request_rate_1s: f64,

@@ -127,7 +127,7 @@ macro_rules! counters {
         counters!(@stats {} $($(#[$attr])* $json: $ty = $role $args $prom;)*);
         counters!(@totals [] $($(#[$attr])* $json: $ty = $role $args $prom;)*);
 
-        /// The report (SIGUSR2 JSON, `/stats`), in FOO.md's field order
+        /// The report (SIGUSR2 JSON, `/stats`), in the field order of docs/PROTOCOL.md
         /// followed by the extras.
         #[derive(Serialize, Debug, Clone, PartialEq)]
         pub struct Report {
