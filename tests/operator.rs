@@ -345,3 +345,35 @@ fn the_exit_line_says_what_the_process_relayed_and_which_signal_stopped_it() {
         "{exit}"
     );
 }
+
+/// The keys of a JSON object and of the objects in it, as `a` and `a.b`.
+fn key_paths(value: &serde_json::Value, prefix: &str, into: &mut Vec<String>) {
+    if let Some(map) = value.as_object() {
+        for (key, inner) in map {
+            let path = format!("{prefix}{key}");
+            key_paths(inner, &format!("{path}."), into);
+            into.push(path);
+        }
+    }
+}
+
+#[test]
+fn the_readmes_example_report_has_every_field_of_a_live_one() {
+    let readme =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme.split("\n## The report\n").nth(1).unwrap();
+    let example = section
+        .split("```json\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .unwrap();
+    let example: serde_json::Value = serde_json::from_str(example).unwrap();
+    let proxy = Proxy::start("127.0.0.1:1", &[]);
+    let live = proxy.report();
+    let (mut want, mut shown) = (Vec::new(), Vec::new());
+    key_paths(&live, "", &mut want);
+    key_paths(&example, "", &mut shown);
+    want.sort();
+    shown.sort();
+    assert_eq!(shown, want, "README's example report against a live one");
+}
