@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-45}"
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
-    echo "fuzz: skipped, no nightly toolchain (cargo +nightly --version failed)"
+    echo "SKIPPED: fuzz: no nightly toolchain (cargo +nightly --version failed)"
     exit 0
 fi
 
