@@ -47,13 +47,15 @@ EXPOSE 8002 8088
 # health check) answers. The default drain (5 s) fits podman's and docker's
 # 10 s stop timeout.
 STOPSIGNAL SIGTERM
-# No curl in the image: the binary probes itself. One admin access-log line
-# per probe, hence the 30 s interval.
+# No curl in the image: the binary probes itself. The entry point's
+# --access-log off keeps the probes (and every other admin request) out of
+# the log.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
     CMD ["/usr/local/bin/foo-proxy", "--probe", "http://127.0.0.1:8088/health"]
 # The admin socket listens on every interface inside the container (the
 # default is 127.0.0.1:8088, which a port mapping cannot reach); flags given
-# after the image name come later and win, as every flag's last value does.
+# after the image name come later and win, as every flag's last value does
+# (--access-log on brings the admin access lines back).
 ENTRYPOINT ["/usr/local/bin/foo-proxy", "-listen", ":8002", "-http", ":8088", \
-            "-recovery-path", "/data/recovery.json"]
+            "-recovery-path", "/data/recovery.json", "--access-log", "off"]
 CMD ["-forward", "foo-server:8001"]

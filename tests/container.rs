@@ -112,6 +112,8 @@ fn the_image_relays_drains_on_sigterm_as_pid_1_and_keeps_its_counts_on_the_volum
             .windows(2)
             .any(|w| w == ["-recovery-path", "/data/recovery.json"])
     );
+    // Health probes every 30 s would be one access line each.
+    assert!(entrypoint.windows(2).any(|w| w == ["--access-log", "off"]));
     assert!(config["Volumes"].get("/data").is_some());
     assert!(config["ExposedPorts"].get("8002/tcp").is_some());
     assert!(config["ExposedPorts"].get("8088/tcp").is_some());
@@ -255,6 +257,10 @@ fn the_image_relays_drains_on_sigterm_as_pid_1_and_keeps_its_counts_on_the_volum
     let logs = podman(&["logs", &first]);
     let logs = text(&logs.stderr) + &text(&logs.stdout);
     assert!(logs.contains("draining"), "{logs}");
+    // The probe above was served but not logged (--access-log off); the
+    // exit line says how the proxy ended.
+    assert!(!logs.contains("GET /health"), "{logs}");
+    assert!(logs.contains("INFO stopped on SIGTERM after"), "{logs}");
 
     // The recovery file is on the volume, owned by the proxy's user.
     let mountpoint = podman_text(&["volume", "inspect", "--format", "{{.Mountpoint}}", &volume]);
