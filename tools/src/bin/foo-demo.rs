@@ -267,9 +267,11 @@ fn demo(dir: &Path) -> Result<(), String> {
     println!("   {bin}/foo-server -listen 127.0.0.1:8001 & server=$!");
     println!("   {bin}/foo-proxy -listen 127.0.0.1:8002 \\");
     println!("       -forward 127.0.0.1:8001 -recovery-path= & proxy=$!");
+    println!("   sleep 1                                 # until both listen");
     println!("   {bin}/foo-client -connect 127.0.0.1:8002 -n 100");
-    println!("   curl -s http://127.0.0.1:8088/stats     # the report, as JSON");
-    println!("   curl -s http://127.0.0.1:8088/metrics   # the same, for Prometheus");
+    println!("   curl -s http://127.0.0.1:8088/stats     # the report, as JSON; and");
+    println!("   # the same counts as Prometheus metrics:");
+    println!("   curl -s 'http://127.0.0.1:8088/metrics?format=prometheus'");
     println!("   kill -USR2 $proxy                       # the report, on foo-proxy's stdout");
     println!("   kill $proxy $server                     # foo-proxy logs what it did");
     Ok(())
