@@ -175,7 +175,8 @@ impl Pairs {
         debug!("pair {id}: client {peer} accepted");
         let mut pair = Pair::accepted(id, client, env.now);
         if self.conn_log.is_some() {
-            pair.seqs.log = Some(Box::new(ConnRecord::new(peer, env.now)));
+            let proxied = self.serving.accept_proxy;
+            pair.seqs.log = Some(Box::new(ConnRecord::new(peer, proxied, env.now)));
         }
         self.slab.insert(pair);
         if self.serving.accept_proxy {
@@ -347,6 +348,10 @@ impl Pairs {
                     let (source, destination) = addresses.unzip();
                     if let Some(s) = source {
                         debug!("pair {}: PROXY header: client {s}", pair.id);
+                    }
+                    if let Some(rec) = pair.seqs.log.as_deref_mut() {
+                        // LOCAL or UNKNOWN: the socket's own addresses.
+                        rec.client = Some(source.unwrap_or(rec.peer));
                     }
                     // Running out of descriptors here is paused on by the
                     // next accept that meets it.

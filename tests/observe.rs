@@ -459,6 +459,7 @@ fn the_connection_log_has_one_logfmt_line_per_closed_connection() {
             "msg",
             "id",
             "client",
+            "peer",
             "upstream",
             "duration_ms",
             "bytes_client_to_server",
@@ -474,6 +475,7 @@ fn the_connection_log_has_one_logfmt_line_per_closed_connection() {
     );
     let get = |k: &str| fields.iter().find(|(n, _)| *n == k).unwrap().1;
     assert_eq!(get("client"), local.to_string());
+    assert_eq!(get("peer"), local.to_string());
     assert_eq!(get("upstream"), server.addr.to_string());
     assert_eq!(get("req"), "8");
     assert_eq!(get("ack"), "7");

@@ -371,3 +371,67 @@ fn reuse_port_shares_the_listen_port_between_processes_with_their_own_files() {
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The connection log's line for the connection from `peer_port`, waited
+/// for.
+fn log_line_of(proxy: &Proxy, peer_port: u16) -> String {
+    let deadline = Instant::now() + WAIT;
+    let needle = format!(":{peer_port} ");
+    loop {
+        let err = proxy.stderr();
+        if let Some(l) = err
+            .lines()
+            .find(|l| l.contains("msg=connection") && l.contains(&needle))
+        {
+            return l.to_string();
+        }
+        assert!(Instant::now() < deadline, "no connection line: {err}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_connection_log_names_the_client_from_the_proxy_header_and_the_balancer_as_peer() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(
+        &server.addr.to_string(),
+        &["--accept-proxy", "--log-connections"],
+    );
+    // v1 and v2 headers from a "balancer" on 127.0.0.5, then a LOCAL one
+    // (its health check: the client is the balancer itself), then one
+    // without a valid header (no client known).
+    let mut local = V2_SIG.to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    let cases: [(Vec<u8>, &str); 4] = [
+        (
+            b"PROXY TCP4 192.0.2.1 127.0.0.1 4001 8002\r\n".to_vec(),
+            "client=192.0.2.1:4001",
+        ),
+        (
+            v2_header("[2001:db8::7]:4002", "[2001:db8::1]:8002"),
+            "client=[2001:db8::7]:4002",
+        ),
+        (local, "client=127.0.0.5:"),
+        (b"GET / HTTP/1.0\r\n\r\n".to_vec(), "client=-"),
+    ];
+    for (header, want) in cases {
+        let mut c = connect_from("127.0.0.5", proxy.addr);
+        let port = c.local_addr().unwrap().port();
+        c.write_all(&header).unwrap();
+        if want != "client=-" {
+            c.write_all(&requests(1..=1)).unwrap();
+            assert_eq!(
+                read_exact_timeout(&mut c, answers(1..=1).len()),
+                answers(1..=1)
+            );
+        }
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        read_to_eof(&mut c);
+        let line = log_line_of(&proxy, port);
+        assert!(line.contains(&format!(" {want}")), "{want} in {line}");
+        assert!(
+            line.contains(&format!(" peer=127.0.0.5:{port} ")),
+            "the balancer as peer in {line}"
+        );
+    }
+}

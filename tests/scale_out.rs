@@ -317,11 +317,26 @@ fn instance(ip: &str, port: u16, upstream: SocketAddr, extra: &[&str]) -> Proxy 
         &http,
         "-recovery-path=",
         "--accept-proxy",
-        "--log-level",
-        "debug",
+        "--log-connections",
     ];
     args.extend_from_slice(extra);
     Proxy::start_with_args(&args)
+}
+
+/// Waits (bounded) until `proxy`'s stderr holds a connection-log line with
+/// `needle`; its whole stderr.
+fn log_with(proxy: &Proxy, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = proxy.stderr();
+        let found = log
+            .lines()
+            .any(|l| l.contains("msg=connection") && l.contains(needle));
+        if found || Instant::now() >= deadline {
+            return log;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn counter(report: &serde_json::Value, name: &str) -> u64 {
@@ -374,20 +389,19 @@ fn two_hosts_behind_haproxy_see_the_real_clients_and_add_up_in_prometheus() {
     for host in &hosts {
         let r = host.report_until(|r| r["connections_active"] == 0);
         assert_eq!(counter(&r, "proxy_header_errors"), 0, "{r}");
-        // The log lines trail the report: polled for both.
-        let log = host.stderr_until("both sources' PROXY header lines", |log| {
-            ["127.0.0.11", "127.0.0.12"]
-                .iter()
-                .all(|source| log.contains(&format!("PROXY header: client {source}:")))
-        });
         for source in ["127.0.0.11", "127.0.0.12"] {
+            let client = format!(" client={source}:");
+            let log = log_with(host, &client);
             assert!(
-                log.contains(&format!("PROXY header: client {source}:")),
-                "{} names the real client {source}:\n{log}",
+                log.contains(&client),
+                "{}'s connection log names the real client {source}:\n{log}",
                 host.addr
             );
         }
-        assert!(!log.contains("PROXY header: client 127.0.0.1:"), "{log}");
+        // HAProxy (127.0.0.1) is the socket's peer, never the client.
+        let log = host.stderr();
+        assert!(!log.contains(" client=127.0.0.1:"), "{log}");
+        assert!(log.contains(" peer=127.0.0.1:"), "{log}");
     }
     let per_host: Vec<u64> = hosts
         .iter()
@@ -499,10 +513,8 @@ fn two_processes_sharing_a_port_behind_haproxy_add_up_in_prometheus() {
         "both processes served: {conns:?}"
     );
     for p in &procs {
-        let log = p.stderr_until("a PROXY header line", |log| {
-            log.contains("PROXY header: client 127.0.0.1")
-        });
-        let named = |c: &str| log.contains(&format!("PROXY header: client {c}:"));
+        let log = log_with(p, " client=127.0.0.1");
+        let named = |c: &str| log.contains(&format!(" client={c}:"));
         assert!(named("127.0.0.11") || named("127.0.0.12"), "{log}");
         assert!(!named("127.0.0.1"), "{log}");
     }
@@ -579,16 +591,13 @@ fn haproxy_send_proxy_v1_reaches_foo_proxy_with_the_client_address() {
     s.shutdown(Shutdown::Write).unwrap();
     let (got, _) = read_to_eof(&mut s);
     assert_eq!(got, answers(1..=5));
-    proxy_header_logged(&host, &format!("127.0.0.23:{port}"));
+    let client = format!(" client=127.0.0.23:{port} peer=127.0.0.1:");
+    let log = log_with(&host, &client);
+    assert!(log.contains(&client), "{log}");
     let r = host.report();
     assert_eq!(
         (counter(&r, "msg_req"), counter(&r, "proxy_header_errors")),
         (5, 0)
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Polls `host`'s log for the PROXY header line naming `client`.
-fn proxy_header_logged(host: &Proxy, client: &str) {
-    host.stderr_has(&format!("PROXY header: client {client}"));
 }

@@ -18,7 +18,13 @@ use crate::scanner::{Direction, FrameCounts};
 /// What the log says of one connection, gathered over its life.
 #[derive(Debug)]
 pub struct ConnRecord {
-    pub client: SocketAddr,
+    /// The client's address: the PROXY header's source under
+    /// `--accept-proxy` (none until a header was read; the socket's peer
+    /// for a `LOCAL` one), else the socket's peer.
+    pub client: Option<SocketAddr>,
+    /// The socket's peer: the client itself, or the balancer under
+    /// `--accept-proxy`.
+    pub peer: SocketAddr,
     /// The upstream's address once connected.
     pub upstream: Option<SocketAddr>,
     pub started: Instant,
@@ -29,9 +35,12 @@ pub struct ConnRecord {
 }
 
 impl ConnRecord {
-    pub fn new(client: SocketAddr, started: Instant) -> ConnRecord {
+    /// A record for a connection from `peer`; `proxied`: its client's
+    /// address comes later, from the PROXY header.
+    pub fn new(peer: SocketAddr, proxied: bool, started: Instant) -> ConnRecord {
         ConnRecord {
-            client,
+            client: if proxied { None } else { Some(peer) },
+            peer,
             upstream: None,
             started,
             client_frames: FrameCounts::default(),
@@ -71,8 +80,10 @@ pub struct Ended {
 }
 
 /// The line for a closed connection, newline included. Fields, in order:
-/// `ts`, `msg=connection`, `id`, `client`, `upstream` (`-` when never
-/// connected), `duration_ms`, `bytes_client_to_server`,
+/// `ts`, `msg=connection`, `id`, `client` (the PROXY header's source
+/// under `--accept-proxy`, `-` when no header was read), `peer` (the
+/// socket's peer: the balancer under `--accept-proxy`), `upstream` (`-`
+/// when never connected), `duration_ms`, `bytes_client_to_server`,
 /// `bytes_server_to_client`, `req`, `ack`, `nak`, `invalid` (malformed or
 /// wrong-way frames, both directions), `unanswered`, `slowest_ms` (`-`
 /// when none), `reason`.
@@ -80,6 +91,7 @@ pub fn line(rec: &ConnRecord, end: &Ended, format: LogFormat) -> String {
     let ms = |us: u128| us as f64 / 1000.0;
     let duration_ms = ms(end.now.saturating_duration_since(rec.started).as_micros());
     let upstream = rec.upstream.map(|a| a.to_string());
+    let client = rec.client.map(|a| a.to_string());
     let slowest = end.slowest_us.map(|us| ms(u128::from(us)));
     let invalid = rec
         .client_frames
@@ -94,11 +106,12 @@ pub fn line(rec: &ConnRecord, end: &Ended, format: LogFormat) -> String {
         LogFormat::Text => {
             let _ = writeln!(
                 out,
-                "ts={ts} msg=connection id={} client={} upstream={} duration_ms={duration_ms:.3} \
+                "ts={ts} msg=connection id={} client={} peer={} upstream={} duration_ms={duration_ms:.3} \
                  bytes_client_to_server={} bytes_server_to_client={} req={} ack={} nak={} \
                  invalid={invalid} unanswered={} slowest_ms={} reason={}",
                 end.id,
-                rec.client,
+                client.as_deref().unwrap_or("-"),
+                rec.peer,
                 upstream.as_deref().unwrap_or("-"),
                 rec.bytes_client_to_server,
                 rec.bytes_server_to_client,
@@ -115,7 +128,8 @@ pub fn line(rec: &ConnRecord, end: &Ended, format: LogFormat) -> String {
                 "ts": ts,
                 "msg": "connection",
                 "id": end.id,
-                "client": rec.client.to_string(),
+                "client": client,
+                "peer": rec.peer.to_string(),
                 "upstream": upstream,
                 "duration_ms": duration_ms,
                 "bytes_client_to_server": rec.bytes_client_to_server,
@@ -141,7 +155,7 @@ mod tests {
 
     fn sample() -> (ConnRecord, Ended) {
         let t0 = Instant::now();
-        let mut rec = ConnRecord::new("127.0.0.1:5000".parse().unwrap(), t0);
+        let mut rec = ConnRecord::new("127.0.0.1:5000".parse().unwrap(), false, t0);
         rec.upstream = Some("127.0.0.1:8001".parse().unwrap());
         let frames = FrameCounts {
             req: 3,
@@ -174,7 +188,7 @@ mod tests {
         assert_eq!(
             line(&rec, &end, LogFormat::Text),
             "ts=1970-01-01T00:00:00.000Z msg=connection id=7 client=127.0.0.1:5000 \
-             upstream=127.0.0.1:8001 duration_ms=1500.000 bytes_client_to_server=40 \
+             peer=127.0.0.1:5000 upstream=127.0.0.1:8001 duration_ms=1500.000 bytes_client_to_server=40 \
              bytes_server_to_client=30 req=3 ack=2 nak=0 invalid=1 unanswered=1 \
              slowest_ms=20.500 reason=client_closed\n"
         );
@@ -194,5 +208,25 @@ mod tests {
         assert_eq!(v["slowest_ms"], serde_json::Value::Null);
         assert_eq!(v["req"], 3);
         assert_eq!(v["duration_ms"], 1500.0);
+    }
+
+    #[test]
+    fn behind_a_balancer_the_client_is_the_header_source_and_the_peer_the_balancer() {
+        let t0 = Instant::now();
+        let balancer: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+        let mut rec = ConnRecord::new(balancer, true, t0);
+        let end = sample().1;
+        let text = line(&rec, &end, LogFormat::Text);
+        assert!(text.contains(" client=- peer=127.0.0.1:6000 "), "{text}");
+        rec.client = Some("192.0.2.7:4321".parse().unwrap());
+        let text = line(&rec, &end, LogFormat::Text);
+        assert!(
+            text.contains(" client=192.0.2.7:4321 peer=127.0.0.1:6000 "),
+            "{text}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&line(&rec, &end, LogFormat::Json)).unwrap();
+        assert_eq!(v["client"], "192.0.2.7:4321");
+        assert_eq!(v["peer"], "127.0.0.1:6000");
     }
 }
