@@ -101,11 +101,12 @@ pub fn check(config: &Config) -> Outcome {
     );
     let _ = writeln!(
         out,
-        "timeouts        connect {}, fin {}, idle {}, drain {}",
+        "timeouts        connect {}, fin {}, idle {}, drain {}, proxy header {}",
         duration(config.connect_timeout),
         duration(config.fin_timeout),
         duration(config.idle_timeout),
-        duration(config.drain_timeout)
+        duration(config.drain_timeout),
+        duration(config.proxy_header_timeout)
     );
     let per_client = match config.max_connections_per_client {
         Some(n) => n.to_string(),

@@ -43,6 +43,9 @@ Limits and timeouts:
 PROXY protocol, scale-out and restarts:
   --accept-proxy          clients start with a PROXY v1/v2 header (from a
                           balancer); its address is the client's
+  --proxy-header-timeout DUR
+                          the whole header must come within, from
+                          accept (or the client is closed)            [3s]
   --send-proxy v1|v2      start each upstream connection with one  [off]
   --reuse-port            share -listen with other foo-proxy processes
                           (SO_REUSEPORT); each needs its own -http and
@@ -70,8 +73,10 @@ Other modes:
 ADDR is HOST:PORT; ':PORT' is every interface (IPv4 and IPv6) for -listen
 and -http, and this host for -forward. The admin socket serves statistics
 to anyone who can reach it: open it to the network deliberately.
-SIZE is bytes, or a number with KiB or MiB (65536, 64KiB, 1MiB).
-DUR is seconds, or a number with ms, s or m (5, 250ms, 1.5s, 2m).
+N is decimal digits only: no sign, no space, no leading zero.
+SIZE is N bytes, or N with KiB (or k) or MiB (or M): 65536, 64KiB, 1MiB.
+DUR is seconds (5), or numbers with ms, s, m or h (250ms, 1.5s, 1m30s),
+a whole number of milliseconds.
 SIGUSR2 (or SIGUSR1) prints the statistics as one JSON line on stdout.
 SIGTERM or SIGINT drains and exits; SIGHUP is ignored.
 ";
@@ -92,6 +97,9 @@ pub struct Config {
     pub fin_timeout: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    /// `--proxy-header-timeout`: how long an `--accept-proxy` client has,
+    /// from accept, to send its whole PROXY header.
+    pub proxy_header_timeout: Duration,
     pub max_connections: usize,
     pub log_level: Level,
     /// The connection log's format; `None` when it is off.
@@ -187,6 +195,7 @@ const VALUE_FLAGS: &[&str] = &[
     "fin-timeout",
     "idle-timeout",
     "drain-timeout",
+    "proxy-header-timeout",
     "max-connections",
     "log-level",
     "log-format",
@@ -462,11 +471,9 @@ pub fn parse_with(
     let fin_timeout = flags.parse_or("fin-timeout", secs(5), parse_duration)?;
     let idle_timeout = flags.parse_or("idle-timeout", secs(600), parse_duration)?;
     let drain_timeout = flags.parse_or("drain-timeout", secs(5), parse_duration)?;
+    let proxy_header_timeout = flags.parse_or("proxy-header-timeout", secs(3), parse_duration)?;
     let max_connections = flags.parse_or("max-connections", 10_000, |v| {
-        v.parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1_000_000).contains(n))
-            .ok_or_else(|| "expected a number from 1 to 1000000".to_string())
+        count_in(1, 1_000_000)(v).map(|n| n as usize)
     })?;
     let log_level = flags.parse_or("log-level", Level::Info, |v| {
         Level::parse(v).ok_or_else(|| "expected error, warn, info or debug".to_string())
@@ -475,8 +482,8 @@ pub fn parse_with(
         LogFormat::parse(v).ok_or_else(|| "expected text or json".to_string())
     })?;
     let access_log = flags.parse_or("access-log", true, |v| match v {
-        "on" | "true" => Ok(true),
-        "off" | "false" => Ok(false),
+        "on" => Ok(true),
+        "off" => Ok(false),
         _ => Err("expected on or off".to_string()),
     })?;
     let send_proxy = flags.parse_or("send-proxy", None, |v| {
@@ -485,11 +492,7 @@ pub fn parse_with(
             .ok_or_else(|| "expected v1 or v2".to_string())
     })?;
     let max_connections_per_client = flags.parse_or("max-connections-per-client", None, |v| {
-        v.parse::<u32>()
-            .ok()
-            .filter(|n| (1..=1_000_000).contains(n))
-            .map(Some)
-            .ok_or_else(|| "expected a number from 1 to 1000000".to_string())
+        count_in(1, 1_000_000)(v).map(|n| Some(n as u32))
     })?;
     let recovery_path = match flags.value("recovery-path") {
         Some("") => None,
@@ -512,6 +515,7 @@ pub fn parse_with(
         fin_timeout,
         idle_timeout,
         drain_timeout,
+        proxy_header_timeout,
         max_connections,
         log_level,
         log_connections: log_connections.then_some(log_format),
@@ -552,64 +556,117 @@ pub fn split_host_port<'a>(spec: &'a str, default_host: &'a str) -> Result<(&'a 
     let (host, port) = spec
         .rsplit_once(':')
         .ok_or_else(|| "missing port (expected HOST:PORT or :PORT)".to_string())?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("bad port {port:?} (expected 0 to 65535)"))?;
+    let port = parse_count(port)
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| format!("bad port {port:?} (expected 0 to 65535)"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let host = if host.is_empty() { default_host } else { host };
     Ok((host, port))
 }
 
-/// `90`, `1.5s`, `250ms`, `2m`; bare numbers are seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
+/// A count or port: ASCII decimal digits only, no sign, no space, no
+/// leading zero (`010` would be octal 8 to Go's flag package), at most
+/// `u64::MAX`. The one number grammar of every flag; `None` otherwise.
+pub fn parse_count(s: &str) -> Option<u64> {
+    let digits = s.as_bytes();
+    let well_formed = match digits {
+        [] => false,
+        [b'0', _, ..] => false,
+        _ => digits.iter().all(u8::is_ascii_digit),
     };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| "expected a duration such as 5s, 250ms or 2m".to_string())?;
-    let secs = value * scale;
-    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0 * 365.0) {
-        return Err("must be more than 0 and at most a year".into());
+    if !well_formed {
+        return None;
     }
-    // A positive value below a nanosecond would round to a zero timeout.
-    let duration = Duration::from_secs_f64(secs);
-    if duration.is_zero() {
-        return Err("must be at least 1ns".into());
-    }
-    Ok(duration)
+    s.parse().ok()
 }
 
-/// `65536`, `64k`, `64KiB`, `1m`, `1MiB`.
+/// A count flag's value within `min..=max` (for `Flags::parse_or`).
+pub fn count_in(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> {
+    move |v| {
+        parse_count(v)
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| format!("expected a number from {min} to {max}"))
+    }
+}
+
+/// The one duration grammar (`DUR`), Go's `time.ParseDuration` without
+/// its sign and its units below a millisecond: one or more terms
+/// `NUMBER UNIT` (`250ms`, `1.5s`, `2m`, `1h`, `1m30s`), or a bare
+/// `NUMBER` of seconds (`90`). `NUMBER` is digits with an optional
+/// fraction (`1.5`, `.5`); `UNIT` is `ms`, `s`, `m` or `h`. No sign,
+/// exponent or space. The result must be a whole number of milliseconds
+/// (the event loop's timer resolution: `0.0001ms` would be a zero
+/// timeout), more than 0 and at most a year.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    const HELP: &str = "expected a duration such as 5s, 250ms, 1.5s or 1m30s";
+    const MS: u128 = 1_000_000;
+    const YEAR_NS: u128 = 86_400 * 365 * 1_000_000_000;
+    let bare = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let mut rest = s;
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let (number, after) = rest.split_at(
+            rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(rest.len()),
+        );
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        let digits_ok = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+        // Bounded lengths keep the arithmetic below in range: 10^12 h in
+        // ns is under 2^128 with a 9-digit fraction scale.
+        if whole.is_empty() && fraction.is_empty()
+            || !digits_ok(whole)
+            || !digits_ok(fraction)
+            || whole.len() > 12
+            || fraction.len() > 9
+        {
+            return Err(HELP.into());
+        }
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let unit_ns: u128 = match (unit, bare) {
+            ("", true) | ("s", false) => 1_000_000_000,
+            ("ms", false) => MS,
+            ("m", false) => 60 * 1_000_000_000,
+            ("h", false) => 3_600 * 1_000_000_000,
+            _ => return Err(HELP.into()),
+        };
+        let scale = 10u128.pow(fraction.len() as u32);
+        let whole: u128 = whole.parse().unwrap_or(0);
+        let fraction: u128 = fraction.parse().unwrap_or(0);
+        let ns = (whole * scale + fraction) * unit_ns;
+        if !ns.is_multiple_of(scale * MS) {
+            return Err("must be a whole number of milliseconds".into());
+        }
+        total = total.saturating_add(ns / scale);
+        rest = next;
+    }
+    if total == 0 || total > YEAR_NS {
+        return Err("must be more than 0 and at most a year".into());
+    }
+    let ms = u64::try_from(total / MS).map_err(|_| HELP.to_string())?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// The one size grammar (`BYTES`): a count ([`parse_count`]) with an
+/// optional binary unit, `KiB` or `k` (1024), `MiB` or `M` (1024²),
+/// spelt exactly so (`64KiB`, `64k`, `1MiB`, `1M`, `65536`); `KB`, `kb`,
+/// `MB`, `m` and spaces are refused, since they could be read as decimal
+/// units or as milli. Between 1KiB and 64MiB.
 pub fn parse_size(s: &str) -> Result<usize, String> {
-    let lower = s.to_ascii_lowercase();
-    let (num, scale) = if let Some(n) = lower
-        .strip_suffix("kib")
-        .or_else(|| lower.strip_suffix("kb"))
-        .or_else(|| lower.strip_suffix('k'))
-    {
-        (n.to_string(), 1024)
-    } else if let Some(n) = lower
-        .strip_suffix("mib")
-        .or_else(|| lower.strip_suffix("mb"))
-        .or_else(|| lower.strip_suffix('m'))
-    {
-        (n.to_string(), 1024 * 1024)
+    let (num, scale) = if let Some(n) = s.strip_suffix("KiB").or_else(|| s.strip_suffix('k')) {
+        (n, 1024)
+    } else if let Some(n) = s.strip_suffix("MiB").or_else(|| s.strip_suffix('M')) {
+        (n, 1024 * 1024)
     } else {
-        (lower.clone(), 1)
+        (s, 1)
     };
-    let value: usize = num
-        .trim()
-        .parse()
-        .map_err(|_| "expected a size such as 65536, 64KiB or 1MiB".to_string())?;
+    let value = parse_count(num)
+        .ok_or_else(|| "expected a size such as 65536, 64KiB or 1MiB".to_string())?;
     let bytes = value
         .checked_mul(scale)
+        .and_then(|b| usize::try_from(b).ok())
         .ok_or_else(|| "too large".to_string())?;
     if !(1024..=64 * 1024 * 1024).contains(&bytes) {
         return Err("must be between 1KiB and 64MiB".into());
@@ -986,7 +1043,7 @@ mod tests {
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("0").is_err());
         assert_eq!(parse_size("64KiB"), Ok(65536));
-        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("12").is_err());
     }
@@ -996,7 +1053,122 @@ mod tests {
         // Found by the cli_address fuzz target.
         assert!(parse_duration("1e-10").is_err());
         assert!(parse_duration("0.0000000000006").is_err());
-        assert_eq!(parse_duration("1e-9"), Ok(Duration::from_nanos(1)));
+        assert!(parse_duration("1e-9").is_err());
+    }
+
+    /// Fault class: a lenient number parser (Rust's `f64`/`u64` parsers
+    /// take signs, exponents, `inf`; the old size reader any case and
+    /// decimal-looking units). One grammar for every value of a flag.
+    #[test]
+    fn durations_sizes_and_counts_have_one_strict_grammar() {
+        let ms = Duration::from_millis;
+        for (text, want) in [
+            ("90", ms(90_000)),
+            ("1.5", ms(1_500)),
+            ("250ms", ms(250)),
+            ("1.5s", ms(1_500)),
+            (".5s", ms(500)),
+            ("2m", ms(120_000)),
+            ("1h", ms(3_600_000)),
+            ("1m30s", ms(90_000)),
+            ("1h0m0.001s", ms(3_600_001)),
+            ("0.001", ms(1)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in [
+            "1e3", "1e3ms", "+1s", "-1s", "+5", "0.0001ms", "1.5ms", "0.0005", "0", "0s", "0ms0s",
+            " 1s", "1s ", "1 s", "inf", "nan", "infs", ".", "s", "ms", "1S", "1MS", "1ns", "1us",
+            "1d", "1.2.3s", "1s1", "5m1", "366d", "9000h", "",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_duration("1."), Ok(ms(1_000)));
+        assert!(parse_duration("8761h").is_err(), "over a year");
+        assert_eq!(
+            parse_duration("8760h"),
+            Ok(Duration::from_secs(86_400 * 365))
+        );
+
+        for (text, want) in [
+            ("65536", 65_536),
+            ("64KiB", 65_536),
+            ("64k", 65_536),
+            ("1MiB", 1 << 20),
+            ("1M", 1 << 20),
+            ("64MiB", 64 << 20),
+        ] {
+            assert_eq!(parse_size(text), Ok(want), "{text}");
+        }
+        for bad in [
+            "1KB", "64kb", "64kib", "64KIB", "1MB", "1mb", "1m", "1mib", "64K", "+4096", "04096",
+            " 4096", "4096 ", "64 KiB", "0x1000", "4e3", "1.5KiB", "-1KiB", "KiB", "",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+
+        assert_eq!(parse_count("0"), Some(0));
+        assert_eq!(parse_count("18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "+5",
+            "-5",
+            "05",
+            "00",
+            " 5",
+            "5 ",
+            "0x10",
+            "5e1",
+            "1_000",
+            "",
+            "18446744073709551616",
+        ] {
+            assert_eq!(parse_count(bad), None, "{bad:?}");
+        }
+        assert!(split_host_port(":+8002", "x").is_err());
+        assert!(split_host_port(": 8002", "x").is_err());
+        assert!(split_host_port("[::1]:08002", "x").is_err());
+    }
+
+    /// Every flag that takes a number, a duration, a size or a name refuses
+    /// what the grammar does not say, through the whole flag reader.
+    #[test]
+    fn every_numeric_and_named_flag_refuses_undocumented_spellings() {
+        for (flag, bad) in [
+            ("--connect-timeout", "1e3"),
+            ("--fin-timeout", "+1s"),
+            ("--idle-timeout", "0.0001ms"),
+            ("--drain-timeout", "1.5ms"),
+            ("--buffer-size", "1KB"),
+            ("--buffer-size", "64kb"),
+            ("--max-connections", "+5"),
+            ("--max-connections", "05"),
+            ("--max-connections-per-client", "+5"),
+            ("--log-level", "DEBUG"),
+            ("--log-level", "Info"),
+            ("--log-level", "warning"),
+            ("--access-log", "true"),
+            ("--send-proxy", "1"),
+            ("--send-proxy", "V2"),
+            ("--log-format", "JSON"),
+            ("-listen", ":+8002"),
+            ("-forward", ":+8001"),
+            ("-http", "127.0.0.1:+8088"),
+        ] {
+            let e = run(&[flag, bad]).map(|_| ()).unwrap_err();
+            let name = flag.trim_start_matches('-');
+            assert!(e.0.contains(name) && e.0.contains(bad), "{flag} {bad}: {e}");
+        }
+        let c = run(&[
+            "--log-level",
+            "debug",
+            "--buffer-size",
+            "1M",
+            "--idle-timeout",
+            "1m30s",
+        ])
+        .unwrap();
+        assert_eq!(c.buffer_size, 1 << 20);
+        assert_eq!(c.idle_timeout, Duration::from_secs(90));
     }
 
     #[test]

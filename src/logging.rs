@@ -22,10 +22,12 @@ pub enum Level {
 }
 
 impl Level {
+    /// Exactly the documented lowercase names: `DEBUG` or `warning` are
+    /// refused, not guessed.
     pub fn parse(s: &str) -> Option<Level> {
-        match s.to_ascii_lowercase().as_str() {
+        match s {
             "error" => Some(Level::Error),
-            "warn" | "warning" => Some(Level::Warn),
+            "warn" => Some(Level::Warn),
             "info" => Some(Level::Info),
             "debug" => Some(Level::Debug),
             _ => None,

@@ -21,7 +21,7 @@ use crate::net::{Connect, connect_progress, describe};
 use crate::output;
 use crate::pair::linger::Ending;
 use crate::pair::log_line::{self, ConnRecord, Ended, LogFormat};
-use crate::pair::{Deadline, Due, HEADER_TIMEOUT, Outcome, Pair, Reason, State, Timeouts};
+use crate::pair::{Deadline, Due, Outcome, Pair, Reason, State, Timeouts};
 use crate::pipe::{Ctx, Side};
 use crate::pool::Pool;
 use crate::proxy_protocol::{self, Version};
@@ -589,12 +589,31 @@ impl Pairs {
         };
         let t = &self.timeouts;
         let when = match pair.state.deadline() {
-            Deadline::Header => env.now + HEADER_TIMEOUT,
+            // From accept: bytes trickling in do not move it.
+            Deadline::Header => pair.last_active + t.header,
             Deadline::Connect => env.now + t.connect,
             Deadline::Idle => pair.last_active + t.idle,
             Deadline::Fin => env.now + t.fin,
             Deadline::Linger => {
-                let until = env.now + t.fin;
+                let mut until = env.now + t.fin;
+                // A client without a whole, valid PROXY header holds its
+                // slot no longer than the header deadline (a half header
+                // and a stall must not crowd out real clients):
+                // `last_active` is still the accept time, as nothing moved.
+                if let State::Lingering(linger) = &pair.state
+                    && matches!(
+                        linger.reason,
+                        Reason::ProxyHeaderMissing | Reason::ProxyHeaderInvalid
+                    )
+                {
+                    // At least until the next turn of the loop, which
+                    // drives the lingering close once (reads what the
+                    // client sent, sends the FIN) before this deadline:
+                    // a deadline already due would close with input
+                    // unread, i.e. reset the client.
+                    let header_due = pair.last_active + t.header;
+                    until = until.min(header_due.max(env.now + Duration::from_millis(1)));
+                }
                 self.exit.map_or(until, |exit| exit.min(until))
             }
         };

@@ -39,8 +39,8 @@ impl Version {
     /// `v1` or `v2`, as `--send-proxy` takes it.
     pub fn parse(text: &str) -> Option<Version> {
         match text {
-            "v1" | "1" => Some(Version::V1),
-            "v2" | "2" => Some(Version::V2),
+            "v1" => Some(Version::V1),
+            "v2" => Some(Version::V2),
             _ => None,
         }
     }

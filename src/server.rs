@@ -185,6 +185,7 @@ impl Server {
             connect: config.connect_timeout,
             idle: config.idle_timeout,
             fin: config.fin_timeout,
+            header: config.proxy_header_timeout,
         };
         Ok(Server {
             pairs: Pairs::new(

@@ -377,3 +377,79 @@ fn the_readmes_example_report_has_every_field_of_a_live_one() {
     shown.sort();
     assert_eq!(shown, want, "README's example report against a live one");
 }
+
+/// Runs `bin` with `args`; its exit code and stderr, or `None` when it is
+/// still running after 5 s (it took the value and went on to work).
+fn exit_of(bin: &Path, args: &[&str]) -> Option<(i32, String)> {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    Some((out.status.code().unwrap_or(-1), text(&out.stderr)))
+}
+
+/// Fault class: a lenient number parser. The proxy and every tool share
+/// one grammar for counts, durations, sizes and names: a sign, an
+/// exponent, a sub-millisecond duration, a decimal-looking size unit or an
+/// undocumented log-level spelling is a bad value (exit 2, one line naming
+/// the flag), never a guess.
+#[test]
+fn the_proxy_and_the_tools_refuse_signs_exponents_and_undocumented_spellings() {
+    let proxy = PathBuf::from(env!("CARGO_BIN_EXE_foo-proxy"));
+    let (server, client, load) = (
+        util::tool("foo-server"),
+        util::tool("foo-client"),
+        util::tool("foo-load"),
+    );
+    // A port nobody listens on, so a tool that took the value fails fast
+    // in another way or keeps running: either is told apart from exit 2.
+    let dead = format!("127.0.0.1:{}", util::dead_port());
+    let cases: Vec<(&Path, Vec<&str>)> = vec![
+        (&proxy, vec!["--check", "--connect-timeout", "1e3"]),
+        (&proxy, vec!["--check", "--fin-timeout", "+1s"]),
+        (&proxy, vec!["--check", "--idle-timeout", "0.0001ms"]),
+        (&proxy, vec!["--check", "--buffer-size", "1KB"]),
+        (&proxy, vec!["--check", "--max-connections", "+5"]),
+        (&proxy, vec!["--check", "--log-level", "DEBUG"]),
+        (&server, vec!["-listen", "127.0.0.1:0", "--delay-ms", "+5"]),
+        (&server, vec!["-listen", "127.0.0.1:0", "--seed", "+7"]),
+        (
+            &server,
+            vec!["-listen", "127.0.0.1:0", "--log-level", "DEBUG"],
+        ),
+        (&server, vec!["-listen", "127.0.0.1:+0"]),
+        (&client, vec!["-connect", &dead, "-n", "+5"]),
+        (&client, vec!["-connect", &dead, "-c", "+1"]),
+        (&client, vec!["-connect", &dead, "--timeout", "1e3"]),
+        (&client, vec!["-connect", &dead, "--timeout", "0.0001ms"]),
+        (&load, vec!["--target", &dead, "--duration", "1e3"]),
+        (&load, vec!["--target", &dead, "--duration", "+1s"]),
+        (&load, vec!["--target", &dead, "--connections", "+5"]),
+        (&load, vec!["--target", &dead, "--depth", "05"]),
+    ];
+    for (bin, args) in cases {
+        let flag = args[args.len() - 2].trim_start_matches('-');
+        let value = args[args.len() - 1];
+        let got = exit_of(bin, &args);
+        let name = bin.file_name().unwrap().to_string_lossy();
+        let (code, err) = got.unwrap_or_else(|| panic!("{name} {args:?} took the value"));
+        assert_eq!(code, 2, "{name} {args:?}: {err}");
+        assert!(
+            err.contains(flag) && err.contains(value) && err.trim().lines().count() == 1,
+            "{name} {args:?}: {err}"
+        );
+    }
+}

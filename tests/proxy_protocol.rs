@@ -435,3 +435,72 @@ fn the_connection_log_names_the_client_from_the_proxy_header_and_the_balancer_as
         );
     }
 }
+
+#[test]
+fn the_proxy_header_timeout_flag_sets_the_header_deadline() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(
+        &server.addr.to_string(),
+        &["--accept-proxy", "--proxy-header-timeout", "300ms"],
+    );
+    let mut c = TcpStream::connect(proxy.addr).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let start = Instant::now();
+    c.write_all(b"PROXY TCP4 ").unwrap();
+    let (answer, clean) = read_to_eof(&mut c);
+    let waited = start.elapsed();
+    assert!(answer.is_empty() && clean);
+    // Not the 3 s default: closed at 300 ms (the loop's clock may read
+    // the deadline a little early or late; 2 s is far from both).
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "closed after {waited:?}"
+    );
+    let r = proxy.report_until(|r| r["proxy_header_errors"] == 1);
+    assert_eq!(r["proxy_header_errors"], 1, "{r}");
+}
+
+/// F11: clients that send half a PROXY header and then stall (never read,
+/// never close) must not keep their slots past the header deadline, or a
+/// few of them crowd out every real client for `--fin-timeout`.
+#[test]
+fn half_header_clients_that_stall_free_their_slots_at_the_header_deadline() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(
+        &server.addr.to_string(),
+        &[
+            "--accept-proxy",
+            "--max-connections",
+            "4",
+            "--fin-timeout",
+            "60s",
+            "--log-connections",
+        ],
+    );
+    let stalled: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut c = TcpStream::connect(proxy.addr).unwrap();
+            c.write_all(b"PROXY TCP4 192.0.2.1 ").unwrap();
+            c
+        })
+        .collect();
+    proxy.report_until(|r| r["connections_active"] == 4);
+    // Every slot is taken: this one waits in the backlog until the
+    // stalled ones are gone, at the 3 s header deadline (not after the
+    // 60 s --fin-timeout of a lingering close).
+    let start = Instant::now();
+    let mut real = TcpStream::connect(proxy.addr).unwrap();
+    real.set_read_timeout(Some(WAIT)).unwrap();
+    real.write_all(b"PROXY TCP4 192.0.2.2 127.0.0.1 1000 8002\r\n")
+        .unwrap();
+    real.write_all(&requests(1..=1)).unwrap();
+    let got = read_exact_timeout(&mut real, answers(1..=1).len());
+    let waited = start.elapsed();
+    assert_eq!(got, answers(1..=1), "served after {waited:?}");
+    assert!(waited < Duration::from_secs(20), "served after {waited:?}");
+    let r = proxy.report_until(|r| r["proxy_header_errors"] == 4);
+    assert_eq!(r["proxy_header_errors"], 4, "{r}");
+    assert_eq!(r["connections_closed"]["proxy_header_error"], 4, "{r}");
+    assert_eq!(r["connections_active"], 1, "{r}");
+    drop(stalled);
+}

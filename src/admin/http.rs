@@ -424,10 +424,7 @@ fn quality(accept: &[&str], t: &str, s: &str) -> f32 {
             if let Some((k, v)) = param.split_once('=')
                 && k.trim().eq_ignore_ascii_case("q")
             {
-                q = match v.trim().parse::<f32>() {
-                    Ok(q) if (0.0..=1.0).contains(&q) => q,
-                    _ => 0.0,
-                };
+                q = qvalue(v.trim()).unwrap_or(0.0);
             }
         }
         best = match best {
@@ -462,6 +459,23 @@ pub fn access_line(peer: IpAddr, t: SystemTime, answer: &Answer) -> String {
         answer.status,
         answer.body_len
     )
+}
+
+/// An RFC 9110 `qvalue`: `0`, `0.` and up to three digits, `1`, or `1.`
+/// and up to three zeros. Nothing else (`1e0`, `+0.5`, `nan`, which a
+/// float parser would take) is a weight.
+fn qvalue(v: &str) -> Option<f32> {
+    let (whole, fraction) = v.split_once('.').unwrap_or((v, ""));
+    let digits = fraction.len() <= 3 && fraction.bytes().all(|b| b.is_ascii_digit());
+    match whole {
+        "0" if digits => Some(
+            fraction
+                .parse::<u16>()
+                .map_or(0.0, |f| f32::from(f) / 10f32.powi(fraction.len() as i32)),
+        ),
+        "1" if digits && fraction.bytes().all(|b| b == b'0') => Some(1.0),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

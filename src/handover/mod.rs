@@ -139,7 +139,8 @@ impl Msg {
         let (verb, rest) = text.split_once(' ').unwrap_or((text, ""));
         let words: Vec<&str> = rest.split(' ').collect();
         let number = |w: Option<&&str>| -> Result<u32, String> {
-            w.and_then(|w| w.parse().ok())
+            w.and_then(|w| crate::cli::parse_count(w))
+                .and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(|| format!("bad {verb} line"))
         };
         let snapshot = |s: &str| recovery::decode(s.as_bytes()).map_err(|e| e.to_string());

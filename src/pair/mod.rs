@@ -84,7 +84,7 @@ pub(crate) enum Client {
 /// The one deadline a state has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Deadline {
-    /// [`HEADER_TIMEOUT`] for the PROXY protocol header.
+    /// `--proxy-header-timeout` for the PROXY protocol header.
     Header,
     /// `--connect-timeout` for the current forward address.
     Connect,
@@ -119,7 +119,7 @@ pub(crate) enum Reason {
     FinTimeout,
     /// The drain is over (or a second stop signal came).
     Shutdown,
-    /// `--accept-proxy`: the client closed, or [`HEADER_TIMEOUT`] passed,
+    /// `--accept-proxy`: the client closed, or `--proxy-header-timeout` passed,
     /// before a whole PROXY protocol header came.
     ProxyHeaderMissing,
     /// `--accept-proxy`: the client's first bytes are not a valid PROXY
@@ -180,10 +180,6 @@ impl Reason {
     }
 }
 
-/// How long a client gets to send its whole PROXY protocol header: a
-/// balancer sends it with the connection's first bytes.
-pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
-
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -211,6 +207,8 @@ pub(crate) struct Timeouts {
     pub connect: Duration,
     pub idle: Duration,
     pub fin: Duration,
+    /// `--proxy-header-timeout`, from accept.
+    pub header: Duration,
 }
 
 /// What a drive came to.

@@ -71,9 +71,9 @@ pub fn seed_from_clock() -> u64 {
 /// A `--seed` value (for `Flags::parse_or`): `Some` seed,
 /// or an error saying what a seed is.
 pub fn parse_seed(v: &str) -> Result<Option<u64>, String> {
-    v.parse()
+    foo_proxy::cli::parse_count(v)
         .map(Some)
-        .map_err(|_| "expected an unsigned integer".to_string())
+        .ok_or_else(|| "expected an unsigned integer".to_string())
 }
 
 #[cfg(test)]

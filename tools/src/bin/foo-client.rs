@@ -70,8 +70,7 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
     let connect = cli::resolve(&connect_spec, "localhost")
         .map_err(|why| cli::invalid("connect", &connect_spec, why))?;
     let above_zero = |v: &str| {
-        v.parse::<u64>()
-            .ok()
+        cli::parse_count(v)
             .filter(|n| *n > 0)
             .ok_or_else(|| "expected a whole number above 0".to_string())
     };

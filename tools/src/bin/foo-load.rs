@@ -84,8 +84,8 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
         .map_err(|why| cli::invalid("target", &target_spec, why))?;
     let range = |min: usize, max: usize| {
         move |v: &str| {
-            v.parse::<usize>()
-                .ok()
+            cli::parse_count(v)
+                .and_then(|n| usize::try_from(n).ok())
                 .filter(|n| (min..=max).contains(n))
                 .ok_or_else(|| format!("expected {min} to {max}"))
         }

@@ -83,9 +83,9 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
     let seed = flags.parse_or("seed", None, parse_seed)?;
     let seed = seed.unwrap_or_else(seed_from_clock);
     let delay = flags.parse_or("delay-ms", Duration::ZERO, |v| {
-        v.parse()
+        cli::parse_count(v)
             .map(Duration::from_millis)
-            .map_err(|_| "expected milliseconds".to_string())
+            .ok_or_else(|| "expected milliseconds".to_string())
     })?;
     let log_level = flags.parse_or("log-level", Level::Info, |v| {
         Level::parse(v).ok_or_else(|| "expected error, warn, info or debug".to_string())
