@@ -210,6 +210,7 @@ fn valid_bytes(msg_req: u64) -> Vec<u8> {
             req: 70,
             resp: 0,
         }],
+        ..Snapshot::default()
     })
 }
 
@@ -464,6 +465,7 @@ fn old_snapshot_restores_totals_but_not_rates() {
             req: 40,
             resp: 40,
         }],
+        ..Snapshot::default()
     };
     fs::write(&path, encode(&snap)).unwrap();
     let server = FooServer::start(ServerOpts::default());
@@ -952,6 +954,7 @@ fn an_implausible_window_is_dropped_with_one_warning_and_the_totals_kept() {
                 resp: 0,
             })
             .collect(),
+        ..Snapshot::default()
     };
     fs::write(&path, encode(&snap)).unwrap();
     let server = FooServer::start(ServerOpts::default());
@@ -1020,5 +1023,39 @@ fn a_symlink_as_recovery_path_is_read_then_replaced_by_a_regular_file() {
     // The first write replaced the link itself; its target is untouched.
     assert!(fs::symlink_metadata(&path).unwrap().is_file());
     assert_eq!(fs::read(&target).unwrap(), original);
+    assert!(warnings(&proxy).is_empty(), "{}", proxy.stderr());
+}
+
+/// Issue 12: the close reasons and the latency histogram count what
+/// crossed the proxy since its first start, like the totals: a restart on
+/// the same recovery file keeps them.
+#[test]
+fn close_reasons_and_the_latency_histogram_survive_a_restart() {
+    let dir = scratch("reasons-latency");
+    let path = dir.join("recovery.json");
+    let server = FooServer::start(ServerOpts::default());
+    let mut proxy = start(&server, &path);
+    for _ in 0..3 {
+        traffic(&proxy, 10);
+    }
+    let before = proxy.report_until(|r| r["connections_closed"]["client_closed"] == 3);
+    let hist = before["response_latency_histogram"].clone();
+    let answered = |h: &serde_json::Value| -> u64 {
+        ["ack", "nak"]
+            .iter()
+            .flat_map(|t| h[t].as_array().unwrap().iter())
+            .map(|n| n.as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(answered(&hist), 30, "{hist}");
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(WAIT), Some(0));
+    let snap = decode(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(snap.closed.get("client_closed"), Some(&3), "{snap:?}");
+
+    let proxy = start(&server, &path);
+    let r = proxy.report();
+    assert_eq!(r["connections_closed"]["client_closed"], 3, "{r}");
+    assert_eq!(r["response_latency_histogram"], hist, "{r}");
     assert!(warnings(&proxy).is_empty(), "{}", proxy.stderr());
 }

@@ -180,6 +180,7 @@ fn totals_file(path: &Path, total: u64) {
             requests_untracked: total,
         },
         window: Vec::new(),
+        ..Snapshot::default()
     };
     fs::write(path, encode(&snapshot)).unwrap();
 }

@@ -435,6 +435,7 @@ mod tests {
                 req: 7,
                 resp: 7,
             }],
+            ..Snapshot::default()
         }
     }
 

@@ -1,10 +1,13 @@
 //! The recovery file's pure part: the snapshot, its encoding and decoding, and the restore arithmetic (both clocks passed in).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::latency::{self, BOUNDS_US, Histogram};
+use crate::pair::Reason;
 use crate::rates::{BUCKET_MS, BUCKETS, Bucket};
 use crate::stats::Stats;
 
@@ -29,7 +32,57 @@ pub struct WindowBucket {
     pub resp: u32,
 }
 
+/// A fixed-bucket latency histogram as the file carries it: the bounds
+/// it was counted with (µs, inclusive; `+Inf` implied), the counts per
+/// bucket (not cumulative, one more than the bounds) and the sum in µs.
+/// The bounds travel with the counts so that a build with other buckets
+/// leaves them alone instead of adding them into the wrong ones.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct HistogramTotals {
+    pub bounds_us: Vec<u64>,
+    pub counts: Vec<u64>,
+    pub sum_us: u64,
+}
+
+impl HistogramTotals {
+    fn of(h: &Histogram) -> HistogramTotals {
+        HistogramTotals {
+            bounds_us: BOUNDS_US.to_vec(),
+            counts: h.counts.to_vec(),
+            sum_us: h.sum_us,
+        }
+    }
+
+    /// Adds these counts to `h` (saturating) when they were counted with
+    /// this build's buckets; false (nothing added) otherwise.
+    fn add_to(&self, h: &mut Histogram) -> bool {
+        if self.bounds_us != BOUNDS_US || self.counts.len() != latency::BUCKETS {
+            return self.counts.iter().all(|&c| c == 0) && self.sum_us == 0;
+        }
+        for (to, from) in h.counts.iter_mut().zip(&self.counts) {
+            *to = to.saturating_add(*from);
+        }
+        h.sum_us = h.sum_us.saturating_add(self.sum_us);
+        true
+    }
+}
+
+/// The answer latency histograms since the first start, by answer type.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct LatencyTotals {
+    pub ack: HistogramTotals,
+    pub nak: HistogramTotals,
+}
+
 /// What the file holds besides its format and version.
+///
+/// `closed` and `latency` came after the first files (issue 12's close
+/// reasons and histograms): a file without them reads as none (so older
+/// files still restore their totals), and a build that does not know them
+/// ignores them, like any unknown field, so the format stays version 1 and
+/// a rolled-back build still reads the file.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Wall-clock time it was taken, ms since the Unix epoch.
@@ -37,6 +90,11 @@ pub struct Snapshot {
     pub totals: Totals,
     /// Non-empty buckets, oldest first.
     pub window: Vec<WindowBucket>,
+    /// Connections closed since the first start, by reason name (the
+    /// report's `connections_closed` keys). Names this build does not know
+    /// are ignored on restore.
+    pub closed: BTreeMap<String, u64>,
+    pub latency: LatencyTotals,
 }
 
 #[derive(Serialize)]
@@ -46,6 +104,8 @@ struct WireOut<'a> {
     written_at_ms: u64,
     totals: &'a Totals,
     window: &'a [WindowBucket],
+    closed: &'a BTreeMap<String, u64>,
+    latency: &'a LatencyTotals,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +117,10 @@ struct WireIn {
     written_at_ms: u64,
     totals: Totals,
     window: Vec<WindowBucket>,
+    #[serde(default)]
+    closed: BTreeMap<String, u64>,
+    #[serde(default)]
+    latency: LatencyTotals,
 }
 
 /// The file's bytes: one line of JSON.
@@ -67,6 +131,8 @@ pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
         written_at_ms: snapshot.written_at_ms,
         totals: &snapshot.totals,
         window: &snapshot.window,
+        closed: &snapshot.closed,
+        latency: &snapshot.latency,
     };
     // Integers, strings and arrays into a Vec cannot fail to serialize; an
     // empty result would only ever be rejected by `decode`, never misread.
@@ -150,6 +216,8 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
         written_at_ms: wire.written_at_ms,
         totals: wire.totals,
         window: wire.window,
+        closed: wire.closed,
+        latency: wire.latency,
     })
 }
 
@@ -254,10 +322,22 @@ pub fn capture(stats: &mut Stats, now_wall_ms: u64, now_ms: u64) -> Snapshot {
             resp: b.resp,
         })
         .collect();
+    let matching = &stats.matching;
+    let closed = Reason::NAMES
+        .iter()
+        .zip(matching.closed.iter())
+        .filter(|(_, n)| **n > 0)
+        .map(|(name, n)| ((*name).to_string(), *n))
+        .collect();
     Snapshot {
         written_at_ms: now_wall_ms,
         totals: Totals::of(stats),
         window,
+        closed,
+        latency: LatencyTotals {
+            ack: HistogramTotals::of(&matching.latency.ack),
+            nak: HistogramTotals::of(&matching.latency.nak),
+        },
     }
 }
 
@@ -281,6 +361,16 @@ pub struct Plan {
     pub window: WindowFate,
     /// How long ago the snapshot was written (0 if in the future).
     pub age_ms: u64,
+}
+
+/// What [`restore`] could not carry over of the close reasons and the
+/// latency histograms (a file from another build), for its log line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Close reasons this build does not know.
+    pub reasons: Vec<String>,
+    /// A histogram counted with other buckets was left out.
+    pub histograms: bool,
 }
 
 /// Decides what of `snapshot` to restore at wall-clock `now_wall_ms`: the
@@ -320,14 +410,41 @@ pub fn plan(snapshot: &Snapshot, now_wall_ms: u64) -> Plan {
     }
 }
 
-/// Adds what `plan` keeps of `snapshot` to `stats`; returns the plan.
+/// Adds what `plan` keeps of `snapshot` to `stats`, and the close reasons
+/// and latency histograms this build knows; returns the plan.
 pub fn restore(snapshot: &Snapshot, stats: &mut Stats, now_wall_ms: u64, now_ms: u64) -> Plan {
+    restore_counted(snapshot, stats, now_wall_ms, now_ms).0
+}
+
+/// [`restore`], also saying what of the reasons and histograms was left out.
+pub fn restore_counted(
+    snapshot: &Snapshot,
+    stats: &mut Stats,
+    now_wall_ms: u64,
+    now_ms: u64,
+) -> (Plan, Skipped) {
+    let mut skipped = Skipped::default();
+    let matching = &mut stats.matching;
+    for (name, n) in &snapshot.closed {
+        let slot = Reason::NAMES
+            .iter()
+            .position(|known| known == name)
+            .and_then(|i| matching.closed.get_mut(i));
+        match slot {
+            Some(count) => *count = count.saturating_add(*n),
+            None => skipped.reasons.push(name.clone()),
+        }
+    }
+    let latency = &snapshot.latency;
+    let ack = latency.ack.add_to(&mut matching.latency.ack);
+    let nak = latency.nak.add_to(&mut matching.latency.nak);
+    skipped.histograms = !(ack && nak);
     let plan = plan(snapshot, now_wall_ms);
     plan.totals.add_to(stats);
     for (age_ms, bucket) in &plan.buckets {
         stats.window.restore_bucket(now_ms, *age_ms, *bucket);
     }
-    plan
+    (plan, skipped)
 }
 
 #[cfg(test)]
@@ -373,6 +490,7 @@ pub(in crate::recovery) mod tests {
                 bucket(T0 - 10, 16, 0),
                 bucket(T0, 32, 0),
             ],
+            ..Snapshot::default()
         }
     }
 
@@ -552,6 +670,77 @@ pub(in crate::recovery) mod tests {
         assert_eq!(after.response_rate_10s, before.response_rate_10s);
         assert_eq!(after.response_rate_1s, before.response_rate_1s);
         assert_eq!(after.uptime_secs, 0.0);
+    }
+
+    /// Issue 12: the close reasons and the latency histograms are counts
+    /// since the first start, like the totals; a restart (or a `kill -9`
+    /// and the recovery file) must not zero them.
+    #[test]
+    fn close_reasons_and_latency_histograms_survive_a_restart() {
+        let mut stats = Stats::default();
+        for (i, n) in stats.matching.closed.iter_mut().enumerate() {
+            *n = 3 * i as u64 + 1;
+        }
+        for us in [50, 20_000, 20_000, 3_000_000, 99_000_000] {
+            stats.matching.latency.ack.record(us);
+        }
+        stats.matching.latency.nak.record(700);
+        let snap = capture(&mut stats, T0, 1_000);
+        assert_eq!(snap.closed.len(), Reason::NAMES.len());
+        assert_eq!(snap.closed.get("client_closed"), Some(&1));
+
+        let mut fresh = Stats::default();
+        // Counts of the new process's own come on top.
+        fresh.matching.closed[0] = 10;
+        fresh.matching.latency.ack.record(20_000);
+        let back = decode(&encode(&snap)).unwrap();
+        assert_eq!(back, snap);
+        let (_, skipped) = restore_counted(&back, &mut fresh, T0, 0);
+        assert_eq!(skipped, Skipped::default());
+        assert_eq!(fresh.matching.closed[0], 11);
+        assert_eq!(&fresh.matching.closed[1..], &stats.matching.closed[1..]);
+        let mut want = stats.matching.latency.ack;
+        want.record(20_000);
+        assert_eq!(fresh.matching.latency.ack, want);
+        assert_eq!(fresh.matching.latency.nak, stats.matching.latency.nak);
+    }
+
+    #[test]
+    fn a_file_written_before_reasons_and_histograms_were_kept_still_restores() {
+        // The exact shape the first builds wrote (version 1, no `closed`,
+        // no `latency`).
+        let old = format!(
+            "{{\"format\":\"{FORMAT}\",\"version\":1,\"written_at_ms\":{T0},\
+             \"totals\":{{\"msg_req\":5,\"msg_ack\":4,\"msg_nak\":1}},\"window\":[]}}\n"
+        );
+        let snap = decode(old.as_bytes()).unwrap();
+        assert!(snap.closed.is_empty());
+        assert_eq!(snap.latency, LatencyTotals::default());
+        let mut stats = Stats::default();
+        let (_, skipped) = restore_counted(&snap, &mut stats, T0, 0);
+        assert_eq!(skipped, Skipped::default());
+        assert_eq!(stats.msg_req, 5);
+        assert_eq!(stats.matching.closed, [0; crate::seqs::CLOSE_REASONS]);
+        assert_eq!(stats.matching.latency.ack.count(), 0);
+    }
+
+    #[test]
+    fn histograms_with_other_buckets_and_unknown_reasons_are_left_out() {
+        let mut snap = sample();
+        snap.closed.insert("client_closed".into(), 2);
+        snap.closed.insert("eaten_by_a_grue".into(), 9);
+        snap.latency.ack = HistogramTotals {
+            bounds_us: vec![1, 2, 3],
+            counts: vec![1, 1, 1, 1],
+            sum_us: 6,
+        };
+        let mut stats = Stats::default();
+        let (_, skipped) = restore_counted(&snap, &mut stats, T0, 0);
+        assert_eq!(skipped.reasons, ["eaten_by_a_grue"]);
+        assert!(skipped.histograms);
+        assert_eq!(stats.matching.closed[0], 2);
+        assert_eq!(stats.matching.latency.ack, Histogram::default());
+        assert_eq!(stats.msg_req, 1000, "the totals come back all the same");
     }
 
     #[test]

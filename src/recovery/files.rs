@@ -149,7 +149,7 @@ pub fn corrupt_files(path: &Path) -> Vec<PathBuf> {
 /// What is at the recovery path at start.
 pub(super) enum Loaded {
     Absent,
-    Snapshot(Snapshot),
+    Snapshot(Box<Snapshot>),
     Unreadable(Unreadable),
 }
 
@@ -173,7 +173,7 @@ pub(super) fn load(path: &Path) -> Loaded {
         return Loaded::Unreadable(Unreadable::Bad(format!("cannot read it: {}", describe(&e))));
     }
     match decode(&bytes) {
-        Ok(snapshot) => Loaded::Snapshot(snapshot),
+        Ok(snapshot) => Loaded::Snapshot(Box::new(snapshot)),
         Err(e) => Loaded::Unreadable(Unreadable::Bad(e.to_string())),
     }
 }

@@ -34,6 +34,7 @@ pub use codec::{
     DecodeError, FORMAT, Implausible, MAX_FILE_BYTES, Plan, Snapshot, Totals, VERSION, WINDOW_MS,
     WindowBucket, WindowFate, capture, check_window, decode, encode, plan, restore,
 };
+pub use codec::{HistogramTotals, LatencyTotals, Skipped, restore_counted};
 pub use files::{
     MAX_CORRUPT, corrupt_files, corrupt_path, legacy_temp_path, lock_path, temp_path, write_atomic,
 };

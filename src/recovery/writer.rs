@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::dates::wall_ms;
 use crate::net::describe;
 use crate::recovery::codec::{
-    Snapshot, Totals, WindowFate, capture, check_window, encode, restore,
+    Snapshot, Totals, WindowFate, capture, check_window, encode, restore_counted,
 };
 use crate::recovery::files::{
     Loaded, ensure_dir, load, probe_writable, quarantine, remove_leftover_temps, write_atomic,
@@ -264,7 +264,19 @@ impl Recovery {
     }
 
     fn report_restore(path: &Path, snapshot: &Snapshot, stats: &mut Stats, now_ms: u64) {
-        let plan = restore(snapshot, stats, wall_ms(), now_ms);
+        let (plan, skipped) = restore_counted(snapshot, stats, wall_ms(), now_ms);
+        if !skipped.reasons.is_empty() || skipped.histograms {
+            warn!(
+                "{}: left out what this build cannot count the same way: close reasons {:?}{}",
+                path.display(),
+                skipped.reasons,
+                if skipped.histograms {
+                    ", latency histograms with other buckets"
+                } else {
+                    ""
+                }
+            );
+        }
         let age = plan.age_ms as f64 / 1000.0;
         match plan.window {
             WindowFate::Restored => info!(
