@@ -164,5 +164,6 @@ fn snapshot_from(data: &[u8]) -> Snapshot {
         written_at_ms,
         totals,
         window,
+        ..Snapshot::default()
     }
 }
