@@ -469,7 +469,13 @@ fn two_processes_sharing_a_port_behind_haproxy_add_up_in_prometheus() {
         return;
     };
     let dir = scratch("scale-out-reuse-port");
-    let server = FooServer::start(ServerOpts::default());
+    // A 15 ms upstream: every answer's latency, as the proxies and as
+    // foo-load see it, falls in the histogram's (10 ms, 25 ms] bucket
+    // unless the machine adds more than 10 ms.
+    let server = FooServer::start(ServerOpts {
+        delay: Some(Duration::from_millis(15)),
+        ..ServerOpts::default()
+    });
     let port = free_port("127.0.0.4");
     let shared = ["--reuse-port"];
     let procs = [
@@ -526,6 +532,49 @@ fn two_processes_sharing_a_port_behind_haproxy_add_up_in_prometheus() {
     assert_eq!(
         prom.eventually(total, |v| v == conns_sum, 3 * WAIT),
         Some(conns_sum)
+    );
+
+    // foo-load through the balancer: the latency histograms of both
+    // processes, summed by bucket in PromQL, give a median in the bucket
+    // of the median foo-load measured (end to end, so a little more than
+    // what the proxies time: the balancer and the relay in between).
+    let load = foo_load(from_source("127.0.0.15", front));
+    assert_eq!(load["errors"], 0, "{load}");
+    let timed: u64 = procs
+        .iter()
+        .map(|p| {
+            let h = &p.report()["response_latency_histogram"];
+            ["ack", "nak"]
+                .iter()
+                .flat_map(|t| h[t].as_array().unwrap().iter())
+                .map(|n| n.as_u64().unwrap())
+                .sum::<u64>()
+        })
+        .sum();
+    assert!(timed >= sent, "{timed} answers timed");
+    let count = "sum(foo_response_latency_seconds_count)";
+    assert_eq!(
+        prom.eventually(count, |v| v == timed as f64, 3 * WAIT),
+        Some(timed as f64)
+    );
+    let median = prom
+        .query("histogram_quantile(0.5, sum by (le) (foo_response_latency_seconds_bucket))")
+        .unwrap();
+    let measured = load["latency_us"]["p50"].as_f64().unwrap() / 1e6;
+    let bounds: Vec<f64> = foo_proxy::latency::BOUNDS_US
+        .iter()
+        .map(|&us| us as f64 / 1e6)
+        .collect();
+    let hi = bounds.iter().copied().find(|&b| measured <= b);
+    let lo = bounds
+        .iter()
+        .copied()
+        .rfind(|&b| b < measured)
+        .unwrap_or(0.0);
+    let hi = hi.unwrap_or(f64::INFINITY);
+    assert!(
+        lo <= median && median <= hi,
+        "PromQL median {median} s outside foo-load's bucket ({lo}, {hi}] (its p50 {measured} s)"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
