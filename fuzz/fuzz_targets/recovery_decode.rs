@@ -8,7 +8,8 @@
 
 use foo_proxy::rates::BUCKETS;
 use foo_proxy::recovery::{
-    Snapshot, Totals, WINDOW_MS, WindowBucket, check_window, decode, encode, restore,
+    HistogramTotals, LatencyTotals, Snapshot, Totals, WINDOW_MS, WindowBucket, check_window,
+    decode, encode, restore,
 };
 use foo_proxy::stats::Stats;
 use libfuzzer_sys::fuzz_target;
@@ -160,10 +161,32 @@ fn snapshot_from(data: &[u8]) -> Snapshot {
             resp: (counts >> 32) as u32,
         });
     }
+    // What is left: close reasons by name (known or not) and the ack
+    // histogram, with this build's bounds or others.
+    let mut closed = std::collections::BTreeMap::new();
+    for _ in 0..next() % 16 {
+        let word = next();
+        closed.insert(format!("r{}", word % 20), word);
+    }
+    let bounds_us = if next() % 2 == 0 {
+        foo_proxy::latency::BOUNDS_US.to_vec()
+    } else {
+        (0..next() % 20).map(|_| next()).collect()
+    };
+    let counts = (0..next() % 20).map(|_| next()).collect();
+    let latency = LatencyTotals {
+        ack: HistogramTotals {
+            bounds_us,
+            counts,
+            sum_us: next(),
+        },
+        ..LatencyTotals::default()
+    };
     Snapshot {
         written_at_ms,
         totals,
         window,
-        ..Snapshot::default()
+        closed,
+        latency,
     }
 }
