@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::cli::Config;
+use crate::logging::one_line;
 use crate::net::{self, describe};
 use crate::recovery::{Recovery, lock_path};
 
@@ -42,7 +43,7 @@ pub fn check(config: &Config) -> Outcome {
     let _ = writeln!(
         out,
         "forward         {} -> {} (tried in this order; not connected now)",
-        config.forward_spec,
+        one_line(&config.forward_spec),
         forward.join(", ")
     );
     if let Some(own) = listen
@@ -72,23 +73,29 @@ pub fn check(config: &Config) -> Outcome {
     match &config.recovery_path {
         None => out.push_str("recovery file   off\n"),
         Some(path) => {
-            let shown = path.display();
+            let shown = path.display().to_string();
+            let shown = one_line(&shown);
             match Recovery::check(path.clone()) {
                 Ok(None) => {
                     let _ = writeln!(
                         out,
                         "recovery file   {shown} (usable; lock {} free)",
-                        lock_path(path).display()
+                        one_line(&lock_path(path).display().to_string())
                     );
                 }
                 Ok(Some(why)) => {
+                    let why = one_line(&why);
                     let _ = writeln!(
                         out,
                         "recovery file   {shown} (cannot be written now: {why}; the proxy would relay and retry)"
                     );
                 }
                 Err(e) => {
-                    let _ = writeln!(out, "recovery file   {shown} (FAILED: {e})");
+                    let _ = writeln!(
+                        out,
+                        "recovery file   {shown} (FAILED: {})",
+                        one_line(&e.to_string())
+                    );
                     problems.push(e.to_string());
                 }
             }

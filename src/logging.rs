@@ -78,7 +78,36 @@ static LOGGER: Logger = Logger;
 /// Whether lines are JSON (`--log-format json`); set once by [`init`].
 static JSON: AtomicBool = AtomicBool::new(false);
 
-/// One log line, newline included: `TIME LEVEL message`, or
+/// `s` with every control character (C0, DEL, C1) written as an escape:
+/// `\n`, `\r`, `\t`, `\xNN` below 0x80, `\u{NNNN}` above, so that text an
+/// operator or a peer supplied (a path, a request target) cannot split a
+/// line or forge a line after it. Borrowed when there is nothing to escape,
+/// which is the common case. Text that was not UTF-8 reaches here already
+/// lossily converted (U+FFFD), as `Path::display` does.
+pub fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() && u32::from(c) < 0x80 => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:04x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// One log line, newline included: `TIME LEVEL message` (the message's
+/// control characters escaped by [`one_line`], so it stays one line), or
 /// `{"ts":"TIME","level":"LEVEL","msg":"message"}` (the message escaped
 /// as a JSON string, so a peer's bytes in it cannot break the line; `ts`
 /// and `msg` as in the connection log's lines).
@@ -87,7 +116,7 @@ pub fn format_line(format: LogFormat, time: SystemTime, level: log::Level, msg: 
     let mut line = String::with_capacity(msg.len() + 64);
     match format {
         LogFormat::Text => {
-            let _ = writeln!(line, "{time} {level} {msg}");
+            let _ = writeln!(line, "{time} {level} {}", one_line(msg));
         }
         LogFormat::Json => {
             let msg = serde_json::to_string(msg).unwrap_or_else(|_| "\"\"".to_string());
@@ -199,7 +228,7 @@ mod tests {
     fn a_json_line_is_one_object_with_the_message_escaped() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_500);
         let text = format_line(LogFormat::Text, t, log::Level::Warn, "a \"b\"\nc");
-        assert_eq!(text, "1970-01-01T00:00:01.500Z WARN a \"b\"\nc\n");
+        assert_eq!(text, "1970-01-01T00:00:01.500Z WARN a \"b\"\\nc\n");
         let json = format_line(LogFormat::Json, t, log::Level::Info, "a \"b\"\nc\u{1}");
         assert_eq!(json.matches('\n').count(), 1, "{json}");
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -209,6 +238,23 @@ mod tests {
         assert_eq!(LogFormat::parse("logfmt"), Some(LogFormat::Text));
         assert_eq!(LogFormat::parse("json"), Some(LogFormat::Json));
         assert_eq!(LogFormat::parse("xml"), None);
+    }
+
+    #[test]
+    fn a_text_line_is_one_line_whatever_control_characters_the_message_holds() {
+        let t = SystemTime::UNIX_EPOCH;
+        let forged = "/tmp/x\n2026-01-01T00:00:00.000Z ERROR fake\r\t\u{1b}[31m\u{7f}\u{9b}\u{0}é";
+        let text = format_line(LogFormat::Text, t, log::Level::Warn, forged);
+        assert_eq!(
+            text,
+            "1970-01-01T00:00:00.000Z WARN /tmp/x\\n2026-01-01T00:00:00.000Z ERROR fake\\r\\t\\x1b[31m\\x7f\\u{009b}\\x00é\n"
+        );
+        assert_eq!(text.matches('\n').count(), 1);
+        assert!(!text.trim_end_matches('\n').chars().any(char::is_control));
+        assert!(matches!(
+            one_line("plain /tmp/x é"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Ok(Command::Check(config)) => return check(&config),
         Err(e) => {
             // Exit 2 whether or not stderr takes the line.
+            let e = logging::one_line(&e.to_string()).into_owned();
             let _ = output::print_now(true, &format!("foo-proxy: {e} (see foo-proxy -h)\n"));
             return ExitCode::from(2);
         }
@@ -89,6 +90,7 @@ fn check(config: &cli::Config) -> ExitCode {
     let outcome = foo_proxy::check::check(config);
     let mut code = ExitCode::SUCCESS;
     for problem in &outcome.problems {
+        let problem = logging::one_line(problem);
         let _ = output::print_now(true, &format!("foo-proxy: {problem}\n"));
         code = ExitCode::from(2);
     }

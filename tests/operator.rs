@@ -453,3 +453,99 @@ fn the_proxy_and_the_tools_refuse_signs_exponents_and_undocumented_spellings() {
         );
     }
 }
+/// Every line of a text log starts with a timestamp and a level: nothing
+/// an operator or a peer wrote can start a line of its own.
+fn assert_each_line_is_a_log_line(log: &str) {
+    for line in log.lines() {
+        let level = line.split(' ').nth(1).unwrap_or("");
+        assert!(
+            line.len() > 24
+                && line.as_bytes().get(23) == Some(&b'Z')
+                && ["ERROR", "WARN", "INFO", "DEBUG"].contains(&level),
+            "not a log line of its own: {line:?} in\n{log}"
+        );
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+    }
+}
+
+#[test]
+fn a_recovery_path_or_request_target_with_control_characters_stays_on_one_text_log_line() {
+    let dir = scratch("one-line");
+    // The parent is a regular file: the recovery file cannot be written
+    // and the warning names the path.
+    fs::write(dir.join("file"), b"").unwrap();
+    let forged = "x\n2026-01-01T00:00:00.000Z ERROR fake\r\u{1b}[2Jy";
+    let path = dir.join("file").join(forged);
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(
+        &server.addr.to_string(),
+        &[
+            &format!("-recovery-path={}", path.display()),
+            "--log-format=text",
+        ],
+    );
+    proxy.stderr_has("cannot be written");
+    for target in [
+        &b"/a\rb"[..],
+        b"/a\nb",
+        b"/a\x1b[31mb",
+        b"/a\x7fb",
+        b"/a\xffb",
+        b"/a\tb",
+    ] {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(proxy.admin.unwrap()).unwrap();
+        s.set_read_timeout(Some(util::WAIT)).unwrap();
+        let mut req = b"GET ".to_vec();
+        req.extend_from_slice(target);
+        req.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(&req).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(out.starts_with(b"HTTP/1.1 "), "{target:?}");
+    }
+    assert!(get(&proxy, "/stats").starts_with("HTTP/1.1 200"));
+    proxy.stderr_has("\"GET /stats HTTP/1.1\" 200");
+    let mut proxy = proxy;
+    proxy.signal("TERM");
+    // 3: the final snapshot could not be written either.
+    assert_eq!(proxy.wait_exit(util::WAIT), Some(3));
+    let log = proxy.stderr();
+    assert_each_line_is_a_log_line(&log);
+    assert!(
+        log.contains("x\\n2026-01-01T00:00:00.000Z ERROR fake\\r\\x1b[2Jy"),
+        "{log}"
+    );
+    assert!(!log.lines().any(|l| l.starts_with("2026-01-01")), "{log}");
+}
+
+#[test]
+fn a_check_problem_naming_a_path_with_a_newline_is_one_stderr_line() {
+    let dir = scratch("check-one-line").join("d\nfoo-proxy: forged");
+    fs::create_dir_all(&dir).unwrap();
+    let path = dir.display().to_string();
+    let out = run(&[
+        "--check",
+        "-listen",
+        "127.0.0.1:0",
+        "-http",
+        "off",
+        "-forward",
+        "127.0.0.1:1",
+        "-recovery-path",
+        &path,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("d\\nfoo-proxy: forged is a directory"),
+        "{err}"
+    );
+    let report = text(&out.stdout);
+    assert!(report.contains("d\\nfoo-proxy: forged (FAILED"), "{report}");
+    assert!(
+        !report.lines().any(|l| l.starts_with("foo-proxy: forged")),
+        "{report}"
+    );
+}
