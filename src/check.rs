@@ -46,7 +46,11 @@ pub fn check(config: &Config) -> Outcome {
         one_line(&config.forward_spec),
         forward.join(", ")
     );
-    if let Some(own) = listen
+    // When the bind failed, the address as given still tells a forward to
+    // it (unless its port is 0, which only a bind resolves): every problem
+    // gets its line, not only the first.
+    let own = listen.or((config.listen.port() != 0).then_some(config.listen));
+    if let Some(own) = own
         && let Some(hit) = config
             .forward
             .iter()

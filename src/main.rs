@@ -30,9 +30,10 @@ fn main() -> ExitCode {
     output::block_job_control_signals();
     let config = match cli::parse(std::env::args_os().skip(1).collect()) {
         Ok(Command::Run(config)) => *config,
-        Ok(Command::Help) => return printed(output::print_now(false, USAGE)),
+        Ok(Command::Help) => return printed("the usage", USAGE),
         Ok(Command::Version) => {
-            return printed(output::print_now(false, &foo_proxy::build::version_line()));
+            let line = foo_proxy::build::version_line();
+            return printed("the version", &line);
         }
         Ok(Command::Probe(target)) => return foo_proxy::probe::main(&target),
         Ok(Command::Check(config)) => return check(&config),
@@ -74,17 +75,28 @@ fn main() -> ExitCode {
     code
 }
 
-/// Exit 0 once `--help` or `--version` is out, 1 if stdout did not take it
-/// (`foo-proxy --help > /dev/full`), as coreutils do.
-fn printed(result: std::io::Result<()>) -> ExitCode {
-    match result {
+/// Prints `text` (`what`: `the usage`, `the version`) on stdout: exit 0
+/// once it is out, 1 with one line on stderr if stdout did not take it
+/// (`foo-proxy --help > /dev/full`, `| true`), as coreutils do. A closed
+/// stdout (`>&-`) is `/dev/null` by then (Rust's runtime reopens 0, 1 and
+/// 2 there before `main`), so the text is discarded and the exit is 0.
+fn printed(what: &str, text: &str) -> ExitCode {
+    match output::print_now(false, text) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(_) => ExitCode::from(1),
+        Err(e) => {
+            let why = describe(&e);
+            let _ = output::print_now(
+                true,
+                &format!("foo-proxy: cannot write {what} to stdout: {why}\n"),
+            );
+            ExitCode::from(1)
+        }
     }
 }
 
 /// `--check`: the report on stdout, each problem on stderr; exit 0 when
-/// a start would get past every check, 2 otherwise.
+/// a start would get past every check, 2 otherwise; 1 when there was no
+/// problem but stdout did not take the report (one line on stderr says so).
 fn check(config: &cli::Config) -> ExitCode {
     logging::init(config.log_level, config.log_format);
     let outcome = foo_proxy::check::check(config);
@@ -94,8 +106,15 @@ fn check(config: &cli::Config) -> ExitCode {
         let _ = output::print_now(true, &format!("foo-proxy: {problem}\n"));
         code = ExitCode::from(2);
     }
-    if output::print_now(false, &outcome.report).is_err() {
-        code = ExitCode::from(2);
+    if let Err(e) = output::print_now(false, &outcome.report) {
+        let why = describe(&e);
+        let _ = output::print_now(
+            true,
+            &format!("foo-proxy: cannot write the --check report to stdout: {why}\n"),
+        );
+        if outcome.problems.is_empty() {
+            code = ExitCode::from(1);
+        }
     }
     output::flush(OUTPUT_FLUSH_WAIT);
     code

@@ -549,3 +549,54 @@ fn a_check_problem_naming_a_path_with_a_newline_is_one_stderr_line() {
         "{report}"
     );
 }
+
+#[test]
+fn check_names_a_forward_to_the_listen_address_even_when_the_listen_address_is_taken() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let out = run(&["--check", "-listen", &busy, "-forward", &busy, "-http=off"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {busy}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{busy} is this proxy's own listen address")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+}
+
+#[test]
+fn a_check_report_stdout_does_not_take_is_named_on_stderr_and_exits_1() {
+    let args = [
+        "--check",
+        "-listen=127.0.0.1:0",
+        "-http=off",
+        "-forward=127.0.0.1:1",
+    ];
+    let full = fs::OpenOptions::new().write(true).open("/dev/full");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut outs: Vec<(&str, Stdio)> = vec![("broken pipe", writer.into())];
+    match full {
+        Ok(full) => outs.push(("no space left on device", full.into())),
+        Err(_) => eprintln!(
+            "SKIPPED the /dev/full half of a_check_report_stdout_does_not_take...: no /dev/full"
+        ),
+    }
+    for (why, stdout) in outs {
+        let out = Command::new(env!("CARGO_BIN_EXE_foo-proxy"))
+            .args(args)
+            .stdout(stdout)
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{why}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot write the --check report to stdout: {why}")),
+            "{stderr}"
+        );
+    }
+}
