@@ -140,8 +140,8 @@ pub fn check(config: &Config) -> Outcome {
     let _ = writeln!(out, "reuse-port      {}", yes_no(config.reuse_port));
     let _ = writeln!(
         out,
-        "logs            level {:?}, format {}, admin access log {}",
-        config.log_level,
+        "logs            level {}, format {}, admin access log {}",
+        config.log_level.name(),
         config.log_format.name(),
         if config.access_log { "on" } else { "off" }
     );

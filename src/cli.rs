@@ -32,7 +32,7 @@ Limits and timeouts:
   --buffer-size SIZE      unsent bytes held per direction, 1KiB to 64MiB
                                                                    [64KiB]
   --max-connections N     client connections at once               [10000]
-  --max-connections-per-client N
+  --max-connections-per-client N|off
                           open connections per client address        [off]
   --connect-timeout DUR   give up on an upstream connect after        [5s]
   --fin-timeout DUR       wait for answers after a client half-close;
@@ -46,7 +46,7 @@ PROXY protocol, scale-out and restarts:
   --proxy-header-timeout DUR
                           the whole header must come within, from
                           accept (or the client is closed)            [3s]
-  --send-proxy v1|v2      start each upstream connection with one  [off]
+  --send-proxy v1|v2|off  start each upstream connection with one  [off]
   --reuse-port            share -listen with other foo-proxy processes
                           (SO_REUSEPORT); each needs its own -http and
                           -recovery-path
@@ -57,8 +57,9 @@ PROXY protocol, scale-out and restarts:
 
 Logs, on stderr:
   --log-level LEVEL       error, warn, info or debug                [info]
-  --log-format FORMAT     text or json, for every log line          [text]
-                          (text is logfmt for --log-connections)
+  --log-format FORMAT     text (or logfmt, its other name) or json,
+                          for every log line; text is logfmt for
+                          --log-connections                         [text]
   --log-connections       one line per closed connection
   --access-log on|off     one line per admin HTTP request             [on]
 
@@ -479,19 +480,25 @@ pub fn parse_with(
         Level::parse(v).ok_or_else(|| "expected error, warn, info or debug".to_string())
     })?;
     let log_format = flags.parse_or("log-format", LogFormat::Text, |v| {
-        LogFormat::parse(v).ok_or_else(|| "expected text or json".to_string())
+        LogFormat::parse(v).ok_or_else(|| "expected text, logfmt or json".to_string())
     })?;
+    // on/off, and Go's strconv.ParseBool spellings as the switches take.
     let access_log = flags.parse_or("access-log", true, |v| match v {
         "on" => Ok(true),
         "off" => Ok(false),
         _ => Err("expected on or off".to_string()),
     })?;
-    let send_proxy = flags.parse_or("send-proxy", None, |v| {
-        crate::proxy_protocol::Version::parse(v)
+    // `off`, the default's spelling, lets a later argument undo an earlier one.
+    let send_proxy = flags.parse_or("send-proxy", None, |v| match v {
+        "off" => Ok(None),
+        _ => crate::proxy_protocol::Version::parse(v)
             .map(Some)
-            .ok_or_else(|| "expected v1 or v2".to_string())
+            .ok_or_else(|| "expected v1, v2 or off".to_string()),
     })?;
     let max_connections_per_client = flags.parse_or("max-connections-per-client", None, |v| {
+        if v == "off" {
+            return Ok(None);
+        }
         count_in(1, 1_000_000)(v).map(|n| Some(n as u32))
     })?;
     let recovery_path = match flags.value("recovery-path") {
@@ -952,6 +959,37 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_default_spelling_off_turns_an_earlier_value_off() {
+        let c = run(&["--send-proxy=v2", "--send-proxy", "off"]).unwrap();
+        assert_eq!(c.send_proxy, None);
+        let c = run(&[
+            "--max-connections-per-client=5",
+            "--max-connections-per-client",
+            "off",
+        ])
+        .unwrap();
+        assert_eq!(c.max_connections_per_client, None);
+        let e = run(&["--send-proxy=v3"]).unwrap_err();
+        assert!(e.0.contains("expected v1, v2 or off"), "{e}");
+        let e = run(&["--max-connections-per-client=0"]).unwrap_err();
+        assert!(e.0.contains("or off"), "{e}");
+    }
+
+    #[test]
+    fn access_log_takes_on_or_off_spelt_so() {
+        assert!(
+            run(&["--access-log=off", "--access-log=on"])
+                .unwrap()
+                .access_log
+        );
+        assert!(!run(&["--access-log", "off"]).unwrap().access_log);
+        for bad in ["yes", "true", "0", "OFF"] {
+            let e = run(&["--access-log", bad]).unwrap_err();
+            assert!(e.0.contains("expected on or off"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn log_format_and_access_log() {
         let c = run(&[]).unwrap();
         assert_eq!((c.log_format, c.access_log), (LogFormat::Text, true));
@@ -963,7 +1001,7 @@ mod tests {
         );
         let e = run(&["--log-format=xml"]).unwrap_err();
         assert!(
-            e.0.contains("-log-format") && e.0.contains("text or json"),
+            e.0.contains("-log-format") && e.0.contains("text, logfmt or json"),
             "{e}"
         );
         let e = run(&["--access-log=maybe"]).unwrap_err();
@@ -1027,7 +1065,7 @@ mod tests {
         assert!(!run(&["--accept-proxy=false"]).unwrap().accept_proxy);
         let e = run(&["--send-proxy=v3"]).unwrap_err();
         assert!(
-            e.0.contains("-send-proxy") && e.0.contains("v1 or v2"),
+            e.0.contains("-send-proxy") && e.0.contains("v1, v2 or off"),
             "{e}"
         );
         let e = run(&["--max-connections-per-client=0"]).unwrap_err();

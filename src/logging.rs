@@ -34,6 +34,16 @@ impl Level {
         }
     }
 
+    /// The flag's spelling: `error`, `warn`, `info`, `debug`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+
     fn filter(self) -> log::LevelFilter {
         match self {
             Level::Error => log::LevelFilter::Error,

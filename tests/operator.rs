@@ -68,6 +68,8 @@ fn check_reports_what_would_run_on_stdout_and_exits_0_without_serving() {
         "(usable; lock ",
         "buffer size     1 MiB per direction",
         "timeouts        connect 5s, fin 5s, idle 10m, drain 5s",
+        // The flag's own spelling, not the Rust name (`Info`).
+        "logs            level info, format text, admin access log on",
     ] {
         assert!(stdout.contains(want), "{want:?} missing from\n{stdout}");
     }
