@@ -121,8 +121,13 @@ pub fn probe(target: &Target, timeout: Duration) -> Result<u16, ProbeError> {
 fn status_code(head: &[u8]) -> Option<u16> {
     let line = head.split(|&b| b == b'\n').next()?;
     let rest = line.strip_prefix(b"HTTP/1.")?;
-    let code = rest.get(1..)?.strip_prefix(b" ")?.get(..3)?;
-    if !code.iter().all(u8::is_ascii_digit) {
+    if !matches!(rest.first(), Some(b'0' | b'1')) {
+        return None;
+    }
+    let after = rest.get(1..)?.strip_prefix(b" ")?;
+    let code = after.get(..3)?;
+    // Exactly three digits (RFC 9112 status-code): `2000` is not `200`.
+    if !code.iter().all(u8::is_ascii_digit) || !matches!(after.get(3), Some(b' ' | b'\r') | None) {
         return None;
     }
     std::str::from_utf8(code).ok()?.parse().ok()
@@ -178,6 +183,14 @@ mod tests {
             b"HTTP/2 200",
             b"SSH-2.0-x\r\n",
             b"HTTP/1.1  200",
+        ] {
+            assert_eq!(status_code(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        for bad in [
+            &b"HTTP/1.1 2000 OK\r\n"[..],
+            b"HTTP/1.1 2001\r\n",
+            b"HTTP/1.1 200x OK\r\n",
+            b"HTTP/1.9 200 OK\r\n",
         ] {
             assert_eq!(status_code(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
