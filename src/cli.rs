@@ -499,7 +499,9 @@ pub fn parse_with(
         if v == "off" {
             return Ok(None);
         }
-        count_in(1, 1_000_000)(v).map(|n| Some(n as u32))
+        count_in(1, 1_000_000)(v)
+            .map(|n| Some(n as u32))
+            .map_err(|e| format!("{e}, or off"))
     })?;
     let recovery_path = match flags.value("recovery-path") {
         Some("") => None,
