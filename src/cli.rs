@@ -40,6 +40,18 @@ Limits and timeouts:
   --idle-timeout DUR      close a pair that moved no byte for        [10m]
   --drain-timeout DUR     on SIGTERM, let connections finish for      [5s]
 
+Upstream connections (off by default: one fresh connection per client):
+  --upstream-pool N       keep up to N idle upstream connections for
+                          reuse after a clean session end          [off]
+  --upstream-spare K      keep K of them connected ahead of demand,
+                          K at most N                                [0]
+  --max-upstream-connections M
+                          at most M upstream connections; clients
+                          beyond them wait in order                [off]
+  --queue-timeout DUR     close a client that waited this long      [5s]
+  --upstream-idle-timeout DUR
+                          close an idle pooled connection after    [60s]
+
 PROXY protocol, scale-out and restarts:
   --accept-proxy          clients start with a PROXY v1/v2 header (from a
                           balancer); its address is the client's
@@ -118,6 +130,19 @@ pub struct Config {
     pub max_connections_per_client: Option<u32>,
     /// `--reuse-port`: `SO_REUSEPORT` on the client listener.
     pub reuse_port: bool,
+    /// `--upstream-pool`: idle upstream connections kept for reuse; 0 is
+    /// off (one fresh upstream connection per client).
+    pub upstream_pool: usize,
+    /// `--upstream-spare`: pooled connections opened ahead of demand
+    /// (at most `upstream_pool`).
+    pub upstream_spare: usize,
+    /// `--max-upstream-connections`; `None` when off.
+    pub max_upstream_connections: Option<usize>,
+    /// `--queue-timeout`: the longest a client waits for an upstream
+    /// connection at `--max-upstream-connections`.
+    pub queue_timeout: Duration,
+    /// `--upstream-idle-timeout`: how long a pooled connection stays idle.
+    pub upstream_idle_timeout: Duration,
     /// `--takeover`: ask the running proxy for its listeners first.
     pub takeover: bool,
 }
@@ -204,6 +229,11 @@ const VALUE_FLAGS: &[&str] = &[
     "probe",
     "send-proxy",
     "max-connections-per-client",
+    "upstream-pool",
+    "upstream-spare",
+    "max-upstream-connections",
+    "queue-timeout",
+    "upstream-idle-timeout",
 ];
 
 /// Flags that take no value, in their long form (`-h` is `--help`).
@@ -503,6 +533,32 @@ pub fn parse_with(
             .map(|n| Some(n as u32))
             .map_err(|e| format!("{e}, or off"))
     })?;
+    let count = |max: usize| {
+        move |v: &str| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("expected a number from 0 to {max}"))
+        }
+    };
+    let upstream_pool = flags.parse_or("upstream-pool", 0, count(100_000))?;
+    let upstream_spare = flags.parse_or("upstream-spare", 0, count(100_000))?;
+    let max_upstream_connections = flags.parse_or("max-upstream-connections", None, |v| {
+        v.parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .map(Some)
+            .ok_or_else(|| "expected a number from 1 to 1000000".to_string())
+    })?;
+    let queue_timeout = flags.parse_or("queue-timeout", secs(5), parse_duration)?;
+    let upstream_idle_timeout =
+        flags.parse_or("upstream-idle-timeout", secs(60), parse_duration)?;
+    check_pooling(
+        upstream_pool,
+        upstream_spare,
+        max_upstream_connections,
+        send_proxy.is_some(),
+    )?;
     let recovery_path = match flags.value("recovery-path") {
         Some("") => None,
         Some(p) => Some(PathBuf::from(p)),
@@ -535,12 +591,52 @@ pub fn parse_with(
         max_connections_per_client,
         reuse_port,
         takeover,
+        upstream_pool,
+        upstream_spare,
+        max_upstream_connections,
+        queue_timeout,
+        upstream_idle_timeout,
     });
     Ok(if flags.switch("check") {
         Command::Check(config)
     } else {
         Command::Run(config)
     })
+}
+
+/// The pooling flags together: spares are pooled connections (so at most
+/// the pool), within the connection limit, and no pooling with
+/// `--send-proxy`: a PROXY header names one client, once, at the start of
+/// a connection, so a reused connection would carry a former client's
+/// address for the next one.
+fn check_pooling(
+    pool: usize,
+    spare: usize,
+    max: Option<usize>,
+    send_proxy: bool,
+) -> Result<(), CliError> {
+    if spare > pool {
+        return Err(invalid(
+            "upstream-spare",
+            &spare.to_string(),
+            format!("spares are pooled connections, so at most -upstream-pool ({pool})"),
+        ));
+    }
+    if let Some(max) = max
+        && spare > max
+    {
+        return Err(invalid(
+            "upstream-spare",
+            &spare.to_string(),
+            format!("more than -max-upstream-connections ({max})"),
+        ));
+    }
+    if pool > 0 && send_proxy {
+        return Err(CliError(
+            "-upstream-pool cannot be combined with -send-proxy: a PROXY header is sent once per upstream connection and names one client, so a reused connection would name the wrong one".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Resolves `HOST:PORT`; an empty host (`:PORT`) becomes `default_host`.
@@ -989,6 +1085,44 @@ mod tests {
             let e = run(&["--access-log", bad]).unwrap_err();
             assert!(e.0.contains("expected on or off"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn pooling_flags_are_off_by_default_and_checked_together() {
+        let c = run(&[]).unwrap();
+        assert_eq!((c.upstream_pool, c.upstream_spare), (0, 0));
+        assert_eq!(c.max_upstream_connections, None);
+        assert_eq!(c.queue_timeout, Duration::from_secs(5));
+        assert_eq!(c.upstream_idle_timeout, Duration::from_secs(60));
+        let c = run(&[
+            "--upstream-pool=8",
+            "--upstream-spare=2",
+            "--max-upstream-connections=4",
+            "--queue-timeout=250ms",
+            "--upstream-idle-timeout=2s",
+        ])
+        .unwrap();
+        assert_eq!((c.upstream_pool, c.upstream_spare), (8, 2));
+        assert_eq!(c.max_upstream_connections, Some(4));
+        assert_eq!(c.queue_timeout, Duration::from_millis(250));
+        assert_eq!(c.upstream_idle_timeout, Duration::from_secs(2));
+        let e = run(&["--upstream-spare=2"]).unwrap_err();
+        assert!(
+            e.0.contains("-upstream-spare") && e.0.contains("(0)"),
+            "{e}"
+        );
+        let e = run(&[
+            "--upstream-pool=4",
+            "--upstream-spare=3",
+            "--max-upstream-connections=2",
+        ])
+        .unwrap_err();
+        assert!(e.0.contains("-max-upstream-connections (2)"), "{e}");
+        let e = run(&["--upstream-pool=4", "--send-proxy=v1"]).unwrap_err();
+        assert!(e.0.contains("-send-proxy") && !e.0.contains('\n'), "{e}");
+        assert!(run(&["--max-upstream-connections=4", "--send-proxy=v1"]).is_ok());
+        let e = run(&["--max-upstream-connections=0"]).unwrap_err();
+        assert!(e.0.contains("-max-upstream-connections"), "{e}");
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub mod stats;
 pub mod systemd;
 mod timer;
 mod upstream;
+mod upstream_pool;
 
 /// The build, as `--version` and `foo_build_info` name it: the crate
 /// version, the git commit it was built from (12 hex digits, or `unknown`

@@ -11,7 +11,7 @@ use std::fmt::Write;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use crate::latency::{BOUNDS_US, BUCKETS, Latency, Quantiles};
+use crate::latency::{BOUNDS_US, BUCKETS, Histogram, Latency, Quantiles};
 use crate::pair::Reason;
 use crate::seqs::CLOSE_REASONS;
 use crate::stats::Report;
@@ -32,6 +32,24 @@ impl ByType {
             ack: latency.ack.counts,
             nak: latency.nak.counts,
             sums_us: [latency.ack.sum_us, latency.nak.sum_us],
+        }
+    }
+}
+
+/// Queue waits by fixed bucket (the latency histogram's bounds).
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Waits {
+    pub counts: [u64; BUCKETS],
+    /// Sum for Prometheus' `_sum` (µs); not in the JSON.
+    #[serde(skip)]
+    pub sum_us: u64,
+}
+
+impl Waits {
+    pub fn of(h: &Histogram) -> Waits {
+        Waits {
+            counts: h.counts,
+            sum_us: h.sum_us,
         }
     }
 }
@@ -96,6 +114,24 @@ pub fn prometheus(r: &Report, out: &mut String) {
         let _ = writeln!(out, "{name}_sum{{type=\"{kind}\"}} {sum}");
         let _ = writeln!(out, "{name}_count{{type=\"{kind}\"}} {cumulative}");
     }
+    let name = "foo_upstream_queue_wait_seconds";
+    let _ = write!(
+        out,
+        "# HELP {name} How long clients waited for an upstream connection (--max-upstream-connections).\n\
+         # TYPE {name} histogram\n"
+    );
+    let waits = &r.upstream_queue_wait_histogram;
+    let mut cumulative = 0u64;
+    for (i, &c) in waits.counts.iter().enumerate() {
+        cumulative = cumulative.saturating_add(c);
+        let le = match BOUNDS_US.get(i) {
+            Some(&us) => format!("{}", us as f64 / 1e6),
+            None => "+Inf".to_string(),
+        };
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_sum {}", waits.sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {cumulative}");
     let name = "foo_connections_closed_total";
     let _ = write!(
         out,

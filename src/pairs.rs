@@ -28,6 +28,7 @@ use crate::proxy_protocol::{self, Version};
 use crate::stats::{Stats, add};
 use crate::timer::{Timer, Timers};
 use crate::upstream::{NotStarted, Upstreams};
+use crate::upstream_pool::{self, Lent, Limits, UpstreamPool};
 
 /// Pair tokens start here: `PAIR_BASE + 2 * key` is the client, `+ 1` the
 /// upstream. Below it are the loop's own tokens.
@@ -102,6 +103,24 @@ pub(crate) struct Pairs {
     poll_log: Throttle,
     /// The connection log's format, when it is on.
     conn_log: Option<LogFormat>,
+    /// Upstream pooling and the upstream connection limit, when a pooling
+    /// flag is given; `None` (the default) costs nothing per message.
+    upstream_pool: Option<UpstreamPool>,
+    /// `--upstream-pool` above 0: half-closed clients' upstream
+    /// connections are kept open for a clean end.
+    keep_upstream: bool,
+    /// In [`Pairs::serve_queue`]: a pair it ends does not start it again.
+    serving_queue: bool,
+}
+
+/// A lend of the pool's part of `env`.
+fn lent<'a>(env: &'a mut Env<'_>) -> Lent<'a> {
+    Lent {
+        registry: env.registry,
+        timers: env.timers,
+        stats: env.stats,
+        now: env.now,
+    }
 }
 
 impl Pairs {
@@ -111,8 +130,13 @@ impl Pairs {
         serving: Serving,
         buffer_size: usize,
         conn_log: Option<LogFormat>,
+        (pooling, stats): (Limits, &mut Stats),
     ) -> Pairs {
+        let upstream_pool = pooling.on().then(|| UpstreamPool::new(pooling, stats));
         Pairs {
+            keep_upstream: upstream_pool.as_ref().is_some_and(UpstreamPool::keeps),
+            upstream_pool,
+            serving_queue: false,
             slab: Slab::new(),
             work: Vec::new(),
             scratch: vec![0u8; buffer_size].into_boxed_slice(),
@@ -238,6 +262,27 @@ impl Pairs {
                 return Opened::Yes;
             }
         }
+        if let Some(up) = self.upstream_pool.as_mut() {
+            let id = pair.id;
+            if !up.has_queue()
+                && let Some(stream) = up.take(upstream_token(key), &mut lent(env))
+            {
+                self.attach_pooled(key, stream, env);
+                return Opened::Yes;
+            }
+            if up.has_queue() || !up.may_open() {
+                pair.queued(env.now);
+                up.enqueue(key, id, env.now, env.stats);
+                self.rearm(key, env);
+                return Opened::Yes;
+            }
+        }
+        self.connect_upstream(key, env)
+    }
+
+    /// Starts pair `key`'s connect to the first forward address that
+    /// takes one.
+    fn connect_upstream(&mut self, key: usize, env: &mut Env<'_>) -> Opened {
         let token = upstream_token(key);
         let started = self
             .upstreams
@@ -247,6 +292,9 @@ impl Pairs {
                 if let Some(pair) = self.slab.get_mut(key) {
                     pair.connecting(upstream, attempt);
                     pair.last_active = env.now;
+                }
+                if let Some(up) = self.upstream_pool.as_mut() {
+                    up.opened(env.stats);
                 }
                 self.rearm(key, env);
                 // Client bytes that came with the header are read now.
@@ -265,10 +313,113 @@ impl Pairs {
         }
     }
 
+    /// Pair `key` takes pooled connection `stream` (registered under the
+    /// pair's upstream token already): it relays at once.
+    fn attach_pooled(&mut self, key: usize, stream: TcpStream, env: &mut Env<'_>) {
+        let Some(pair) = self.slab.get_mut(key) else {
+            return;
+        };
+        pair.connecting(stream, 0);
+        pair.connected(env.now);
+        if pair.seqs.log.is_some() {
+            let addr = pair.upstream().and_then(|u| u.stream.peer_addr().ok());
+            if let Some(rec) = pair.seqs.log.as_deref_mut() {
+                rec.upstream = addr;
+            }
+        }
+        debug!("pair {}: pooled upstream connection taken", pair.id);
+        // Client bytes that came while it waited are read now.
+        pair.client.readable = true;
+        self.rearm(key, env);
+        self.schedule(key);
+    }
+
+    /// Serves waiting clients, oldest first, while a pooled connection is
+    /// idle or another may be opened; then tops up the spares.
+    fn serve_queue(&mut self, env: &mut Env<'_>) {
+        if self.serving_queue {
+            return;
+        }
+        self.serving_queue = true;
+        while let Some(up) = self.upstream_pool.as_mut() {
+            let Some((key, id)) = up.front() else {
+                break;
+            };
+            let waiting = self
+                .slab
+                .get(key)
+                .is_some_and(|p| p.id == id && matches!(p.state, State::Queued));
+            if !waiting {
+                up.pop_front(None, env.stats);
+                continue;
+            }
+            if let Some(stream) = up.take(upstream_token(key), &mut lent(env)) {
+                up.pop_front(Some(env.now), env.stats);
+                self.attach_pooled(key, stream, env);
+            } else if up.may_open() {
+                up.pop_front(Some(env.now), env.stats);
+                // Running out of descriptors here is paused on by the next
+                // accept that meets it.
+                let _ = self.connect_upstream(key, env);
+                self.schedule(key);
+            } else {
+                break;
+            }
+        }
+        if let Some(up) = self.upstream_pool.as_mut() {
+            up.refill(&mut self.upstreams, &mut lent(env));
+        }
+        self.serving_queue = false;
+    }
+
+    /// Opens the spares `--upstream-spare` asks for, at start.
+    pub fn start_upstream_pool(&mut self, env: &mut Env<'_>) {
+        self.serve_queue(env);
+    }
+
+    /// A pooled connection's deadline came due.
+    pub fn fire_upstream(&mut self, key: usize, id: u64, env: &mut Env<'_>) {
+        if let Some(up) = self.upstream_pool.as_mut() {
+            up.expire(key, id, &mut self.upstreams, &mut lent(env));
+        }
+        self.serve_queue(env);
+    }
+
+    /// Spares may be opened again after one failed.
+    pub fn upstream_backoff_over(&mut self, env: &mut Env<'_>) {
+        if let Some(up) = self.upstream_pool.as_mut() {
+            up.backoff_over();
+        }
+        self.serve_queue(env);
+    }
+
+    /// The drain began: pooled idle connections are closed, none is kept
+    /// or opened ahead any more.
+    pub fn drain_upstream_pool(&mut self, env: &mut Env<'_>) {
+        if let Some(up) = self.upstream_pool.as_mut() {
+            up.drain(&mut self.upstreams, &mut lent(env));
+        }
+    }
+
+    /// A hand-over broke off: pooling as before.
+    pub fn resume_upstream_pool(&mut self, env: &mut Env<'_>) {
+        if let Some(up) = self.upstream_pool.as_mut() {
+            up.resume();
+        }
+        self.serve_queue(env);
+    }
+
     /// Notes what the kernel said about a pair's socket; the pair is
     /// driven later in this iteration. An upstream still connecting is
     /// checked first.
     pub fn note_event(&mut self, token: Token, event: &Event, env: &mut Env<'_>) {
+        if let Some(key) = upstream_pool::key_of(token) {
+            if let Some(up) = self.upstream_pool.as_mut() {
+                up.event(key, event, &mut self.upstreams, &mut lent(env));
+            }
+            self.serve_queue(env);
+            return;
+        }
         let Some((key, is_client)) = side_of(token) else {
             return;
         };
@@ -327,6 +478,7 @@ impl Pairs {
                 pool: &mut self.pool,
                 stats: env.stats,
                 budget,
+                keep_upstream: self.keep_upstream,
             };
             match pair.drive(&mut ctx) {
                 Outcome::Going {
@@ -440,13 +592,32 @@ impl Pairs {
         let Some(pair) = self.slab.get_mut(key) else {
             return;
         };
+        let reusable = self.keep_upstream && pair.reusable();
+        if let (State::Queued, Some(up)) = (&pair.state, self.upstream_pool.as_mut()) {
+            let timed_out = reason == Reason::QueueTimeout;
+            up.forget(key, pair.id, timed_out, env.stats);
+        }
         let Ok(upstream) = pair.stop_relaying(reason, &mut self.pool) else {
             return;
         };
+        let mut released = false;
         if let Some(mut upstream) = upstream {
-            let _ = env.registry.deregister(&mut upstream.stream);
             self.upstreams.release(key, &upstream.stream);
+            match self.upstream_pool.as_mut() {
+                Some(up) if reusable => up.give_back(upstream.stream, &mut lent(env)),
+                Some(up) => {
+                    let _ = env.registry.deregister(&mut upstream.stream);
+                    up.closed(true, env.stats);
+                }
+                None => {
+                    let _ = env.registry.deregister(&mut upstream.stream);
+                }
+            }
+            released = self.upstream_pool.is_some();
         }
+        let Some(pair) = self.slab.get_mut(key) else {
+            return;
+        };
         // No answer can come any more.
         pair.seqs.finish(env.stats);
         if matches!(
@@ -472,6 +643,9 @@ impl Pairs {
             add(&mut env.stats.partial_frames_server_to_client, 1);
         }
         debug!("pair {}: relay ended ({reason})", pair.id);
+        if released {
+            self.serve_queue(env);
+        }
         match reason {
             // A client over its limit is not kept for a lingering close:
             // that would let one address hold every slot.
@@ -510,6 +684,9 @@ impl Pairs {
         if let Some(upstream) = pair.upstream() {
             let _ = env.registry.deregister(&mut upstream.stream);
             self.upstreams.release(key, &upstream.stream);
+            if let Some(up) = self.upstream_pool.as_mut() {
+                up.closed(true, env.stats);
+            }
         }
         let _ = env.registry.deregister(&mut pair.client.stream);
         if let Some(limits) = self.per_client.as_mut() {
@@ -591,6 +768,7 @@ impl Pairs {
         let when = match pair.state.deadline() {
             // From accept: bytes trickling in do not move it.
             Deadline::Header => pair.last_active + t.header,
+            Deadline::Queue => pair.last_active + t.queue,
             Deadline::Connect => env.now + t.connect,
             Deadline::Idle => pair.last_active + t.idle,
             Deadline::Fin => env.now + t.fin,

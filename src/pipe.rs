@@ -51,6 +51,9 @@ pub struct Ctx<'a> {
     pub stats: &'a mut Stats,
     /// Most bytes read per direction in one drive (fairness).
     pub budget: usize,
+    /// Upstream pooling is on: a half-closed client's upstream connection
+    /// is not shut, so that a clean end can hand it to the next client.
+    pub keep_upstream: bool,
 }
 
 /// Why a pump stopped early.
@@ -347,6 +350,7 @@ mod tests {
             pool: &mut pool,
             stats: &mut stats,
             budget: 4 * 4096,
+            keep_upstream: false,
         };
         let mut pipe = Pipe::new(Direction::ClientToServer);
         pipe.pump(src, dst, true, &mut Seqs::default(), &mut ctx)

@@ -20,7 +20,7 @@ use crate::scanner::{Frame, FrameCounts, FrameSink};
 use crate::stats::Stats;
 
 /// How many termination reasons there are (`crate::pair::Reason::NAMES`).
-pub const CLOSE_REASONS: usize = 12;
+pub const CLOSE_REASONS: usize = 13;
 /// A REQ whose seq is not above every outstanding one is looked for among
 /// this many most recent outstanding requests: a client that reuses seqs
 /// (wraps, or resends 1..N in a loop) must not cost a scan of the whole set

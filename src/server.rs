@@ -30,6 +30,7 @@ use crate::stats::{Report, Stats};
 use crate::systemd;
 use crate::timer::{Slot, Timer, Timers};
 use crate::upstream::Upstreams;
+use crate::upstream_pool::Limits;
 
 /// What the loop lends the pairs for one step, `lend!(self, now)`: the
 /// registry, the timers and the counters, borrowed apart from the pairs.
@@ -186,7 +187,16 @@ impl Server {
             idle: config.idle_timeout,
             fin: config.fin_timeout,
             header: config.proxy_header_timeout,
+            queue: config.queue_timeout,
         };
+        let pooling = Limits {
+            size: config.upstream_pool,
+            spare: config.upstream_spare,
+            max: config.max_upstream_connections,
+            idle_timeout: config.upstream_idle_timeout,
+            connect_timeout: config.connect_timeout,
+        };
+        let mut stats = Stats::default();
         Ok(Server {
             pairs: Pairs::new(
                 upstreams,
@@ -194,13 +204,14 @@ impl Server {
                 serving,
                 config.buffer_size,
                 config.log_connections,
+                (pooling, &mut stats),
             ),
             poll,
             signals,
             gate,
             admin,
             recovery: None,
-            stats: Stats::default(),
+            stats,
             timers: Timers::default(),
             phase: Phase::Serving,
             drain: Slot::default(),
@@ -309,6 +320,8 @@ impl Server {
                 }
             }
         }
+        self.pairs
+            .start_upstream_pool(&mut lend!(self, Instant::now()));
         systemd::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
         loop {
             self.serve()?;
@@ -502,6 +515,7 @@ impl Server {
                 .set(&mut self.timers, Some(until), 0, Timer::Drain);
             self.phase = Phase::Draining;
         }
+        self.pairs.drain_upstream_pool(&mut lend!(self, now));
         info!(
             "hand-over: the successor accepts; draining {} connection(s) for up to {:?}",
             self.pairs.len(),
@@ -523,6 +537,8 @@ impl Server {
         }
         self.drain.set(&mut self.timers, None, 0, Timer::Drain);
         self.phase = Phase::Serving;
+        self.pairs
+            .resume_upstream_pool(&mut lend!(self, Instant::now()));
         systemd::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
     }
 
@@ -703,6 +719,8 @@ impl Server {
                 systemd::notify("STOPPING=1");
             }
         }
+        // Pooled idle connections serve no one during the drain.
+        self.pairs.drain_upstream_pool(&mut lend!(self, now));
         match self.phase {
             Phase::Serving if self.pairs.len() > 0 => {
                 self.gate.close(self.poll.registry(), &mut self.timers);
@@ -730,6 +748,7 @@ impl Server {
         let until = now + EXIT_LINGER.min(self.config.fin_timeout);
         self.timers.arm(until, 0, Timer::Exit);
         self.phase = Phase::Exiting;
+        self.pairs.drain_upstream_pool(&mut lend!(self, now));
         let open = self.pairs.len().saturating_sub(self.pairs.lingering());
         if open > 0 {
             info!("closing {open} connection(s) still open");
@@ -763,6 +782,10 @@ impl Server {
         while let Some((owner, timer)) = self.timers.pop_due(now) {
             match timer {
                 Timer::Pair(key) => self.pairs.fire(key, owner, &mut lend!(self, now)),
+                Timer::Upstream(key) => {
+                    self.pairs.fire_upstream(key, owner, &mut lend!(self, now));
+                }
+                Timer::UpstreamBackoff => self.pairs.upstream_backoff_over(&mut lend!(self, now)),
                 Timer::Admin(key) => {
                     if let Some(admin) = self.admin.as_mut() {
                         admin.expire(key, owner, self.poll.registry(), &mut self.timers, now);

@@ -22,7 +22,7 @@
 mod define;
 
 use crate::latency::{Quantiles, now_us};
-use crate::observe::{ByType, Closed, bounds_ms};
+use crate::observe::{ByType, Closed, Waits, bounds_ms};
 use crate::rates::{RateSnapshot, RateWindow};
 use crate::scanner::FrameCounts;
 use serde::{Deserialize, Serialize};
@@ -142,6 +142,67 @@ counters! {
     /// Connections closed, by termination reason; rendered for Prometheus by
     /// `observe::prometheus`.
     connections_closed: Closed = derived(|s, _, _| Closed(s.matching.closed)) [];
+    // Upstream pooling (issue 19): all 0 without the pooling flags.
+    /// Upstream connections open now: held by clients or pooled.
+    upstream_connections: u64 = reset(upstream_connections)
+        [gauge "foo_upstream_connections" ""
+        "Upstream connections open now, held by clients or pooled (pooling flags only)."];
+    /// Upstream connections opened (clients' connects and spares).
+    upstream_connections_opened: u64 = reset(upstream_connections_opened)
+        [counter "foo_upstream_connections_opened_total" ""
+        "Upstream connections opened, spares included (pooling flags only)."];
+    /// `--upstream-pool`: idle connections kept at most.
+    upstream_pool_size: u64 = reset(upstream_pool_size) [gauge "foo_upstream_pool_size" ""
+        "Idle upstream connections kept at most (--upstream-pool)."];
+    /// Upstream connections clients hold now.
+    upstream_pool_in_use: u64 = reset(upstream_pool_in_use) [gauge "foo_upstream_pool_in_use" ""
+        "Upstream connections clients hold now."];
+    /// Pooled upstream connections idle now, ready for a client.
+    upstream_pool_idle: u64 = reset(upstream_pool_idle) [gauge "foo_upstream_pool_idle" ""
+        "Pooled upstream connections idle now, ready for a client."];
+    /// Pooled connections opened ahead of demand that no client used yet
+    /// (connecting or idle).
+    upstream_pool_spare: u64 = reset(upstream_pool_spare) [gauge "foo_upstream_pool_spare" ""
+        "Spare upstream connections no client used yet (--upstream-spare)."];
+    /// Clients served on a pooled connection.
+    upstream_pool_reused: u64 = reset(upstream_pool_reused)
+        [counter "foo_upstream_pool_reused_total" ""
+        "Clients served on a pooled upstream connection."];
+    /// Upstream connections closed instead of pooled, or dropped from the
+    /// pool, by reason.
+    upstream_pool_discarded_server_closed: u64 = reset(upstream_pool_discarded_server_closed)
+        [counter "foo_upstream_pool_discarded_total" "{reason=\"server_closed\"}"
+        "Upstream connections dropped from the pool or not given back to it, by reason."];
+    upstream_pool_discarded_unsolicited_bytes: u64 =
+        reset(upstream_pool_discarded_unsolicited_bytes)
+        [counter "foo_upstream_pool_discarded_total" "{reason=\"unsolicited_bytes\"}"];
+    upstream_pool_discarded_idle_timeout: u64 = reset(upstream_pool_discarded_idle_timeout)
+        [counter "foo_upstream_pool_discarded_total" "{reason=\"idle_timeout\"}"];
+    upstream_pool_discarded_pool_full: u64 = reset(upstream_pool_discarded_pool_full)
+        [counter "foo_upstream_pool_discarded_total" "{reason=\"pool_full\"}"];
+    upstream_pool_discarded_unclean_end: u64 = reset(upstream_pool_discarded_unclean_end)
+        [counter "foo_upstream_pool_discarded_total" "{reason=\"unclean_end\"}"];
+    upstream_pool_discarded_drained: u64 = reset(upstream_pool_discarded_drained)
+        [counter "foo_upstream_pool_discarded_total" "{reason=\"drained\"}"];
+    upstream_pool_discarded_connect_failed: u64 = reset(upstream_pool_discarded_connect_failed)
+        [counter "foo_upstream_pool_discarded_total" "{reason=\"connect_failed\"}"];
+    /// Bytes that came on idle pooled connections (each such connection
+    /// is dropped).
+    upstream_pool_unsolicited_bytes: u64 = reset(upstream_pool_unsolicited_bytes)
+        [counter "foo_upstream_pool_unsolicited_bytes_total" ""
+        "Bytes that came on idle pooled upstream connections (each is dropped)."];
+    /// Clients waiting for an upstream connection now.
+    upstream_queue_clients: u64 = reset(upstream_queue_clients)
+        [gauge "foo_upstream_queue_clients" ""
+        "Clients waiting for an upstream connection now (--max-upstream-connections)."];
+    /// Clients closed after `--queue-timeout` without an upstream connection.
+    upstream_queue_timeouts: u64 = reset(upstream_queue_timeouts)
+        [counter "foo_upstream_queue_timeouts_total" ""
+        "Clients closed after --queue-timeout without an upstream connection."];
+    /// Waits of the clients that got an upstream connection after
+    /// queueing, by the latency histogram's fixed buckets (not cumulative);
+    /// rendered for Prometheus by `observe::prometheus`.
+    upstream_queue_wait_histogram: Waits = derived(|s, _, _| Waits::of(&s.upstream_queue_wait)) [];
 }
 
 impl Stats {

@@ -12,6 +12,11 @@ pub(crate) enum Timer {
     /// A pair, by slab key: its state says which deadline it is (connect,
     /// idle, fin or the bound of a lingering close).
     Pair(usize),
+    /// A pooled upstream connection, by its key in the pool: a spare's
+    /// connect timeout or an idle one's expiry.
+    Upstream(usize),
+    /// Spares may be opened again after one failed.
+    UpstreamBackoff,
     /// An admin connection, by its slab key in the admin socket.
     Admin(usize),
     /// Accept admin clients again after running out of descriptors.

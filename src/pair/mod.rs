@@ -54,6 +54,10 @@ pub(crate) enum State {
     /// at, not read, until complete, so nothing is held here; then exactly
     /// its bytes are consumed. No upstream yet.
     Header,
+    /// Waiting for an upstream connection at `--max-upstream-connections`
+    /// since `last_active`, in the pool's queue. The client is not read:
+    /// its bytes wait in the kernel, within the socket's buffer.
+    Queued,
     /// Connecting to the forward address number `attempt`. The client's
     /// bytes are read and held meanwhile, up to `--buffer-size`.
     Connecting {
@@ -86,6 +90,8 @@ pub(crate) enum Client {
 pub(crate) enum Deadline {
     /// `--proxy-header-timeout` for the PROXY protocol header.
     Header,
+    /// `--queue-timeout` for an upstream connection, from when it queued.
+    Queue,
     /// `--connect-timeout` for the current forward address.
     Connect,
     /// `--idle-timeout` since the last byte moved.
@@ -132,6 +138,8 @@ pub(crate) enum Reason {
     Looped,
     /// No upstream socket could be opened (descriptors or memory).
     NoResources,
+    /// `--queue-timeout` passed before an upstream connection was free.
+    QueueTimeout,
 }
 
 impl Reason {
@@ -151,6 +159,7 @@ impl Reason {
         "proxy_error",
         "proxy_header_error",
         "client_limit",
+        "queue_timeout",
     ];
 
     /// Where the reason is counted in `connections_closed`.
@@ -168,6 +177,7 @@ impl Reason {
             Reason::Looped | Reason::NoResources => 9,
             Reason::ProxyHeaderMissing | Reason::ProxyHeaderInvalid => 10,
             Reason::ClientLimit => 11,
+            Reason::QueueTimeout => 12,
         }
     }
 
@@ -197,6 +207,7 @@ impl fmt::Display for Reason {
             Reason::ClientLimit => "per-client connection limit",
             Reason::Looped => "forwarding loop",
             Reason::NoResources => "out of descriptors or memory",
+            Reason::QueueTimeout => "no upstream connection free in time",
         })
     }
 }
@@ -209,6 +220,8 @@ pub(crate) struct Timeouts {
     pub fin: Duration,
     /// `--proxy-header-timeout`, from accept.
     pub header: Duration,
+    /// `--queue-timeout`.
+    pub queue: Duration,
 }
 
 /// What a drive came to.
@@ -245,6 +258,7 @@ impl State {
     pub fn deadline(&self) -> Deadline {
         match self {
             State::Header => Deadline::Header,
+            State::Queued => Deadline::Queue,
             State::Connecting { .. } => Deadline::Connect,
             State::Relaying {
                 client: Client::Open,
@@ -275,9 +289,18 @@ impl Pair {
         }
     }
 
-    /// The upstream connect to forward address `attempt` started.
-    pub fn connecting(&mut self, upstream: TcpStream, attempt: u32) {
+    /// Waits for an upstream connection (`--max-upstream-connections`).
+    pub fn queued(&mut self, now: Instant) {
         if matches!(self.state, State::Header) {
+            self.state = State::Queued;
+            self.last_active = now;
+        }
+    }
+
+    /// The upstream connect to forward address `attempt` started (or a
+    /// pooled connection was taken: [`Pair::connected`] follows at once).
+    pub fn connecting(&mut self, upstream: TcpStream, attempt: u32) {
+        if matches!(self.state, State::Header | State::Queued) {
             self.state = State::Connecting {
                 upstream: Side::new(upstream),
                 attempt,
@@ -290,8 +313,34 @@ impl Pair {
     pub fn upstream(&mut self) -> Option<&mut Side> {
         match &mut self.state {
             State::Connecting { upstream, .. } | State::Relaying { upstream, .. } => Some(upstream),
-            State::Header | State::Lingering(_) => None,
+            State::Header | State::Queued | State::Lingering(_) => None,
         }
+    }
+
+    /// True when the session ended cleanly, so that its upstream
+    /// connection can serve another client: the client closed on a frame
+    /// boundary; every line it sent went upstream and was answered with
+    /// exactly one line, delivered; no request is outstanding; nothing is
+    /// buffered either way; the upstream's write side is open and it sent
+    /// no FIN. Anything else (a partial line, an answer still to come, an
+    /// extra line) could put one client's answer in another's session.
+    pub fn reusable(&self) -> bool {
+        let State::Relaying {
+            upstream,
+            client: Client::HalfClosed {
+                upstream_shut: false,
+            },
+        } = &self.state
+        else {
+            return false;
+        };
+        !upstream.read_closed
+            && self.c2s.pending() == 0
+            && self.s2c.pending() == 0
+            && self.c2s.at_frame_boundary()
+            && self.s2c.at_frame_boundary()
+            && self.c2s.lines == self.s2c.lines
+            && self.seqs.outstanding() == 0
     }
 
     /// The connect completed: relay, half-closed already if the client's
@@ -327,7 +376,7 @@ impl Pair {
     /// started.
     pub fn stop_relaying(&mut self, reason: Reason, pool: &mut Pool) -> Result<Option<Side>, ()> {
         let client_eof = match &self.state {
-            State::Header => false,
+            State::Header | State::Queued => false,
             State::Connecting { client_eof, .. } => *client_eof,
             State::Relaying { client, .. } => *client != Client::Open,
             State::Lingering(_) => return Err(()),
@@ -339,7 +388,7 @@ impl Pair {
         self.c2s.discard(pool);
         Ok(match old {
             State::Connecting { upstream, .. } | State::Relaying { upstream, .. } => Some(upstream),
-            State::Header | State::Lingering(_) => None,
+            State::Header | State::Queued | State::Lingering(_) => None,
         })
     }
 
@@ -352,6 +401,7 @@ impl Pair {
     pub fn due(&self, now: Instant, idle: Duration) -> Due {
         match self.state.deadline() {
             Deadline::Header => Due::End(Reason::ProxyHeaderMissing),
+            Deadline::Queue => Due::End(Reason::QueueTimeout),
             Deadline::Connect => Due::ConnectTimedOut,
             Deadline::Idle => {
                 let idle_until = self.last_active + idle;
@@ -380,6 +430,11 @@ impl Pair {
         } = self;
         match state {
             State::Header => read_header(id, client),
+            State::Queued => Outcome::Going {
+                requeue: false,
+                moved: false,
+                rearm: false,
+            },
             State::Lingering(l) => match l.drive(client, s2c, ctx) {
                 Step::Wait => Outcome::Going {
                     requeue: false,
@@ -538,7 +593,10 @@ fn relay(
         return Outcome::End(reason);
     }
     if let Client::HalfClosed { upstream_shut } = half {
-        if c2s.pending() == 0 && !*upstream_shut {
+        // A pooled connection is kept open for the next client, unless the
+        // client left a partial line (its session cannot end cleanly).
+        let keep = ctx.keep_upstream && c2s.at_frame_boundary();
+        if c2s.pending() == 0 && !*upstream_shut && !keep {
             *upstream_shut = true;
             if let Err(e) = upstream.stream.shutdown(Shutdown::Write) {
                 debug!("pair {id}: upstream shutdown failed: {}", describe(&e));
@@ -551,7 +609,8 @@ fn relay(
         let sent = c2s
             .lines
             .saturating_add(u64::from(!c2s.at_frame_boundary()));
-        if *upstream_shut && s2c.pending() == 0 && s2c.lines >= sent {
+        let flushed = *upstream_shut || (keep && c2s.pending() == 0);
+        if flushed && s2c.pending() == 0 && s2c.lines >= sent {
             return Outcome::End(Reason::Answered);
         }
     }

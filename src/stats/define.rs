@@ -33,6 +33,8 @@ macro_rules! counters {
             /// Request/answer matching: answer latencies, connections
             /// closed by reason, spare seq sets.
             pub matching: crate::seqs::Matching,
+            /// Queue waits at `--max-upstream-connections`, µs.
+            pub upstream_queue_wait: crate::latency::Histogram,
             /// Messages counted since the last time they went into the window.
             pending_req: u64,
             pending_resp: u64,
