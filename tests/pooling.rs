@@ -1,0 +1,392 @@
+//! Upstream connection pooling (issue 19), on the real binary over
+//! loopback: reuse after clean sessions only, no answer ever reaching the
+//! wrong client, the queue at --max-upstream-connections, idle pooled
+//! connections dropped when the server closes them or sends bytes, and the
+//! pooled connections closed at the drain.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::{FooServer, Proxy, ServerOpts, WAIT, answers, read_to_eof, requests};
+
+/// Sockets the server side holds on `port` (ESTABLISHED or CLOSE_WAIT),
+/// from /proc/net/tcp.
+fn server_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && (f[3] == "01" || f[3] == "08")
+        })
+        .count()
+}
+
+/// One client session: sends `bytes`, half-closes, reads to the proxy's
+/// FIN; what it got.
+fn session(proxy: &Proxy, bytes: &[u8]) -> Vec<u8> {
+    let mut c = proxy.connect();
+    c.write_all(bytes).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let (got, eof) = read_to_eof(&mut c);
+    assert!(
+        eof,
+        "no clean end after {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    got
+}
+
+fn n(r: &serde_json::Value, key: &str) -> u64 {
+    r[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {r}"))
+}
+
+#[test]
+fn a_thousand_sequential_sessions_with_a_pool_of_8_leave_at_most_8_plus_spares_server_sockets() {
+    let server = FooServer::start(ServerOpts {
+        never_close: true,
+        ..ServerOpts::default()
+    });
+    let spare = 2;
+    let proxy = Proxy::start(
+        &server.addr.to_string(),
+        &["--upstream-pool=8", &format!("--upstream-spare={spare}")],
+    );
+    let sessions = 1_000u64;
+    for i in 0..sessions {
+        let first = 2 * i + 1;
+        let got = session(&proxy, &requests(first..=first + 1));
+        assert_eq!(got, answers(first..=first + 1), "session {i}");
+    }
+    let r = proxy.report_until(|r| r["connections_active"] == 0);
+    assert_eq!(n(&r, "connections_total"), sessions);
+    assert_eq!(n(&r, "msg_req"), 2 * sessions);
+    assert_eq!(n(&r, "msg_ack") + n(&r, "msg_nak"), 2 * sessions);
+    assert_eq!(r["connections_closed"]["client_closed"], sessions);
+    assert_eq!(n(&r, "requests_unanswered"), 0);
+    assert_eq!(n(&r, "answers_unmatched"), 0);
+    assert_eq!(n(&r, "upstream_pool_size"), 8);
+    assert_eq!(n(&r, "upstream_pool_in_use"), 0);
+    assert_eq!(n(&r, "upstream_pool_discarded_unclean_end"), 0);
+    // Every session but perhaps the first (the spares may still have been
+    // connecting) ran on a pooled connection.
+    assert!(n(&r, "upstream_pool_reused") >= sessions - 1, "{r}");
+    let accepted = server.connections.load(Ordering::Relaxed);
+    assert!(accepted <= 8 + spare, "the server accepted {accepted}");
+    let held = server_sockets(server.port());
+    assert!(
+        held <= 8 + spare as usize,
+        "the server holds {held} sockets"
+    );
+    assert_eq!(n(&r, "upstream_connections"), accepted, "{r}");
+}
+
+/// A Foo server that answers each line in order with `ACK seq ok`, after
+/// 400 ms for a line that says `slow`, and never closes; it counts the
+/// connections it accepted.
+fn slow_server() -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            count.fetch_add(1, Ordering::Relaxed);
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                let mut line = String::new();
+                while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                    if line.contains("slow") {
+                        thread::sleep(Duration::from_millis(400));
+                    }
+                    let seq = line.split_whitespace().nth(1).unwrap_or("0").to_string();
+                    let _ = out.write_all(format!("ACK {seq} ok\n").as_bytes());
+                    line.clear();
+                }
+                thread::sleep(WAIT);
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn a_client_that_leaves_with_requests_unanswered_never_passes_its_answer_to_the_next_client() {
+    // A slow answer takes 400 ms; the proxy waits 100 ms after a client's
+    // FIN, so the leaving client's answer comes after the next client
+    // started.
+    let (addr, accepted) = slow_server();
+    let proxy = Proxy::start(
+        &addr.to_string(),
+        &["--upstream-pool=4", "--fin-timeout=100ms"],
+    );
+    let rounds = 6u64;
+    for round in 0..rounds {
+        // One clean session first, so that a pooled connection exists and
+        // the leaving client takes it.
+        let seq = 1 + 10 * round;
+        let ack = |seq: u64| format!("ACK {seq} ok\n");
+        let got = session(&proxy, format!("REQ {seq} a\n").as_bytes());
+        assert_eq!(String::from_utf8_lossy(&got), ack(seq));
+        let before = proxy.report();
+        let mut leaving = proxy.connect();
+        leaving.write_all(b"REQ 999 slow\n").unwrap();
+        if round % 2 == 0 {
+            // Leaves with a FIN: the fin timeout ends it.
+            leaving.shutdown(Shutdown::Write).unwrap();
+        } else {
+            // Leaves with a reset.
+            socket2::SockRef::from(&leaving)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+        drop(leaving);
+        let unclean = n(&before, "upstream_pool_discarded_unclean_end") + 1;
+        proxy.report_until(|r| r["upstream_pool_discarded_unclean_end"] == unclean);
+        // The next client starts before the late answer comes.
+        let next = seq + 1;
+        let got = session(&proxy, format!("REQ {next} b\n").as_bytes());
+        assert_eq!(String::from_utf8_lossy(&got), ack(next), "round {round}");
+    }
+    // One connection per leaving client, plus the first.
+    assert_eq!(accepted.load(Ordering::Relaxed), rounds + 1);
+    let r = proxy.report_until(|r| r["connections_active"] == 0);
+    assert_eq!(n(&r, "upstream_pool_discarded_unclean_end"), rounds);
+    assert_eq!(n(&r, "requests_unanswered"), rounds);
+    assert_eq!(n(&r, "answers_unmatched"), 0);
+    let closed = &r["connections_closed"];
+    assert_eq!(closed["client_closed"], 2 * rounds);
+    assert_eq!(
+        closed["fin_timeout"].as_u64().unwrap() + closed["client_reset"].as_u64().unwrap(),
+        rounds
+    );
+}
+
+/// Starts a client that sends `REQ seq`, half-closes, and records when its
+/// whole session ended, in `order`.
+fn queued_client(
+    proxy: &Proxy,
+    seq: u64,
+    order: &Arc<Mutex<Vec<u64>>>,
+) -> thread::JoinHandle<Vec<u8>> {
+    let mut c = proxy.connect();
+    c.write_all(&requests(seq..=seq)).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let order = order.clone();
+    thread::spawn(move || {
+        let (got, _) = read_to_eof(&mut c);
+        order.lock().unwrap().push(seq);
+        got
+    })
+}
+
+#[test]
+fn clients_beyond_max_upstream_connections_wait_and_are_served_in_order() {
+    let server = FooServer::start(ServerOpts {
+        never_close: true,
+        ..ServerOpts::default()
+    });
+    let proxy = Proxy::start(
+        &server.addr.to_string(),
+        &["--upstream-pool=1", "--max-upstream-connections=1"],
+    );
+    // The first client holds the one connection.
+    let mut holder = proxy.connect();
+    holder.write_all(&requests(1..=1)).unwrap();
+    let mut line = String::new();
+    BufReader::new(&holder).read_line(&mut line).unwrap();
+    assert_eq!(line.as_bytes(), answers(1..=1));
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut waiting = Vec::new();
+    for seq in 2..=5u64 {
+        waiting.push((seq, queued_client(&proxy, seq, &order)));
+        proxy.report_until(|r| r["upstream_queue_clients"] == seq - 1);
+    }
+    thread::sleep(Duration::from_millis(100));
+    assert!(
+        order.lock().unwrap().is_empty(),
+        "served before a connection was free"
+    );
+    holder.shutdown(Shutdown::Write).unwrap();
+    let (rest, eof) = read_to_eof(&mut holder);
+    assert!(rest.is_empty() && eof);
+    for (seq, t) in waiting {
+        assert_eq!(t.join().unwrap(), answers(seq..=seq), "client {seq}");
+    }
+    assert_eq!(*order.lock().unwrap(), vec![2, 3, 4, 5]);
+    let r = proxy.report_until(|r| r["connections_active"] == 0);
+    assert_eq!(server.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(n(&r, "upstream_pool_reused"), 4);
+    assert_eq!(n(&r, "upstream_queue_clients"), 0);
+    assert_eq!(n(&r, "upstream_queue_timeouts"), 0);
+    let waits: u64 = r["upstream_queue_wait_histogram"]["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(waits, 4);
+}
+
+#[test]
+fn a_client_that_waits_past_the_queue_timeout_is_closed_and_counted() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(
+        &server.addr.to_string(),
+        &["--max-upstream-connections=1", "--queue-timeout=200ms"],
+    );
+    let mut holder = proxy.connect();
+    holder.write_all(&requests(1..=1)).unwrap();
+    let mut line = String::new();
+    BufReader::new(&holder).read_line(&mut line).unwrap();
+    let started = Instant::now();
+    let mut late = proxy.connect();
+    late.write_all(&requests(2..=2)).unwrap();
+    let (got, _) = read_to_eof(&mut late);
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert!(started.elapsed() < WAIT);
+    drop(late);
+    let r = proxy.report_until(|r| r["connections_closed"]["queue_timeout"] == 1);
+    assert_eq!(n(&r, "upstream_queue_timeouts"), 1);
+    assert_eq!(r["connections_closed"]["queue_timeout"], 1);
+    assert_eq!(n(&r, "upstream_queue_clients"), 0);
+    assert_eq!(server.connections.load(Ordering::Relaxed), 1);
+    // The holder is still served.
+    holder.write_all(&requests(3..=3)).unwrap();
+    holder.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut holder).0, answers(3..=3));
+}
+
+#[test]
+fn an_idle_pooled_connection_the_server_closes_or_lets_expire_is_dropped() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(&server.addr.to_string(), &["--upstream-pool=2"]);
+    assert_eq!(session(&proxy, &requests(1..=2)), answers(1..=2));
+    proxy.report_until(|r| r["upstream_pool_idle"] == 1);
+    server.kill_connections();
+    let r = proxy.report_until(|r| r["upstream_pool_discarded_server_closed"] == 1);
+    assert_eq!(n(&r, "upstream_pool_discarded_server_closed"), 1);
+    assert_eq!(n(&r, "upstream_pool_idle"), 0);
+    assert_eq!(n(&r, "upstream_connections"), 0);
+    // The next client gets a new connection, and its own answers.
+    assert_eq!(session(&proxy, &requests(3..=4)), answers(3..=4));
+    assert_eq!(server.connections.load(Ordering::Relaxed), 2);
+
+    let expiring = Proxy::start(
+        &server.addr.to_string(),
+        &["--upstream-pool=2", "--upstream-idle-timeout=200ms"],
+    );
+    assert_eq!(session(&expiring, &requests(5..=5)), answers(5..=5));
+    let r = expiring.report_until(|r| r["upstream_pool_discarded_idle_timeout"] == 1);
+    assert_eq!(n(&r, "upstream_pool_discarded_idle_timeout"), 1);
+    assert_eq!(n(&r, "upstream_pool_idle"), 0);
+}
+
+#[test]
+fn bytes_on_an_idle_pooled_connection_discard_it() {
+    // A server that answers, then, 200 ms later, sends a line nobody asked
+    // for on the same connection.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            let n = count.fetch_add(1, Ordering::Relaxed);
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                let mut line = String::new();
+                while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                    let seq = line.split_whitespace().nth(1).unwrap_or("0").to_string();
+                    let _ = out.write_all(format!("ACK {seq} ok\n").as_bytes());
+                    if n == 0 {
+                        thread::sleep(Duration::from_millis(200));
+                        let _ = out.write_all(b"ACK 77 stray\n");
+                    }
+                    line.clear();
+                }
+                // Like the reference: never close.
+                thread::sleep(WAIT);
+            });
+        }
+    });
+    let proxy = Proxy::start(&addr.to_string(), &["--upstream-pool=2"]);
+    assert_eq!(session(&proxy, b"REQ 1 a\n"), b"ACK 1 ok\n");
+    let r = proxy.report_until(|r| r["upstream_pool_discarded_unsolicited_bytes"] == 1);
+    assert_eq!(n(&r, "upstream_pool_discarded_unsolicited_bytes"), 1);
+    assert_eq!(n(&r, "upstream_pool_unsolicited_bytes"), 13);
+    assert_eq!(n(&r, "upstream_pool_idle"), 0);
+    // The stray line never reaches the next client.
+    assert_eq!(session(&proxy, b"REQ 2 b\n"), b"ACK 2 ok\n");
+    assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    let r = proxy.report();
+    assert_eq!(n(&r, "answers_unmatched"), 0);
+}
+
+#[test]
+fn the_drain_closes_idle_pooled_connections_at_once() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(
+        &server.addr.to_string(),
+        &["--upstream-pool=2", "--drain-timeout=5s"],
+    );
+    // A client still relaying keeps the proxy draining.
+    let mut open = proxy.connect();
+    open.write_all(&requests(2..=2)).unwrap();
+    let mut line = String::new();
+    BufReader::new(&open).read_line(&mut line).unwrap();
+    assert_eq!(session(&proxy, &requests(1..=1)), answers(1..=1));
+    proxy.report_until(|r| r["upstream_pool_idle"] == 1);
+    assert_eq!(server.streams.lock().unwrap().len(), 2);
+    proxy.signal("TERM");
+    // The server sees the pooled connection end while the proxy drains.
+    let deadline = Instant::now() + WAIT;
+    while server.streams.lock().unwrap().len() > 1 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.streams.lock().unwrap().len(), 1);
+    let r = proxy.report();
+    assert_eq!(n(&r, "upstream_pool_discarded_drained"), 1);
+    // The draining client is still served.
+    open.write_all(&requests(3..=3)).unwrap();
+    open.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    open.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, answers(3..=3));
+}
+
+#[test]
+fn pooling_with_send_proxy_is_refused_in_one_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_foo-proxy"))
+        .args([
+            "--upstream-pool=4",
+            "--send-proxy=v2",
+            "-http=off",
+            "-recovery-path=",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("-send-proxy") && err.contains("-upstream-pool"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
