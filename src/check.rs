@@ -137,6 +137,20 @@ pub fn check(config: &Config) -> Outcome {
         "PROXY protocol  accept: {}, send: {send}",
         yes_no(config.accept_proxy)
     );
+    let max_upstream = match config.max_upstream_connections {
+        Some(n) => format!(
+            "at most {n} (queue timeout {})",
+            duration(config.queue_timeout)
+        ),
+        None => "no limit".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "upstream        pool {}, spare {}, idle timeout {}; connections: {max_upstream}",
+        config.upstream_pool,
+        config.upstream_spare,
+        duration(config.upstream_idle_timeout)
+    );
     let _ = writeln!(out, "reuse-port      {}", yes_no(config.reuse_port));
     let _ = writeln!(
         out,

@@ -269,6 +269,24 @@ fn metrics_speaks_prometheus_to_a_scraper_and_json_to_curl() {
         ("foo_requests_untracked_total", PrometheusType::Counter),
         ("foo_response_latency_seconds", PrometheusType::Histogram),
         ("foo_connections_closed_total", PrometheusType::Counter),
+        ("foo_upstream_connections", PrometheusType::Gauge),
+        (
+            "foo_upstream_connections_opened_total",
+            PrometheusType::Counter,
+        ),
+        ("foo_upstream_pool_size", PrometheusType::Gauge),
+        ("foo_upstream_pool_in_use", PrometheusType::Gauge),
+        ("foo_upstream_pool_idle", PrometheusType::Gauge),
+        ("foo_upstream_pool_spare", PrometheusType::Gauge),
+        ("foo_upstream_pool_reused_total", PrometheusType::Counter),
+        ("foo_upstream_pool_discarded_total", PrometheusType::Counter),
+        (
+            "foo_upstream_pool_unsolicited_bytes_total",
+            PrometheusType::Counter,
+        ),
+        ("foo_upstream_queue_clients", PrometheusType::Gauge),
+        ("foo_upstream_queue_timeouts_total", PrometheusType::Counter),
+        ("foo_upstream_queue_wait_seconds", PrometheusType::Histogram),
     ] {
         let fam = exposition
             .families
@@ -279,7 +297,7 @@ fn metrics_speaks_prometheus_to_a_scraper_and_json_to_curl() {
         assert_eq!(text.matches(&format!("# HELP {family} ")).count(), 1);
         assert_eq!(text.matches(&format!("# TYPE {family} ")).count(), 1);
     }
-    assert_eq!(exposition.families.len(), 24, "{text}");
+    assert_eq!(exposition.families.len(), 36, "{text}");
     assert!(!text.contains("rate"), "no precomputed rates: {text}");
     assert_eq!(sample(&text, "foo_messages_total", &["req"]).1, 5.0);
     // The labels --version names (tests/operator.rs ties them to git).
