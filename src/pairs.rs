@@ -592,7 +592,7 @@ impl Pairs {
         let Some(pair) = self.slab.get_mut(key) else {
             return;
         };
-        let reusable = self.keep_upstream && pair.reusable();
+        let reusable = self.keep_upstream && reason == Reason::Answered && pair.reusable();
         if let (State::Queued, Some(up)) = (&pair.state, self.upstream_pool.as_mut()) {
             let timed_out = reason == Reason::QueueTimeout;
             up.forget(key, pair.id, timed_out, env.stats);
