@@ -92,18 +92,23 @@ fn a_thousand_sequential_sessions_with_a_pool_of_8_leave_at_most_8_plus_spares_s
     assert_eq!(n(&r, "upstream_connections"), accepted, "{r}");
 }
 
+/// The connections a test server accepted, and the seqs it read, in order.
+type Seen = (Arc<AtomicU64>, Arc<Mutex<Vec<u64>>>);
+
 /// A Foo server that answers each line in order with `ACK seq ok`, after
 /// 400 ms for a line that says `slow`, and never closes; it counts the
-/// connections it accepted.
-fn slow_server() -> (std::net::SocketAddr, Arc<AtomicU64>) {
+/// connections it accepted and records the seqs it read.
+fn slow_server() -> (std::net::SocketAddr, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicU64::new(0));
-    let count = accepted.clone();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (count, record) = (accepted.clone(), seen.clone());
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { break };
             count.fetch_add(1, Ordering::Relaxed);
+            let record = record.clone();
             thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut out = stream;
@@ -113,6 +118,7 @@ fn slow_server() -> (std::net::SocketAddr, Arc<AtomicU64>) {
                         thread::sleep(Duration::from_millis(400));
                     }
                     let seq = line.split_whitespace().nth(1).unwrap_or("0").to_string();
+                    record.lock().unwrap().push(seq.parse().unwrap_or(0));
                     let _ = out.write_all(format!("ACK {seq} ok\n").as_bytes());
                     line.clear();
                 }
@@ -120,7 +126,7 @@ fn slow_server() -> (std::net::SocketAddr, Arc<AtomicU64>) {
             });
         }
     });
-    (addr, accepted)
+    (addr, (accepted, seen))
 }
 
 #[test]
@@ -128,7 +134,7 @@ fn a_client_that_leaves_with_requests_unanswered_never_passes_its_answer_to_the_
     // A slow answer takes 400 ms; the proxy waits 100 ms after a client's
     // FIN, so the leaving client's answer comes after the next client
     // started.
-    let (addr, accepted) = slow_server();
+    let (addr, (accepted, _)) = slow_server();
     let proxy = Proxy::start(
         &addr.to_string(),
         &["--upstream-pool=4", "--fin-timeout=100ms"],
@@ -175,60 +181,52 @@ fn a_client_that_leaves_with_requests_unanswered_never_passes_its_answer_to_the_
     );
 }
 
-/// Starts a client that sends `REQ seq`, half-closes, and records when its
-/// whole session ended, in `order`.
-fn queued_client(
-    proxy: &Proxy,
-    seq: u64,
-    order: &Arc<Mutex<Vec<u64>>>,
-) -> thread::JoinHandle<Vec<u8>> {
+/// Starts a client that sends `REQ seq`, half-closes, and reads to the end
+/// of its session in a thread.
+fn queued_client(proxy: &Proxy, seq: u64) -> thread::JoinHandle<Vec<u8>> {
     let mut c = proxy.connect();
-    c.write_all(&requests(seq..=seq)).unwrap();
+    c.write_all(format!("REQ {seq} q\n").as_bytes()).unwrap();
     c.shutdown(Shutdown::Write).unwrap();
-    let order = order.clone();
-    thread::spawn(move || {
-        let (got, _) = read_to_eof(&mut c);
-        order.lock().unwrap().push(seq);
-        got
-    })
+    thread::spawn(move || read_to_eof(&mut c).0)
 }
 
 #[test]
 fn clients_beyond_max_upstream_connections_wait_and_are_served_in_order() {
-    let server = FooServer::start(ServerOpts {
-        never_close: true,
-        ..ServerOpts::default()
-    });
+    // Served in order means: on the one upstream connection, the server
+    // reads the waiting clients' requests in the order they arrived.
+    let (addr, (accepted, seen)) = slow_server();
     let proxy = Proxy::start(
-        &server.addr.to_string(),
+        &addr.to_string(),
         &["--upstream-pool=1", "--max-upstream-connections=1"],
     );
+    let ack = |seq: u64| format!("ACK {seq} ok\n");
     // The first client holds the one connection.
     let mut holder = proxy.connect();
-    holder.write_all(&requests(1..=1)).unwrap();
+    holder.write_all(b"REQ 1 h\n").unwrap();
     let mut line = String::new();
     BufReader::new(&holder).read_line(&mut line).unwrap();
-    assert_eq!(line.as_bytes(), answers(1..=1));
-    let order = Arc::new(Mutex::new(Vec::new()));
+    assert_eq!(line, ack(1));
     let mut waiting = Vec::new();
     for seq in 2..=5u64 {
-        waiting.push((seq, queued_client(&proxy, seq, &order)));
+        waiting.push((seq, queued_client(&proxy, seq)));
         proxy.report_until(|r| r["upstream_queue_clients"] == seq - 1);
     }
     thread::sleep(Duration::from_millis(100));
-    assert!(
-        order.lock().unwrap().is_empty(),
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![1],
         "served before a connection was free"
     );
     holder.shutdown(Shutdown::Write).unwrap();
     let (rest, eof) = read_to_eof(&mut holder);
     assert!(rest.is_empty() && eof);
     for (seq, t) in waiting {
-        assert_eq!(t.join().unwrap(), answers(seq..=seq), "client {seq}");
+        let got = t.join().unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), ack(seq), "client {seq}");
     }
-    assert_eq!(*order.lock().unwrap(), vec![2, 3, 4, 5]);
+    assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3, 4, 5]);
     let r = proxy.report_until(|r| r["connections_active"] == 0);
-    assert_eq!(server.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(accepted.load(Ordering::Relaxed), 1);
     assert_eq!(n(&r, "upstream_pool_reused"), 4);
     assert_eq!(n(&r, "upstream_queue_clients"), 0);
     assert_eq!(n(&r, "upstream_queue_timeouts"), 0);
