@@ -533,22 +533,17 @@ pub fn parse_with(
             .map(|n| Some(n as u32))
             .map_err(|e| format!("{e}, or off"))
     })?;
-    let count = |max: usize| {
-        move |v: &str| {
-            v.parse::<usize>()
-                .ok()
-                .filter(|n| *n <= max)
-                .ok_or_else(|| format!("expected a number from 0 to {max}"))
-        }
-    };
+    // The one count grammar (digits only, no sign), as usize.
+    let count = |max: u64| move |v: &str| count_in(0, max)(v).map(|n| n as usize);
     let upstream_pool = flags.parse_or("upstream-pool", 0, count(100_000))?;
     let upstream_spare = flags.parse_or("upstream-spare", 0, count(100_000))?;
     let max_upstream_connections = flags.parse_or("max-upstream-connections", None, |v| {
-        v.parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1_000_000).contains(n))
-            .map(Some)
-            .ok_or_else(|| "expected a number from 1 to 1000000".to_string())
+        if v == "off" {
+            return Ok(None);
+        }
+        count_in(1, 1_000_000)(v)
+            .map(|n| Some(n as usize))
+            .map_err(|e| format!("{e}, or off"))
     })?;
     let queue_timeout = flags.parse_or("queue-timeout", secs(5), parse_duration)?;
     let upstream_idle_timeout =
@@ -1123,6 +1118,20 @@ mod tests {
         assert!(run(&["--max-upstream-connections=4", "--send-proxy=v1"]).is_ok());
         let e = run(&["--max-upstream-connections=0"]).unwrap_err();
         assert!(e.0.contains("-max-upstream-connections"), "{e}");
+        // The strict count grammar: no sign.
+        for flag in [
+            "--upstream-pool=+8",
+            "--upstream-spare=+1",
+            "--max-upstream-connections=+4",
+        ] {
+            assert!(run(&[flag]).is_err(), "{flag}");
+        }
+        let c = run(&[
+            "--max-upstream-connections=4",
+            "--max-upstream-connections=off",
+        ])
+        .unwrap();
+        assert_eq!(c.max_upstream_connections, None);
     }
 
     #[test]
