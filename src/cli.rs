@@ -41,7 +41,7 @@ Limits and timeouts:
   --drain-timeout DUR     on SIGTERM, let connections finish for      [5s]
 
 Upstream connections (off by default: one fresh connection per client):
-  --upstream-pool N       keep up to N idle upstream connections for
+  --upstream-pool N|off   keep up to N idle upstream connections for
                           reuse after a clean session end          [off]
   --upstream-spare K      keep K of them connected ahead of demand,
                           K at most N                                [0]
@@ -535,7 +535,11 @@ pub fn parse_with(
     })?;
     // The one count grammar (digits only, no sign), as usize.
     let count = |max: u64| move |v: &str| count_in(0, max)(v).map(|n| n as usize);
-    let upstream_pool = flags.parse_or("upstream-pool", 0, count(100_000))?;
+    // `off`, the default's spelling, is 0.
+    let upstream_pool = flags.parse_or("upstream-pool", 0, |v| match v {
+        "off" => Ok(0),
+        _ => count(100_000)(v).map_err(|e| format!("{e}, or off")),
+    })?;
     let upstream_spare = flags.parse_or("upstream-spare", 0, count(100_000))?;
     let max_upstream_connections = flags.parse_or("max-upstream-connections", None, |v| {
         if v == "off" {

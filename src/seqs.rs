@@ -66,6 +66,11 @@ pub struct Seqs {
     pub slowest_us: u32,
     /// At least one answer matched (`slowest_us` means something).
     answered: bool,
+    /// A line whose answer cannot be told by its seq went by: a malformed
+    /// frame either way, an answer that matched nothing, or a request past
+    /// the cap. Counting lines cannot then prove that every answer came, so
+    /// the upstream connection is never pooled (see `Pair::reusable`).
+    pub unmatchable: bool,
     /// The connection log's record of this connection, when the log is on.
     pub(crate) log: Option<Box<ConnRecord>>,
 }
@@ -103,6 +108,7 @@ impl Seqs {
             st.requests_duplicate_seq = st.requests_duplicate_seq.saturating_add(1);
         }
         if len >= MAX_OUTSTANDING {
+            self.unmatchable = true;
             self.untracked = self.untracked.saturating_add(1);
             st.requests_untracked = st.requests_untracked.saturating_add(1);
             return;
@@ -145,7 +151,10 @@ impl Seqs {
                 self.untracked -= 1;
                 st.requests_in_flight = st.requests_in_flight.saturating_sub(1);
             }
-            None => st.answers_unmatched = st.answers_unmatched.saturating_add(1),
+            None => {
+                self.unmatchable = true;
+                st.answers_unmatched = st.answers_unmatched.saturating_add(1);
+            }
         }
     }
 
@@ -227,7 +236,7 @@ impl FrameSink for Tracking<'_> {
                 let t = self.now();
                 self.seqs.answer(Answer::Nak, seq, t, self.stats);
             }
-            Frame::Invalid => {}
+            Frame::Invalid => self.seqs.unmatchable = true,
         }
     }
 }

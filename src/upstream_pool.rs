@@ -383,6 +383,10 @@ impl UpstreamPool {
             }
         };
         self.drop_entry(key, why, upstreams, lent);
+        // A server that greets, or closes connections it finds idle, would
+        // otherwise have the spares reopened at once, without end: pause
+        // them as after a failed connect.
+        self.spare_failed(lent);
     }
 
     /// Pooled connection `key`'s deadline (owner `id`) came due: a spare's

@@ -388,3 +388,118 @@ fn pooling_with_send_proxy_is_refused_in_one_line() {
     );
     assert!(out.stdout.is_empty());
 }
+
+/// A server that answers `REQ` lines at once, twice for a line that says
+/// `dup`, and a malformed line 300 ms late with `NAK 0 late`; never closes.
+fn miscounting_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let out = Arc::new(Mutex::new(stream));
+                let mut line = String::new();
+                while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                    let seq = line.split_whitespace().nth(1).unwrap_or("0").to_string();
+                    if !line.starts_with("REQ ") {
+                        let out = out.clone();
+                        thread::spawn(move || {
+                            thread::sleep(Duration::from_millis(300));
+                            let _ = out.lock().unwrap().write_all(b"NAK 0 late\n");
+                        });
+                    } else if line.contains("dup") {
+                        let twice = format!("ACK {seq} ok\nACK {seq} ok\n");
+                        let _ = out.lock().unwrap().write_all(twice.as_bytes());
+                    } else {
+                        let once = format!("ACK {seq} ok\n");
+                        let _ = out.lock().unwrap().write_all(once.as_bytes());
+                    }
+                    line.clear();
+                }
+                thread::sleep(WAIT);
+            });
+        }
+    });
+    addr
+}
+
+/// Line counts alone can be fooled: a malformed line whose answer is late
+/// plus a request answered twice make as many answers as lines. A session
+/// with a line whose answer cannot be told by its seq is never pooled, so
+/// the late answer cannot reach the next client (break-it round 4: it did).
+#[test]
+fn a_session_with_a_malformed_line_or_an_unmatched_answer_is_never_pooled() {
+    let addr = miscounting_server();
+    let proxy = Proxy::start(&addr.to_string(), &["--upstream-pool=1"]);
+    let got = session(&proxy, b"XYZ a\nREQ 2 dup\n");
+    assert_eq!(got, b"ACK 2 ok\nACK 2 ok\n");
+    let r = proxy.report_until(|r| r["upstream_pool_discarded_unclean_end"] == 1);
+    assert_eq!(n(&r, "upstream_pool_discarded_unclean_end"), 1, "{r}");
+    assert_eq!(n(&r, "upstream_pool_idle"), 0, "{r}");
+    // The next client stays past the late answer's time: it gets its own
+    // answer and nothing else.
+    let mut next = proxy.connect();
+    next.write_all(b"REQ 3 b\n").unwrap();
+    thread::sleep(Duration::from_millis(500));
+    next.shutdown(Shutdown::Write).unwrap();
+    let (got, eof) = read_to_eof(&mut next);
+    assert!(eof);
+    assert_eq!(String::from_utf8_lossy(&got), "ACK 3 ok\n");
+    let r = proxy.report();
+    assert_eq!(n(&r, "upstream_pool_reused"), 0, "{r}");
+}
+
+/// A server that greets every connection, or closes it at once, drops
+/// every spare as soon as it connects; reopening them at once would be a
+/// reconnect loop (thousands a second, TIME-WAIT sockets piling up: break-it
+/// round 4). Spares pause 1 s after such a drop, as after a failed connect.
+#[test]
+fn spares_dropped_by_a_greeting_or_closing_server_are_not_reopened_in_a_loop() {
+    for greets in [true, false] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = accepted.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                if count.fetch_add(1, Ordering::Relaxed) > 10_000 {
+                    break;
+                }
+                if greets {
+                    let _ = stream.write_all(b"HELLO\n");
+                    thread::spawn(move || {
+                        thread::sleep(WAIT);
+                        drop(stream);
+                    });
+                }
+            }
+        });
+        let proxy = Proxy::start(
+            &addr.to_string(),
+            &["--upstream-pool=4", "--upstream-spare=2"],
+        );
+        let r = proxy.report_until(|r| {
+            r["upstream_pool_discarded_unsolicited_bytes"]
+                .as_u64()
+                .unwrap_or(0)
+                + r["upstream_pool_discarded_server_closed"]
+                    .as_u64()
+                    .unwrap_or(0)
+                >= 2
+        });
+        let dropped = n(&r, "upstream_pool_discarded_unsolicited_bytes")
+            + n(&r, "upstream_pool_discarded_server_closed");
+        assert!(dropped >= 2, "greets {greets}: {r}");
+        // A second and a half: at most two more rounds of two spares, not
+        // the thousands a loop makes.
+        thread::sleep(Duration::from_millis(1500));
+        let opened = n(&proxy.report(), "upstream_connections_opened");
+        assert!(
+            opened <= 8,
+            "greets {greets}: {opened} spares opened in 1.5 s"
+        );
+    }
+}

@@ -320,10 +320,14 @@ impl Pair {
     /// True when the session ended cleanly, so that its upstream
     /// connection can serve another client: the client closed on a frame
     /// boundary; every line it sent went upstream and was answered with
-    /// exactly one line, delivered; no request is outstanding; nothing is
-    /// buffered either way; the upstream's write side is open and it sent
-    /// no FIN. Anything else (a partial line, an answer still to come, an
-    /// extra line) could put one client's answer in another's session.
+    /// exactly one line, delivered; no request is outstanding; no line
+    /// went by whose answer cannot be told by its seq (a malformed frame,
+    /// an answer that matched nothing, a request past the tracking cap:
+    /// with one of those, equal line counts can hide an answer still to
+    /// come); nothing is buffered either way; the upstream's write side is
+    /// open and it sent no FIN. Anything else (a partial line, an answer
+    /// still to come, an extra line) could put one client's answer in
+    /// another's session.
     pub fn reusable(&self) -> bool {
         let State::Relaying {
             upstream,
@@ -341,6 +345,7 @@ impl Pair {
             && self.s2c.at_frame_boundary()
             && self.c2s.lines == self.s2c.lines
             && self.seqs.outstanding() == 0
+            && !self.seqs.unmatchable
     }
 
     /// The connect completed: relay, half-closed already if the client's
