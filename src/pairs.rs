@@ -436,6 +436,18 @@ impl Pairs {
         side.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
         side.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
         side.read_closed |= event.is_read_closed() || event.is_error();
+        // A client that resets while it waits for an upstream connection
+        // leaves the queue now: served later, its request would reach the
+        // server for nobody and the connection it took would be thrown
+        // away. A FIN alone (a request sent whole, then a half-close) is a
+        // client still waiting for its answers: it stays queued.
+        if is_client
+            && matches!(pair.state, State::Queued)
+            && (event.is_error() || (event.is_read_closed() && event.is_write_closed()))
+        {
+            self.end(key, Reason::ClientFailed, env);
+            return;
+        }
         let progress = match &pair.state {
             State::Connecting { upstream, .. } if !is_client => {
                 Some(connect_progress(&upstream.stream))

@@ -503,3 +503,48 @@ fn spares_dropped_by_a_greeting_or_closing_server_are_not_reopened_in_a_loop() {
         );
     }
 }
+
+/// A queued client is not read, but its reset is noticed at once: it leaves
+/// the queue, counted as client_reset, and its request never reaches the
+/// server (break-it round 4: it stayed queued and, served a second later,
+/// sent its request for nobody and threw the connection away).
+#[test]
+fn a_client_that_resets_while_queued_leaves_the_queue_and_sends_nothing() {
+    let (addr, (_, seen)) = slow_server();
+    let proxy = Proxy::start(
+        &addr.to_string(),
+        &["--upstream-pool=1", "--max-upstream-connections=1"],
+    );
+    let holder = {
+        let mut c = proxy.connect();
+        c.write_all(b"REQ 1 slow\n").unwrap();
+        c
+    };
+    proxy.report_until(|r| r["upstream_connections"] == 1);
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        let mut c = proxy.connect();
+        c.write_all(b"REQ 2 q\n").unwrap();
+        queued.push(c);
+    }
+    let r = proxy.report_until(|r| r["upstream_queue_clients"] == 2);
+    assert_eq!(n(&r, "upstream_queue_clients"), 2, "{r}");
+    for c in queued {
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(c);
+    }
+    let r = proxy.report_until(|r| r["upstream_queue_clients"] == 0);
+    assert_eq!(n(&r, "upstream_queue_clients"), 0, "{r}");
+    // The holder is still being served (its answer takes 400 ms).
+    let mut holder = holder;
+    holder.shutdown(Shutdown::Write).unwrap();
+    let (got, eof) = read_to_eof(&mut holder);
+    assert!(eof);
+    assert_eq!(got, b"ACK 1 ok\n");
+    let r = proxy.report_until(|r| r["connections_active"] == 0);
+    assert_eq!(r["connections_closed"]["client_reset"], 2, "{r}");
+    assert_eq!(*seen.lock().unwrap(), vec![1]);
+    assert_eq!(n(&r, "upstream_pool_discarded_unclean_end"), 0, "{r}");
+}
