@@ -300,7 +300,19 @@ impl Flags {
                     arg.to_string_lossy()
                 )));
             };
-            if text == "--" || !text.starts_with('-') || text == "-" {
+            if text == "--" {
+                // Go's flag package: `--` ends the flags and is consumed;
+                // what follows is a positional argument, and no program
+                // here takes one.
+                return match iter.next() {
+                    None => Ok(Flags { given }),
+                    Some(rest) => Err(CliError(format!(
+                        "unexpected argument: {}",
+                        rest.to_string_lossy()
+                    ))),
+                };
+            }
+            if !text.starts_with('-') || text == "-" {
                 return Err(CliError(format!("unexpected argument: {text}")));
             }
             let bare = text.trim_start_matches('-');
@@ -1070,6 +1082,19 @@ mod tests {
         assert!(e.0.contains("expected v1, v2 or off"), "{e}");
         let e = run(&["--max-connections-per-client=0"]).unwrap_err();
         assert!(e.0.contains("or off"), "{e}");
+    }
+
+    #[test]
+    fn a_double_dash_ends_the_flags_and_what_follows_is_refused() {
+        // Go's flag package consumes `--` and stops; foo-proxy takes no
+        // positional argument.
+        let c = run(&["--log-level", "warn", "--"]).unwrap();
+        assert_eq!(c.log_level, Level::Warn);
+        let e = run(&["--", "x"]).unwrap_err();
+        assert_eq!(e.0, "unexpected argument: x");
+        // A flag after `--` is an argument, not a flag.
+        let e = run(&["--", "-forward", "127.0.0.1:9"]).unwrap_err();
+        assert_eq!(e.0, "unexpected argument: -forward");
     }
 
     #[test]
