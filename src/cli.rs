@@ -537,30 +537,23 @@ pub fn parse_with(
             .map(Some)
             .ok_or_else(|| "expected v1, v2 or off".to_string()),
     })?;
-    let max_connections_per_client = flags.parse_or("max-connections-per-client", None, |v| {
-        if v == "off" {
-            return Ok(None);
-        }
-        count_in(1, 1_000_000)(v)
-            .map(|n| Some(n as u32))
-            .map_err(|e| format!("{e}, or off"))
-    })?;
+    let max_connections_per_client = flags
+        .parse_or(
+            "max-connections-per-client",
+            None,
+            count_or_off(1, 1_000_000),
+        )?
+        .map(|n| n as u32);
     // The one count grammar (digits only, no sign), as usize.
     let count = |max: u64| move |v: &str| count_in(0, max)(v).map(|n| n as usize);
     // `off`, the default's spelling, is 0.
-    let upstream_pool = flags.parse_or("upstream-pool", 0, |v| match v {
-        "off" => Ok(0),
-        _ => count(100_000)(v).map_err(|e| format!("{e}, or off")),
-    })?;
+    let upstream_pool = flags
+        .parse_or("upstream-pool", None, count_or_off(0, 100_000))?
+        .map_or(0, |n| n as usize);
     let upstream_spare = flags.parse_or("upstream-spare", 0, count(100_000))?;
-    let max_upstream_connections = flags.parse_or("max-upstream-connections", None, |v| {
-        if v == "off" {
-            return Ok(None);
-        }
-        count_in(1, 1_000_000)(v)
-            .map(|n| Some(n as usize))
-            .map_err(|e| format!("{e}, or off"))
-    })?;
+    let max_upstream_connections = flags
+        .parse_or("max-upstream-connections", None, count_or_off(1, 1_000_000))?
+        .map(|n| n as usize);
     let queue_timeout = flags.parse_or("queue-timeout", secs(5), parse_duration)?;
     let upstream_idle_timeout =
         flags.parse_or("upstream-idle-timeout", secs(60), parse_duration)?;
@@ -702,6 +695,18 @@ pub fn count_in(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> {
         parse_count(v)
             .filter(|n| (min..=max).contains(n))
             .ok_or_else(|| format!("expected a number from {min} to {max}"))
+    }
+}
+
+/// A count from `min` to `max` in the count grammar, or `off` (`None`):
+/// the spelling of a flag whose default is shown as `off`, so that a later
+/// argument can undo an earlier one.
+fn count_or_off(min: u64, max: u64) -> impl Fn(&str) -> Result<Option<u64>, String> {
+    move |v| match v {
+        "off" => Ok(None),
+        _ => count_in(min, max)(v)
+            .map(Some)
+            .map_err(|e| format!("{e}, or off")),
     }
 }
 
