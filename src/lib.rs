@@ -54,7 +54,10 @@
 //! its lock and its writer thread), [`pool`],
 //! [`pipe`], [`linger`] and [`server`] (I/O), [`admin`] (the connections
 //! the loop drives, a pure request to response part, the Prometheus
-//! renderer), [`observe`] (the report's latency and termination values),
+//! renderer), [`observe`] (the report's latency and termination values as
+//! JSON), `reason` (why a connection ended, and the names it is counted
+//! under: a leaf that `pair`, `stats`, `observe`, `recovery` and `admin`
+//! share),
 //! [`probe`]
 //! (`--probe URL`, the container image's health check), [`proxy_protocol`]
 //! (the PROXY protocol v1/v2 header a balancer sends, `--accept-proxy`, and
@@ -98,6 +101,7 @@ pub mod proxy_protocol;
 pub mod rates;
 #[cfg(not(fuzzing))]
 mod rates;
+mod reason;
 pub mod recovery;
 pub mod scanner;
 pub mod seqs;

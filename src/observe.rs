@@ -1,20 +1,16 @@
 //! The report's Foo-aware values that are not plain counters: the latency
 //! quantiles, the histogram by answer type and the connections closed by
-//! reason, as JSON values and as Prometheus text.
+//! reason, as JSON values (`admin::prometheus` renders them as text).
 //!
 //! Their entries (and the plain matching counters) are in the counter list
 //! (`stats.rs`); names are fixed by the status-page contract and documented
 //! in the README ("Answers, latency and why connections end").
 
-use std::fmt::Write;
-
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use crate::latency::{BOUNDS_US, BUCKETS, Histogram, Latency, Quantiles};
-use crate::pair::Reason;
-use crate::seqs::CLOSE_REASONS;
-use crate::stats::Report;
+use crate::reason::{CLOSE_REASONS, Reason};
 
 /// One histogram per answer type.
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -86,62 +82,6 @@ impl Serialize for Quantiles {
     }
 }
 
-/// The Prometheus text of what the counter list cannot say as plain
-/// samples: the latency histogram by type and the connections closed by
-/// reason (exposition format 0.0.4).
-pub fn prometheus(r: &Report, out: &mut String) {
-    let name = "foo_response_latency_seconds";
-    let _ = write!(
-        out,
-        "# HELP {name} Time from a request's last byte read to its answer's last byte read.\n\
-         # TYPE {name} histogram\n"
-    );
-    let h = &r.response_latency_histogram;
-    for (kind, counts, sum_us) in [("ack", &h.ack, h.sums_us[0]), ("nak", &h.nak, h.sums_us[1])] {
-        let mut cumulative = 0u64;
-        for (i, &c) in counts.iter().enumerate() {
-            cumulative = cumulative.saturating_add(c);
-            let le = match BOUNDS_US.get(i) {
-                Some(&us) => format!("{}", us as f64 / 1e6),
-                None => "+Inf".to_string(),
-            };
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{type=\"{kind}\",le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let sum = sum_us as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{type=\"{kind}\"}} {sum}");
-        let _ = writeln!(out, "{name}_count{{type=\"{kind}\"}} {cumulative}");
-    }
-    let name = "foo_upstream_queue_wait_seconds";
-    let _ = write!(
-        out,
-        "# HELP {name} How long clients waited for an upstream connection (--max-upstream-connections).\n\
-         # TYPE {name} histogram\n"
-    );
-    let waits = &r.upstream_queue_wait_histogram;
-    let mut cumulative = 0u64;
-    for (i, &c) in waits.counts.iter().enumerate() {
-        cumulative = cumulative.saturating_add(c);
-        let le = match BOUNDS_US.get(i) {
-            Some(&us) => format!("{}", us as f64 / 1e6),
-            None => "+Inf".to_string(),
-        };
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-    }
-    let _ = writeln!(out, "{name}_sum {}", waits.sum_us as f64 / 1e6);
-    let _ = writeln!(out, "{name}_count {cumulative}");
-    let name = "foo_connections_closed_total";
-    let _ = write!(
-        out,
-        "# HELP {name} Connections closed, by termination reason.\n# TYPE {name} counter\n"
-    );
-    for (reason, n) in Reason::NAMES.iter().zip(r.connections_closed.0.iter()) {
-        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,22 +113,5 @@ mod tests {
         ] {
             assert_eq!(json[k], 0, "{k}");
         }
-    }
-
-    #[test]
-    fn the_histogram_is_cumulative_in_seconds_with_sum_and_count() {
-        let mut stats = Stats::default();
-        stats.matching.latency.ack.record(20_000);
-        stats.matching.latency.ack.record(20_000_000);
-        let mut text = String::new();
-        prometheus(&stats.report(1000), &mut text);
-        let has = |line: &str| assert!(text.contains(line), "{line} in\n{text}");
-        has("foo_response_latency_seconds_bucket{type=\"ack\",le=\"0.01\"} 0\n");
-        has("foo_response_latency_seconds_bucket{type=\"ack\",le=\"0.025\"} 1\n");
-        has("foo_response_latency_seconds_bucket{type=\"ack\",le=\"10\"} 1\n");
-        has("foo_response_latency_seconds_bucket{type=\"ack\",le=\"+Inf\"} 2\n");
-        has("foo_response_latency_seconds_sum{type=\"ack\"} 20.02\n");
-        has("foo_response_latency_seconds_count{type=\"ack\"} 2\n");
-        has("foo_connections_closed_total{reason=\"drained\"} 0\n");
     }
 }

@@ -14,13 +14,11 @@
 
 use std::collections::VecDeque;
 
-use crate::latency::{Answer, Latency, now_us};
+use crate::latency::{Answer, now_us};
 use crate::pair::log_line::ConnRecord;
 use crate::scanner::{Frame, FrameCounts, FrameSink};
 use crate::stats::Stats;
 
-/// How many termination reasons there are (`crate::pair::Reason::NAMES`).
-pub const CLOSE_REASONS: usize = 13;
 /// A REQ whose seq is not above every outstanding one is looked for among
 /// this many most recent outstanding requests: a client that reuses seqs
 /// (wraps, or resends 1..N in a loop) must not cost a scan of the whole set
@@ -38,18 +36,6 @@ const FIRST_CAPACITY: usize = 16;
 /// kept).
 const SPARE_SETS: usize = 32;
 const SPARE_MAX_CAPACITY: usize = 64;
-
-/// What matching keeps proxy-wide besides the plain counters (those are
-/// `Stats` fields, in the counter list): the latencies, the connections
-/// closed by reason, and emptied sets for reuse.
-#[derive(Default)]
-pub struct Matching {
-    pub latency: Latency,
-    /// Connections closed, by `crate::pair::Reason::index`.
-    pub closed: [u64; CLOSE_REASONS],
-    /// Emptied sets for reuse (see [`SPARE_SETS`]).
-    spare: Vec<VecDeque<(u64, u64)>>,
-}
 
 /// One connection's outstanding requests.
 #[derive(Debug, Default)]

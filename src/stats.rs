@@ -21,9 +21,12 @@
 #[macro_use]
 mod define;
 
-use crate::latency::{Quantiles, now_us};
+use std::collections::VecDeque;
+
+use crate::latency::{Latency, Quantiles, now_us};
 use crate::observe::{ByType, Closed, Waits, bounds_ms};
 use crate::rates::{RateSnapshot, RateWindow};
+use crate::reason::CLOSE_REASONS;
 use crate::scanner::FrameCounts;
 use serde::{Deserialize, Serialize};
 
@@ -137,10 +140,10 @@ counters! {
     /// The fixed histogram bounds, in ms.
     response_latency_buckets_ms: Vec<f64> = derived(|_, _, _| bounds_ms()) [];
     /// Matched answers by fixed bucket, by type, since start (not cumulative);
-    /// rendered for Prometheus by `observe::prometheus`.
+    /// rendered for Prometheus by `admin::prometheus`.
     response_latency_histogram: ByType = derived(|s, _, _| ByType::of(&s.matching.latency)) [];
     /// Connections closed, by termination reason; rendered for Prometheus by
-    /// `observe::prometheus`.
+    /// `admin::prometheus`.
     connections_closed: Closed = derived(|s, _, _| Closed(s.matching.closed)) [];
     // Upstream pooling (issue 19): all 0 without the pooling flags.
     /// Upstream connections open now: held by clients or pooled.
@@ -201,8 +204,20 @@ counters! {
         "Clients closed after --queue-timeout without an upstream connection."];
     /// Waits of the clients that got an upstream connection after
     /// queueing, by the latency histogram's fixed buckets (not cumulative);
-    /// rendered for Prometheus by `observe::prometheus`.
+    /// rendered for Prometheus by `admin::prometheus`.
     upstream_queue_wait_histogram: Waits = derived(|s, _, _| Waits::of(&s.upstream_queue_wait)) [];
+}
+
+/// What matching keeps proxy-wide besides the plain counters (those are
+/// `Stats` fields, in the counter list): the latencies, the connections
+/// closed by reason, and emptied sets for reuse.
+#[derive(Default)]
+pub struct Matching {
+    pub latency: Latency,
+    /// Connections closed, by `crate::reason::Reason::index`.
+    pub closed: [u64; CLOSE_REASONS],
+    /// Emptied sets for reuse (see `crate::seqs`'s `SPARE_SETS`).
+    pub(crate) spare: Vec<VecDeque<(u64, u64)>>,
 }
 
 impl Stats {

@@ -2,6 +2,8 @@
 
 use std::fmt::Write as _;
 
+use crate::latency::{BOUNDS_US, BUCKETS};
+use crate::reason::Reason;
 use crate::stats::{Kind, Report};
 
 /// Text exposition format 0.0.4: HELP and TYPE once per metric, samples of a
@@ -35,7 +37,7 @@ pub fn prometheus(r: &Report, start_unix: f64) -> String {
             }
         }
     }
-    crate::observe::prometheus(r, &mut out);
+    histograms(r, &mut out);
     let _ = write!(
         out,
         "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\
@@ -49,6 +51,60 @@ pub fn prometheus(r: &Report, start_unix: f64) -> String {
         crate::build::PROFILE,
     );
     out
+}
+
+/// The Prometheus text of what the counter list cannot say as plain
+/// samples: the latency histogram by type, the upstream queue waits and
+/// the connections closed by reason (exposition format 0.0.4).
+fn histograms(r: &Report, out: &mut String) {
+    let name = "foo_response_latency_seconds";
+    let _ = write!(
+        out,
+        "# HELP {name} Time from a request's last byte read to its answer's last byte read.\n\
+         # TYPE {name} histogram\n"
+    );
+    let h = &r.response_latency_histogram;
+    histogram(out, name, "type=\"ack\"", &h.ack, h.sums_us[0]);
+    histogram(out, name, "type=\"nak\"", &h.nak, h.sums_us[1]);
+    let name = "foo_upstream_queue_wait_seconds";
+    let _ = write!(
+        out,
+        "# HELP {name} How long clients waited for an upstream connection (--max-upstream-connections).\n\
+         # TYPE {name} histogram\n"
+    );
+    let waits = &r.upstream_queue_wait_histogram;
+    histogram(out, name, "", &waits.counts, waits.sum_us);
+    let name = "foo_connections_closed_total";
+    let _ = write!(
+        out,
+        "# HELP {name} Connections closed, by termination reason.\n# TYPE {name} counter\n"
+    );
+    for (reason, n) in Reason::NAMES.iter().zip(r.connections_closed.0.iter()) {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
+    }
+}
+
+/// One histogram's samples: its buckets made cumulative (bounds in
+/// seconds, then `+Inf`), `_sum` in seconds and `_count`; `label` (such as
+/// `type="ack"`, or empty) goes before `le` in every sample.
+fn histogram(out: &mut String, name: &str, label: &str, counts: &[u64; BUCKETS], sum_us: u64) {
+    let mut cumulative = 0u64;
+    let (sep, braced) = if label.is_empty() {
+        ("", String::new())
+    } else {
+        (",", format!("{{{label}}}"))
+    };
+    for (i, &c) in counts.iter().enumerate() {
+        cumulative = cumulative.saturating_add(c);
+        let le = match BOUNDS_US.get(i) {
+            Some(&us) => format!("{}", us as f64 / 1e6),
+            None => "+Inf".to_string(),
+        };
+        let _ = writeln!(out, "{name}_bucket{{{label}{sep}le=\"{le}\"}} {cumulative}");
+    }
+    let sum = sum_us as f64 / 1e6;
+    let _ = writeln!(out, "{name}_sum{braced} {sum}");
+    let _ = writeln!(out, "{name}_count{braced} {cumulative}");
 }
 
 #[cfg(test)]
@@ -108,5 +164,22 @@ pub(in crate::admin) mod tests {
         );
         assert!(text.contains(&build), "{text}");
         assert!(text.contains("foo_bytes_total{direction=\"client_to_server\"} 100\n"));
+    }
+
+    #[test]
+    fn the_histogram_is_cumulative_in_seconds_with_sum_and_count() {
+        let mut stats = Stats::default();
+        stats.matching.latency.ack.record(20_000);
+        stats.matching.latency.ack.record(20_000_000);
+        let mut text = String::new();
+        histograms(&stats.report(1000), &mut text);
+        let has = |line: &str| assert!(text.contains(line), "{line} in\n{text}");
+        has("foo_response_latency_seconds_bucket{type=\"ack\",le=\"0.01\"} 0\n");
+        has("foo_response_latency_seconds_bucket{type=\"ack\",le=\"0.025\"} 1\n");
+        has("foo_response_latency_seconds_bucket{type=\"ack\",le=\"10\"} 1\n");
+        has("foo_response_latency_seconds_bucket{type=\"ack\",le=\"+Inf\"} 2\n");
+        has("foo_response_latency_seconds_sum{type=\"ack\"} 20.02\n");
+        has("foo_response_latency_seconds_count{type=\"ack\"} 2\n");
+        has("foo_connections_closed_total{reason=\"drained\"} 0\n");
     }
 }

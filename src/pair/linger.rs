@@ -14,9 +14,9 @@ use std::fmt;
 use std::io::{self, Read};
 use std::net::Shutdown;
 
-use super::Reason;
 use crate::net::{self, Io, describe};
 use crate::pipe::{Ctx, Fault, Pipe, Side};
+use crate::reason::Reason;
 
 /// Most input discarded from a lingering client before giving up on it.
 pub const MAX_DISCARD: u32 = 1 << 20;

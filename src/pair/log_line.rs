@@ -10,9 +10,9 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
-use super::Reason;
 use crate::dates;
 pub use crate::logging::LogFormat;
+use crate::reason::Reason;
 use crate::scanner::{Direction, FrameCounts};
 
 /// What the log says of one connection, gathered over its life.

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::latency::{self, BOUNDS_US, Histogram};
-use crate::pair::Reason;
 use crate::rates::{BUCKET_MS, BUCKETS, Bucket};
+use crate::reason::Reason;
 use crate::stats::Stats;
 
 /// The `format` field: tells our file from any other JSON, such as the
@@ -720,7 +720,7 @@ pub(in crate::recovery) mod tests {
         let (_, skipped) = restore_counted(&snap, &mut stats, T0, 0);
         assert_eq!(skipped, Skipped::default());
         assert_eq!(stats.msg_req, 5);
-        assert_eq!(stats.matching.closed, [0; crate::seqs::CLOSE_REASONS]);
+        assert_eq!(stats.matching.closed, [0; crate::reason::CLOSE_REASONS]);
         assert_eq!(stats.matching.latency.ack.count(), 0);
     }
 

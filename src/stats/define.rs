@@ -32,7 +32,7 @@ macro_rules! counters {
             pub window: RateWindow,
             /// Request/answer matching: answer latencies, connections
             /// closed by reason, spare seq sets.
-            pub matching: crate::seqs::Matching,
+            pub matching: Matching,
             /// Queue waits at `--max-upstream-connections`, µs.
             pub upstream_queue_wait: crate::latency::Histogram,
             /// Messages counted since the last time they went into the window.
