@@ -182,6 +182,38 @@ fn server_answers_every_line_and_closes_after_the_client() {
 }
 
 #[test]
+fn server_answers_a_last_line_without_a_newline_when_the_client_closes() {
+    // Through the proxy too: the client's half-close after a partial line
+    // must end as `client_closed` with the answer delivered, as the README
+    // promises for a reference-like server.
+    let (_server, addr) = foo_server(&["--seed", "5", "--no-fragment"]);
+    let proxy = Proxy::start(&addr.to_string(), &["--log-connections"]);
+    for target in [addr, proxy.addr] {
+        let mut stream = TcpStream::connect_timeout(&target, WAIT).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.write_all(b"REQ 4\nREQ 5 tail").unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        let (bytes, eof) = util::read_to_eof(&mut stream);
+        assert!(eof, "{target}: the server must close after answering");
+        let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+        assert_eq!(
+            lines.len(),
+            3,
+            "{target}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        for (line, seq) in [(lines[0], 4), (lines[1], 5)] {
+            let m = proto::parse(line).unwrap();
+            assert!(matches!(m.kind, Kind::Ack | Kind::Nak), "{line:?}");
+            assert_eq!(m.seq, seq);
+        }
+    }
+    let log = proxy.stderr_has(" reason=");
+    assert!(log.contains(" reason=client_closed"), "{log}");
+    assert!(!log.contains(" reason=server_closed"), "{log}");
+}
+
+#[test]
 fn server_holds_a_thousand_connections() {
     let (_server, addr) = foo_server(&["--no-fragment"]);
     let mut streams: Vec<TcpStream> = (0..1000)

@@ -250,6 +250,43 @@ fn a_client_that_closes_after_its_answers_ends_as_client_closed() {
 }
 
 #[test]
+fn a_server_that_closes_once_a_half_closed_client_is_answered_ends_as_client_closed() {
+    // The server's last answer and its FIN usually arrive in one read: the
+    // session still ended normally, the client having closed first.
+    const ROUNDS: u64 = 10;
+    let (up, conns) = hand_upstream();
+    let proxy = Proxy::start(&up, &[]);
+    for _ in 0..ROUNDS {
+        let mut c = client_of(&proxy);
+        let mut s = accepted(&conns);
+        relay_up(&mut c, &mut s, b"REQ 1 a\nREQ 2 b\n");
+        c.shutdown(Shutdown::Write).unwrap();
+        let (_, eof) = read_to_eof(&mut s);
+        assert!(eof, "the proxy passes the client's FIN on");
+        s.write_all(b"ACK 1\nNAK 2\n").unwrap();
+        drop(s);
+        let (got, eof) = read_to_eof(&mut c);
+        assert!(eof);
+        assert_eq!(got, b"ACK 1\nNAK 2\n");
+    }
+    let r =
+        proxy.report_until(|r| closed(r, "client_closed") + closed(r, "server_closed") >= ROUNDS);
+    assert_eq!(
+        closed(&r, "client_closed"),
+        ROUNDS,
+        "{}",
+        r["connections_closed"]
+    );
+    assert_eq!(
+        closed(&r, "server_closed"),
+        0,
+        "{}",
+        r["connections_closed"]
+    );
+    assert_eq!(r["requests_unanswered"], 0);
+}
+
+#[test]
 fn a_client_reset_ends_as_client_reset() {
     let (up, conns) = hand_upstream();
     let proxy = Proxy::start(&up, &[]);

@@ -484,8 +484,14 @@ fn relay(
         }
     }
     if let Some(reason) = ended {
-        // What the upstream sent is delivered by the lingering close.
-        return Outcome::End(reason);
+        // What the upstream sent is delivered by the lingering close. A
+        // server that closes once it has answered every line of a client
+        // that closed first ends the session normally: often its last
+        // answer and its FIN come in one read.
+        let answered = reason == Reason::UpstreamClosed
+            && matches!(half, Client::HalfClosed { .. })
+            && s2c.lines >= lines_sent(c2s);
+        return Outcome::End(if answered { Reason::Answered } else { reason });
     }
     if let Client::HalfClosed { upstream_shut } = half {
         // A pooled connection is kept open for the next client, unless the
@@ -498,14 +504,9 @@ fn relay(
             }
         }
         // A Foo server answers each line with one line: once every line
-        // the client sent is answered and delivered, nothing is left. A
-        // partial last line (no newline before the FIN) is answered too by
-        // servers that read to EOF: wait for one more line then.
-        let sent = c2s
-            .lines
-            .saturating_add(u64::from(!c2s.at_frame_boundary()));
+        // the client sent is answered and delivered, nothing is left.
         let flushed = *upstream_shut || (keep && c2s.pending() == 0);
-        if flushed && s2c.pending() == 0 && s2c.lines >= sent {
+        if flushed && s2c.pending() == 0 && s2c.lines >= lines_sent(c2s) {
             return Outcome::End(Reason::Answered);
         }
     }
@@ -514,6 +515,14 @@ fn relay(
         moved,
         rearm,
     }
+}
+
+/// The lines a half-closed client sent, each to be answered with one: a
+/// partial last line (no newline before the FIN) counts, since servers that
+/// read to EOF answer it too.
+fn lines_sent(c2s: &Pipe) -> u64 {
+    c2s.lines
+        .saturating_add(u64::from(!c2s.at_frame_boundary()))
 }
 
 #[cfg(test)]

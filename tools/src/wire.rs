@@ -78,6 +78,14 @@ impl LineReader {
         self.start += i + 1;
         avail.get(..i)
     }
+
+    /// At EOF, the last line if it has no `\n` (empty: `None`), as Go's
+    /// `bufio.Scanner` hands the reference server a final unterminated line.
+    pub fn take_rest(&mut self) -> Option<&[u8]> {
+        let rest = self.buf.get(self.start..self.end)?;
+        self.start = self.end;
+        (!rest.is_empty()).then_some(rest)
+    }
 }
 
 /// Bytes waiting to be written: `buf[pos..]`.
@@ -138,6 +146,18 @@ mod tests {
             self.0 = &self.0[n..];
             Ok(n)
         }
+    }
+
+    #[test]
+    fn the_unterminated_rest_is_taken_once_and_only_when_not_empty() {
+        let mut lines = LineReader::new(64);
+        let mut input: &[u8] = b"REQ 1\nREQ 2 tail";
+        assert_eq!(lines.fill(&mut input).ok(), Some(Filled::Bytes(16)));
+        assert_eq!(lines.next_line(), Some(&b"REQ 1"[..]));
+        assert_eq!(lines.next_line(), None);
+        assert_eq!(lines.take_rest(), Some(&b"REQ 2 tail"[..]));
+        assert_eq!(lines.take_rest(), None);
+        assert_eq!(lines.pending(), 0);
     }
 
     #[test]

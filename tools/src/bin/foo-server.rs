@@ -1,5 +1,6 @@
 //! foo-server: a Foo server for trying the proxy, after the reference driver.
-//! Answers every line, splits its writes at random points, and closes its
+//! Answers every line (a last one without a newline once the client closes),
+//! splits its writes at random points, and closes its
 //! side once the client has closed and every answer is out.
 
 #![forbid(unsafe_code)]
@@ -276,13 +277,28 @@ impl Conn {
                     Filled::WouldBlock => {}
                 }
                 while let Some(line) = self.lines.next_line() {
-                    if delay.is_zero() {
-                        push_answer(&mut self.out.buf, line, &mut self.rng);
-                    } else {
-                        let mut answer = Vec::with_capacity(48);
-                        push_answer(&mut answer, line, &mut self.rng);
-                        self.held.push_back((now + delay, answer));
-                    }
+                    answer(
+                        line,
+                        &mut self.out.buf,
+                        &mut self.held,
+                        &mut self.rng,
+                        now,
+                        delay,
+                    );
+                }
+                // Like the reference server, a last line without a newline
+                // is answered once the client has closed its side.
+                if self.read_closed
+                    && let Some(line) = self.lines.take_rest()
+                {
+                    answer(
+                        line,
+                        &mut self.out.buf,
+                        &mut self.held,
+                        &mut self.rng,
+                        now,
+                        delay,
+                    );
                 }
             }
             while let Some((due, answer)) = self.held.front() {
@@ -301,6 +317,24 @@ impl Conn {
                 return Ok(Drive::Continue);
             }
         }
+    }
+}
+
+/// Queues the answer to `line`: into `out` at once, or held for `delay`.
+fn answer(
+    line: &[u8],
+    out: &mut Vec<u8>,
+    held: &mut VecDeque<(Instant, Vec<u8>)>,
+    rng: &mut Rng,
+    now: Instant,
+    delay: Duration,
+) {
+    if delay.is_zero() {
+        push_answer(out, line, rng);
+    } else {
+        let mut answer = Vec::with_capacity(48);
+        push_answer(&mut answer, line, rng);
+        held.push_back((now + delay, answer));
     }
 }
 
