@@ -73,10 +73,66 @@ fn check_reports_what_would_run_on_stdout_and_exits_0_without_serving() {
     ] {
         assert!(stdout.contains(want), "{want:?} missing from\n{stdout}");
     }
-    // Nothing served, so no start line; and the lock was released.
+    // Nothing served, so no start line; and nothing made on disk: a dry
+    // run leaves no directory and no lock file behind.
     assert!(!stderr.contains("listening"), "{stderr}");
+    assert!(
+        !dir.join("sub").exists(),
+        "--check created the recovery directory"
+    );
     let again = run(&["--check", "-listen=127.0.0.1:0", "-http=off", &flag]);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+}
+
+#[test]
+fn check_creates_writes_and_removes_nothing() {
+    let dir = scratch("check-no-writes");
+    let path = dir.join("recovery.json");
+    // What a start would clean up or write: a temp file an interrupted
+    // write left, a stale lock file, the recovery file itself.
+    let leftover = dir.join("recovery.json.tmp");
+    fs::write(&leftover, b"half").unwrap();
+    fs::write(dir.join("recovery.json.lock"), b"1\n").unwrap();
+    let before: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (e.file_name(), m.len(), m.modified().unwrap())
+        })
+        .collect();
+    let flag = format!("-recovery-path={}", path.display());
+    let out = run(&["--check", "-listen=127.0.0.1:0", "-http=off", &flag]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("(usable; lock "),
+        "{}",
+        text(&out.stdout)
+    );
+    let mut after: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (e.file_name(), m.len(), m.modified().unwrap())
+        })
+        .collect();
+    let mut before = before;
+    before.sort();
+    after.sort();
+    assert_eq!(after, before, "--check changed the recovery directory");
+    // A directory it may not write in is reported, not created.
+    let blocked = dir.join("file-not-dir/sub/recovery.json");
+    fs::write(dir.join("file-not-dir"), b"x").unwrap();
+    let flag = format!("-recovery-path={}", blocked.display());
+    let out = run(&["--check", "-listen=127.0.0.1:0", "-http=off", &flag]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("cannot be written now: cannot create directory")
+            && stdout.contains("file-not-dir is not a directory"),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

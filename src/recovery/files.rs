@@ -191,6 +191,45 @@ pub(super) fn ensure_dir(path: &Path) -> Result<(), String> {
     })
 }
 
+/// Whether the files for `path` could be created, without creating
+/// anything (`--check`): its directory, or the nearest existing ancestor
+/// when the directory is still to be made, must be a directory this
+/// process may write to (`access(2)`: permissions and a read-only mount).
+/// Errors are one sentence naming the directory.
+pub(super) fn could_create_in(path: &Path) -> Result<(), String> {
+    let dir = dir_of(path);
+    let existing = dir
+        .ancestors()
+        .find(|d| d.as_os_str().is_empty() || fs::metadata(d).is_ok())
+        .map_or(Path::new("."), |d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        });
+    let cannot = |why: &str| {
+        if existing == dir {
+            format!("cannot write in directory {}: {why}", dir.display())
+        } else {
+            format!("cannot create directory {}: {why}", dir.display())
+        }
+    };
+    match fs::metadata(existing) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(cannot(&format!(
+                "{} is not a directory",
+                existing.display()
+            )));
+        }
+        Ok(_) => {}
+        Err(e) => return Err(cannot(&describe(&e))),
+    }
+    let flags = nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK;
+    nix::unistd::access(existing, flags)
+        .map_err(|errno| cannot(&describe(&std::io::Error::from(errno))))
+}
+
 /// Creates a new temp file for `path`: a fresh unique name, `O_EXCL` and
 /// `O_NOFOLLOW` (a name someone planted, link or not, is skipped, never
 /// opened), mode 0600.

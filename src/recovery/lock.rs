@@ -1,6 +1,7 @@
 //! One owner per recovery path: the lock file beside it, holding the owner's pid.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process;
@@ -59,57 +60,13 @@ impl RecoveryLock {
     /// special file opened.
     pub fn take(path: &Path) -> Result<RecoveryLock, LockError> {
         let lock_path = lock_path(path);
-        let not_regular = |kind: &str| {
-            LockError::Unusable(format!(
-                "lock file {} is {kind}, not a regular file",
+        // Created when absent, so never `None`.
+        let Some(file) = open_checked(&lock_path, true)? else {
+            return Err(LockError::Failed(format!(
+                "cannot open lock file {}",
                 lock_path.display()
-            ))
+            )));
         };
-        if let Ok(meta) = fs::symlink_metadata(&lock_path)
-            && !meta.is_file()
-        {
-            return Err(not_regular(kind_of(meta.file_type())));
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(SAFE_OPEN | libc::O_NOFOLLOW)
-            .open(&lock_path)
-            .map_err(|e| {
-                if e.raw_os_error() == Some(libc::ELOOP) {
-                    not_regular("a symbolic link")
-                } else {
-                    LockError::Unwritable(format!(
-                        "cannot open lock file {}: {}",
-                        lock_path.display(),
-                        describe(&e)
-                    ))
-                }
-            })?;
-        // Checked on the opened file, before anything is written to it: the
-        // pid write below truncates, and must never reach a file that is
-        // also another name (a planted hard link) or someone else's.
-        match file.metadata() {
-            Ok(meta) if meta.is_file() => {
-                let euid = nix::unistd::geteuid().as_raw();
-                if let Some(why) = not_ours(meta.nlink(), meta.uid(), euid) {
-                    return Err(LockError::Unusable(format!(
-                        "lock file {} {why}; refusing to use it",
-                        lock_path.display()
-                    )));
-                }
-            }
-            Ok(meta) => return Err(not_regular(kind_of(meta.file_type()))),
-            Err(e) => {
-                return Err(LockError::Failed(format!(
-                    "cannot stat lock file {}: {}",
-                    lock_path.display(),
-                    describe(&e)
-                )));
-            }
-        }
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Err(LockError::InUse(read_pid(&file))),
@@ -138,6 +95,26 @@ impl RecoveryLock {
             file,
             path: lock_path,
         })
+    }
+
+    /// Whether [`take`](RecoveryLock::take) would succeed now, without
+    /// creating or writing anything (`--check`): an absent lock file is
+    /// free; an existing one gets the same checks and a `flock` tried and
+    /// released at once. Errors as [`take`](RecoveryLock::take)'s.
+    pub fn probe(path: &Path) -> Result<(), LockError> {
+        let lock_path = lock_path(path);
+        let Some(file) = open_checked(&lock_path, false)? else {
+            return Ok(());
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(()),
+            Err(TryLockError::WouldBlock) => Err(LockError::InUse(read_pid(&file))),
+            Err(TryLockError::Error(e)) => Err(LockError::Failed(format!(
+                "cannot lock {}: {}",
+                lock_path.display(),
+                describe(&e)
+            ))),
+        }
     }
 
     /// The lock a previous owner handed over (its descriptor, so the
@@ -211,4 +188,70 @@ pub(super) fn read_pid(file: &File) -> Option<u32> {
 pub(super) fn parse_pid(bytes: &[u8]) -> Option<u32> {
     let digits = bytes.strip_suffix(b"\n")?;
     std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Opens lock file `lock_path` (creating it when `create`; `Ok(None)` when
+/// it is absent and not created), refusing what is not a regular file of
+/// ours: a symbolic link, another kind of file, a hard link, another
+/// user's file.
+fn open_checked(lock_path: &Path, create: bool) -> Result<Option<File>, LockError> {
+    let not_regular = |kind: &str| {
+        LockError::Unusable(format!(
+            "lock file {} is {kind}, not a regular file",
+            lock_path.display()
+        ))
+    };
+    if let Ok(meta) = fs::symlink_metadata(lock_path)
+        && !meta.is_file()
+    {
+        return Err(not_regular(kind_of(meta.file_type())));
+    }
+    let opened = OpenOptions::new()
+        .read(true)
+        .write(create)
+        .create(create)
+        .mode(0o600)
+        .custom_flags(SAFE_OPEN | libc::O_NOFOLLOW)
+        .open(lock_path);
+    if !create
+        && opened
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+    {
+        return Ok(None);
+    }
+    let file = opened.map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            not_regular("a symbolic link")
+        } else {
+            LockError::Unwritable(format!(
+                "cannot open lock file {}: {}",
+                lock_path.display(),
+                describe(&e)
+            ))
+        }
+    })?;
+    // Checked on the opened file, before anything is written to it: the
+    // pid write in `take` truncates, and must never reach a file that is
+    // also another name (a planted hard link) or someone else's.
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => {
+            let euid = nix::unistd::geteuid().as_raw();
+            if let Some(why) = not_ours(meta.nlink(), meta.uid(), euid) {
+                return Err(LockError::Unusable(format!(
+                    "lock file {} {why}; refusing to use it",
+                    lock_path.display()
+                )));
+            }
+        }
+        Ok(meta) => return Err(not_regular(kind_of(meta.file_type()))),
+        Err(e) => {
+            return Err(LockError::Failed(format!(
+                "cannot stat lock file {}: {}",
+                lock_path.display(),
+                describe(&e)
+            )));
+        }
+    }
+    Ok(Some(file))
 }

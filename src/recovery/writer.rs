@@ -11,7 +11,8 @@ use crate::recovery::codec::{
     Snapshot, Totals, WindowFate, capture, check_window, encode, restore_counted,
 };
 use crate::recovery::files::{
-    Loaded, ensure_dir, load, probe_writable, quarantine, remove_leftover_temps, write_atomic,
+    Loaded, could_create_in, ensure_dir, load, probe_writable, quarantine, remove_leftover_temps,
+    write_atomic,
 };
 use crate::recovery::lock::{LockError, RecoveryLock};
 use crate::recovery::path::{StartError, Unreadable, check_path};
@@ -146,7 +147,19 @@ impl Recovery {
     /// cannot be written now, which the proxy would warn about and relay
     /// through. Like a start, it creates the directory and the lock file.
     pub fn check(path: PathBuf) -> Result<Option<String>, StartError> {
-        Recovery::claim_quietly(path).map(|(_, unwritable)| unwritable)
+        check_path(&path)?;
+        if let Err(why) = could_create_in(&path) {
+            return Ok(Some(why));
+        }
+        match RecoveryLock::probe(&path) {
+            Ok(()) => Ok(None),
+            Err(LockError::Unwritable(why)) => Ok(Some(why)),
+            Err(e @ LockError::Unusable(_)) => Err(StartError::unusable(e.describe(&path))),
+            Err(e @ (LockError::InUse(_) | LockError::Failed(_))) => Err(StartError {
+                message: e.describe(&path),
+                exit_code: 1,
+            }),
+        }
     }
 
     /// [`claim`](Recovery::claim) without the warning: the recovery, and
