@@ -5,9 +5,10 @@
 //! Reading is incremental and bounded: [`parse`] says `Incomplete` until the
 //! whole header is there, and a header longer than [`MAX_HEADER`] bytes is
 //! refused, so a connection holds at most that much while it is read. The
-//! grammar is checked by the `ppp` crate; what a header means for this
-//! proxy (which address the client is) is decided here. Encoding is done
-//! here, into a fixed array: it cannot fail and allocates nothing.
+//! grammar is checked by the `ppp` crate, the v2 TLV area and its CRC32c
+//! here (`ppp` leaves TLVs unread); what a header means for this proxy
+//! (which address the client is) is decided here. Encoding is done here,
+//! into a fixed array: it cannot fail and allocates nothing.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -169,14 +170,125 @@ fn parse_v2(input: &[u8]) -> Parsed {
         Ok(h) if h.command == v2::Command::Proxy && h.protocol == v2::Protocol::Datagram => {
             Parsed::Invalid(Invalid::Malformed)
         }
-        Ok(h) if h.header.len() == total => Parsed::Done(Header {
-            len: total,
-            addresses: match h.command {
-                v2::Command::Local => None,
-                v2::Command::Proxy => v2_addresses(&h.addresses),
-            },
-        }),
+        Ok(h) if h.header.len() == total => match h.command {
+            // The spec: a LOCAL header's block is discarded unread.
+            v2::Command::Local => Parsed::Done(Header {
+                len: total,
+                addresses: None,
+            }),
+            v2::Command::Proxy if tlvs_are_valid(whole, h.address_family()) => {
+                Parsed::Done(Header {
+                    len: total,
+                    addresses: v2_addresses(&h.addresses),
+                })
+            }
+            v2::Command::Proxy => Parsed::Invalid(Invalid::Malformed),
+        },
         _ => Parsed::Invalid(Invalid::Malformed),
+    }
+}
+
+/// `PP2_TYPE_CRC32C`: the CRC32c of the whole header, computed with this
+/// TLV's 4-byte value zeroed.
+const PP2_TYPE_CRC32C: u8 = 0x03;
+/// Type and length, before each TLV's value.
+const TLV_HEAD: usize = 3;
+
+/// Whether the TLV area of a complete v2 PROXY header (`whole`, 16 bytes
+/// plus the length field's count) parses exactly and its checksum, if it
+/// has one, verifies; `ppp` only frames the header and leaves TLVs unread.
+///
+/// As HAProxy reads it: every TLV's 3-byte head and value lie within the
+/// header (a TLV cut by the length field, or 1-2 stray bytes at the end,
+/// make the header invalid); a `PP2_TYPE_CRC32C` TLV is 4 bytes and matches
+/// the CRC32c of the header with its value zeroed. More than one CRC32C TLV
+/// is refused: which bytes the sender zeroed is then ambiguous. Other TLVs
+/// (ALPN, authority, SSL with its sub-TLVs, ...) are used by nothing here
+/// and are not looked into. With `AF_UNSPEC` the spec has the receiver
+/// ignore the block, whose layout is then unknown: it is not checked.
+fn tlvs_are_valid(whole: &[u8], family: v2::AddressFamily) -> bool {
+    let addresses = match family {
+        v2::AddressFamily::IPv4 => 12,
+        v2::AddressFamily::IPv6 => 36,
+        v2::AddressFamily::Unix => 216,
+        v2::AddressFamily::Unspecified => return true,
+    };
+    let mut at = 16 + addresses;
+    let mut crc: Option<(usize, u32)> = None;
+    while at < whole.len() {
+        let Some(&[kind, hi, lo]) = whole.get(at..at + TLV_HEAD) else {
+            return false;
+        };
+        let value = at + TLV_HEAD;
+        let end = value + usize::from(u16::from_be_bytes([hi, lo]));
+        let Some(bytes) = whole.get(value..end) else {
+            return false;
+        };
+        if kind == PP2_TYPE_CRC32C {
+            let (Ok(sent), None) = (<[u8; 4]>::try_from(bytes), crc) else {
+                return false;
+            };
+            crc = Some((value, u32::from_be_bytes(sent)));
+        }
+        at = end;
+    }
+    match crc {
+        None => true,
+        Some((value, sent)) => {
+            let (before, rest) = whole.split_at(value.min(whole.len()));
+            let after = rest.get(4..).unwrap_or(&[]);
+            crc32c::finish(crc32c::update(
+                crc32c::update(crc32c::update(crc32c::START, before), &[0; 4]),
+                after,
+            )) == sent
+        }
+    }
+}
+
+/// CRC32c (Castagnoli, reflected polynomial 0x82F63B78), byte at a time
+/// from a 1 KiB table built at compile time: a header is read once per
+/// connection, so a faster kernel or a crate would buy nothing.
+mod crc32c {
+    const POLY: u32 = 0x82F6_3B78;
+    pub const START: u32 = !0;
+
+    // Evaluated by the compiler: an index out of bounds fails the build,
+    // it cannot panic at run time.
+    #[allow(clippy::indexing_slicing)]
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 == 1 { (c >> 1) ^ POLY } else { c >> 1 };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+
+    pub fn update(mut crc: u32, bytes: &[u8]) -> u32 {
+        for &b in bytes {
+            let slot = TABLE
+                .get(usize::from((crc as u8) ^ b))
+                .copied()
+                .unwrap_or(0);
+            crc = (crc >> 8) ^ slot;
+        }
+        crc
+    }
+
+    pub fn finish(crc: u32) -> u32 {
+        !crc
+    }
+
+    #[cfg(test)]
+    pub fn of(bytes: &[u8]) -> u32 {
+        finish(update(START, bytes))
     }
 }
 

@@ -191,6 +191,85 @@ fn a_connection_without_a_valid_header_is_closed_counted_and_never_relayed() {
     proxy.stderr_has("invalid PROXY header");
 }
 
+/// CRC32c (Castagnoli), bit at a time: the test's own, independent of
+/// the proxy's table-driven one.
+fn crc32c(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                (c >> 1) ^ 0x82F6_3B78
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// A v2 header from 192.0.2.7:40000 with `tlvs` after its addresses.
+fn v2_with_tlvs(tlvs: &[u8]) -> Vec<u8> {
+    let mut h = v2_header("192.0.2.7:40000", "198.51.100.1:8002");
+    let len = u16::try_from(12 + tlvs.len()).unwrap().to_be_bytes();
+    h[14..16].copy_from_slice(&len);
+    h.extend_from_slice(tlvs);
+    h
+}
+
+#[test]
+fn v2_headers_with_a_cut_tlv_or_a_wrong_crc32c_are_closed_counted_and_never_relayed() {
+    let (upstream, got) = recording_upstream();
+    let proxy = Proxy::start(
+        &upstream.to_string(),
+        &["--accept-proxy", "--send-proxy", "v1"],
+    );
+    // A good checksum over the header with its own value zeroed.
+    let mut good = v2_with_tlvs(&[0x02, 0, 3, b'f', b'o', b'o', 0x03, 0, 4, 0, 0, 0, 0]);
+    let crc = crc32c(&good).to_be_bytes();
+    let at = good.len() - 4;
+    good[at..].copy_from_slice(&crc);
+    let mut wrong_crc = good.clone();
+    wrong_crc[at + 3] ^= 0x80;
+    let mut changed_address = good.clone();
+    changed_address[16] ^= 0x01;
+    let cut_tlv = v2_with_tlvs(&[0x02, 0, 9, b'a', b'b']);
+    let stray_byte = v2_with_tlvs(&[0x04]);
+    let bad = [wrong_crc, changed_address, cut_tlv, stray_byte];
+    for header in &bad {
+        let mut c = TcpStream::connect(proxy.addr).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(&[header.as_slice(), b"REQ 1 a\n"].concat())
+            .unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let (answer, clean) = read_to_eof(&mut c);
+        assert!(
+            answer.is_empty() && clean,
+            "closed with a FIN, nothing answered"
+        );
+    }
+    let r = proxy.report_until(|r| r["proxy_header_errors"] == bad.len());
+    assert_eq!(r["proxy_header_errors"], bad.len(), "{r}");
+    assert_eq!(r["msg_req"], 0, "{r}");
+    assert!(got.try_recv().is_err(), "nothing reached the upstream");
+    // The same header with its checksum right is served, its address used.
+    let mut c = TcpStream::connect(proxy.addr).unwrap();
+    c.write_all(&[good.as_slice(), b"REQ 1 a\n"].concat())
+        .unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let seen = got
+        .recv_timeout(WAIT)
+        .expect("the upstream got a connection");
+    assert_eq!(
+        seen,
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 8002\r\nREQ 1 a\n",
+        "{:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    let r = proxy.report_until(|r| r["msg_req"] == 1);
+    assert_eq!(r["proxy_header_errors"], bad.len(), "{r}");
+}
+
 #[test]
 fn a_client_that_sends_no_header_is_closed_at_the_header_deadline() {
     let server = FooServer::start(ServerOpts::default());

@@ -161,7 +161,7 @@ fn v2_with_a_wrong_version_or_short_addresses_is_malformed() {
 }
 
 #[test]
-fn v2_tlvs_are_skipped_and_a_huge_length_is_refused() {
+fn well_formed_v2_tlvs_are_accepted_and_a_huge_length_is_refused() {
     let mut with_tlv = V2_SIGNATURE.to_vec();
     with_tlv.extend_from_slice(&[0x21, 0x11, 0, 19, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0, 2]);
     // PP2_TYPE_AUTHORITY "abcd".
@@ -177,4 +177,106 @@ fn v2_tlvs_are_skipped_and_a_huge_length_is_refused() {
     long.extend_from_slice(&[0x21, 0x11, 0x0f, 0x00]);
     long.resize(1000, 0);
     assert_eq!(parse(&long), Parsed::Incomplete);
+}
+
+/// A v2 PROXY header for TCP over IPv4 with `tlvs` after the addresses.
+fn v2_with(tlvs: &[u8]) -> Vec<u8> {
+    let mut h = V2_SIGNATURE.to_vec();
+    let len = u16::try_from(12 + tlvs.len()).unwrap().to_be_bytes();
+    h.extend_from_slice(&[0x21, 0x11, len[0], len[1]]);
+    h.extend_from_slice(&[192, 0, 2, 7, 198, 51, 100, 1, 0x9c, 0x40, 0x1f, 0x42]);
+    h.extend_from_slice(tlvs);
+    h
+}
+
+/// `v2_with` plus a CRC32C TLV holding the right checksum.
+fn v2_with_crc(tlvs: &[u8]) -> Vec<u8> {
+    let mut h = v2_with(&[tlvs, &[PP2_TYPE_CRC32C, 0, 4, 0, 0, 0, 0]].concat());
+    let crc = crc32c::of(&h).to_be_bytes();
+    let at = h.len() - 4;
+    h.get_mut(at..).unwrap().copy_from_slice(&crc);
+    h
+}
+
+#[test]
+fn crc32c_is_castagnolis_checksum() {
+    // The check value of CRC-32C (RFC 3720, B.4; the standard catalogue).
+    assert_eq!(crc32c::of(b"123456789"), 0xE306_9283);
+    assert_eq!(crc32c::of(&[0; 32]), 0x8A91_36AA);
+}
+
+#[test]
+fn a_v2_header_with_a_crc32c_tlv_is_accepted_only_if_the_checksum_matches() {
+    let good = v2_with_crc(&[0x02, 0, 3, b'f', b'o', b'o']);
+    assert_eq!(done(&good).len, good.len());
+    assert_eq!(
+        done(&good).addresses,
+        Some((addr("192.0.2.7:40000"), addr("198.51.100.1:8002")))
+    );
+    // Any bit changed after the checksum was made: the address, the
+    // checksum itself, another TLV's value.
+    for at in [16, good.len() - 1, good.len() - 8] {
+        let mut bad = good.clone();
+        *bad.get_mut(at).unwrap() ^= 0x01;
+        assert_eq!(
+            parse(&bad),
+            Parsed::Invalid(Invalid::Malformed),
+            "bit at {at}"
+        );
+    }
+}
+
+#[test]
+fn a_crc32c_tlv_of_another_length_or_a_second_one_is_malformed() {
+    let short = v2_with(&[PP2_TYPE_CRC32C, 0, 3, 1, 2, 3]);
+    assert_eq!(parse(&short), Parsed::Invalid(Invalid::Malformed));
+    let good = v2_with_crc(&[]);
+    let twice = v2_with(&[good.get(28..).unwrap(), good.get(28..).unwrap()].concat());
+    assert_eq!(parse(&twice), Parsed::Invalid(Invalid::Malformed));
+}
+
+#[test]
+fn a_tlv_area_that_does_not_parse_exactly_makes_the_header_invalid() {
+    // Well formed: NOOP of length 0, then AUTHORITY "ab".
+    assert!(matches!(
+        parse(&v2_with(&[0x04, 0, 0, 0x02, 0, 2, b'a', b'b'])),
+        Parsed::Done(_)
+    ));
+    for tlvs in [
+        // A TLV whose length runs past the header.
+        &[0x02, 0, 5, b'a', b'b'][..],
+        &[0x02, 0xff, 0xff],
+        // One or two stray bytes: no room for a TLV's head.
+        &[0x04],
+        &[0x04, 0, 0, 0x02, 0],
+    ] {
+        assert_eq!(
+            parse(&v2_with(tlvs)),
+            Parsed::Invalid(Invalid::Malformed),
+            "{tlvs:?}"
+        );
+    }
+    // IPv6: the TLVs start after 36 bytes of addresses.
+    let mut v6 = V2_SIGNATURE.to_vec();
+    v6.extend_from_slice(&[0x21, 0x21, 0, 38]);
+    v6.extend_from_slice(&[1; 36]);
+    v6.extend_from_slice(&[0x04, 0]);
+    assert_eq!(parse(&v6), Parsed::Invalid(Invalid::Malformed));
+}
+
+#[test]
+fn a_local_header_s_block_is_discarded_unchecked() {
+    // The spec: LOCAL discards the block, family included; a health
+    // check's stray bytes (or a checksum over them) do not matter.
+    let mut local = V2_SIGNATURE.to_vec();
+    local.extend_from_slice(&[0x20, 0x11, 0, 14]);
+    local.extend_from_slice(&[1; 12]);
+    local.extend_from_slice(&[0x04, 0]);
+    assert_eq!(
+        done(&local),
+        Header {
+            len: 30,
+            addresses: None
+        }
+    );
 }
