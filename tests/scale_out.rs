@@ -4,13 +4,16 @@
 //! instances equal what the clients sent. Also foo-proxy `--send-proxy` in
 //! front of HAProxy `accept-proxy`.
 //!
-//! Everything runs on loopback: each "host" is its own loopback address
+//! Most tests run on loopback: each "host" is its own loopback address
 //! (127.0.0.2, 127.0.0.3; 127.0.0.4 for two processes sharing a port with
 //! `--reuse-port`), and clients come from 127.0.0.1x addresses through a
 //! small in-test relay that binds the source address (foo-client and
-//! foo-load cannot). Needs `haproxy` and `prometheus` on PATH; without
-//! them each test prints a `SKIPPED:` line and passes (`.ci/run` installs
-//! both and prints the same line when it cannot).
+//! foo-load cannot). One runs each host in a network namespace of its own
+//! (`ip netns`, veth links with addresses used only on those links), the
+//! clients in two more. Needs `haproxy` and `prometheus` on PATH (and
+//! `ip netns` permitted for that one); without them a test prints a
+//! `SKIPPED:` line and passes (`.ci/run` installs both and prints the same
+//! line when it cannot, or when `ip netns` is not permitted).
 
 mod util;
 
@@ -648,5 +651,409 @@ fn haproxy_send_proxy_v1_reaches_foo_proxy_with_the_client_address() {
         (counter(&r, "msg_req"), counter(&r, "proxy_header_errors")),
         (5, 0)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `cmd` to its end within `within` (killed past it); its output.
+fn run_bounded(cmd: &mut Command, within: Duration) -> Result<std::process::Output, String> {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{what}: {e}"))?;
+    let deadline = Instant::now() + within;
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{what}: still running after {within:?}"));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().map_err(|e| e.to_string())
+}
+
+/// `ip ARGS`, bounded; its stdout, or why it failed.
+fn ip(args: &[&str]) -> Result<String, String> {
+    let out = run_bounded(Command::new("ip").args(args), WAIT)?;
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        false => Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+/// Network namespaces (and the root ends of their veth links) this test
+/// made: deleted on drop, so on every exit path, a panic included. The
+/// processes inside must be gone first (declare this before them: locals
+/// drop in reverse order), else a namespace lives on until they exit.
+struct Netns {
+    names: Vec<String>,
+    links: Vec<String>,
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for link in &self.links {
+            let _ = ip(&["link", "del", link]);
+        }
+        for name in &self.names {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
+/// Namespaces named `fooN-<pid>-…` whose test process is gone (killed
+/// before its guard ran) are deleted, so that runs do not pile them up.
+fn reap_stale_namespaces() {
+    let Ok(list) = ip(&["netns", "list"]) else {
+        return;
+    };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name.strip_prefix("fooN-").and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
+/// One "host": a namespace and the veth link to it, `/30`, the root end
+/// `.gw`, the namespace's end `.addr`.
+struct Host {
+    ns: String,
+    gw: String,
+    addr: String,
+}
+
+/// Makes one namespace per `role`, each linked to the root namespace by a
+/// veth pair with addresses from 10.x.y.0/28 (x, y from this process's id,
+/// moved on while the root namespace already has one of them): used only
+/// on these links, which exist only while the test runs. No default route:
+/// a namespace reaches its own link and the `/32` routes the test adds.
+fn make_hosts(test: &str, roles: &[&str]) -> Result<(Netns, Vec<Host>), String> {
+    reap_stale_namespaces();
+    let pid = std::process::id();
+    let used = ip(&["-4", "-o", "addr", "show"])?;
+    let x = 100 + (pid >> 8) % 100;
+    let mut y = pid & 0xff;
+    while used.contains(&format!(" 10.{x}.{y}.")) {
+        y = (y + 1) % 256;
+    }
+    let mut guard = Netns {
+        names: Vec::new(),
+        links: Vec::new(),
+    };
+    let mut hosts = Vec::new();
+    for (k, role) in roles.iter().enumerate() {
+        let ns = format!("fooN-{pid}-{role}");
+        ip(&["netns", "add", &ns])
+            .map_err(|e| format!("{test}: `ip netns add` is not permitted here: {e}"))?;
+        guard.names.push(ns.clone());
+        let link = format!("fn{pid}{k}");
+        ip(&[
+            "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])
+        .map_err(|e| format!("{test}: veth links are not permitted here: {e}"))?;
+        guard.links.push(link.clone());
+        let (gw, addr) = (
+            format!("10.{x}.{y}.{}", 4 * k + 1),
+            format!("10.{x}.{y}.{}", 4 * k + 2),
+        );
+        ip(&["addr", "add", &format!("{gw}/30"), "dev", &link])?;
+        ip(&["link", "set", &link, "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/30"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        hosts.push(Host { ns, gw, addr });
+    }
+    Ok((guard, hosts))
+}
+
+/// Runs a test tool inside namespace `ns`; its stdout, or a panic with
+/// its stderr.
+fn tool_in(ns: &str, name: &str, args: &[&str]) -> Vec<u8> {
+    let tool = util::tool(name);
+    let out = run_bounded(
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&tool)
+            .args(args),
+        6 * WAIT,
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{name} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Answers timed by `proxy` in its latency histogram at or under bucket
+/// `upto` (an index into `BOUNDS_US`), ACKs and NAKs together.
+fn timed_upto(proxy: &Proxy, upto: usize) -> u64 {
+    let h = &proxy.report()["response_latency_histogram"];
+    ["ack", "nak"]
+        .iter()
+        .flat_map(|t| h[t].as_array().unwrap().iter().take(upto + 1))
+        .map(|n| n.as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn two_hosts_in_network_namespaces_see_the_real_clients_and_add_up_in_prometheus() {
+    let test = "two_hosts_in_network_namespaces_see_the_real_clients_and_add_up_in_prometheus";
+    let Some((haproxy_bin, prometheus_bin)) = tools(test) else {
+        return;
+    };
+    if on_path("ip").is_none() {
+        eprintln!("SKIPPED: {test}: ip (iproute2) not on PATH");
+        return;
+    }
+    // Two proxy hosts (a, b) and two client hosts (c1, c2), each its own
+    // namespace. Declared first, dropped last: after every process in them.
+    let (_netns, hosts) = match make_hosts(test, &["a", "b", "c1", "c2"]) {
+        Ok(made) => made,
+        Err(e) if e.contains("is not permitted here") || e.contains("are not permitted here") => {
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let [a, b, c1, c2] = [&hosts[0], &hosts[1], &hosts[2], &hosts[3]];
+    let dir = scratch("scale-out-netns");
+    // The Foo server in the root namespace on a's link; b reaches it by a
+    // route through its own link. A 15 ms server puts every latency in
+    // the (10, 25] ms bucket unless the machine adds 10 ms.
+    let listener = TcpListener::bind((a.gw.as_str(), 0)).unwrap();
+    let server = FooServer::serve(
+        listener,
+        ServerOpts {
+            delay: Some(Duration::from_millis(15)),
+            ..ServerOpts::default()
+        },
+    );
+    ip(&[
+        "-n",
+        &b.ns,
+        "route",
+        "add",
+        &format!("{}/32", a.gw),
+        "via",
+        &b.gw,
+    ])
+    .unwrap();
+    // Each host runs foo-proxy on the same ports, as a fleet does.
+    let instances: Vec<Proxy> = [a, b]
+        .iter()
+        .map(|h| {
+            Proxy::spawn(
+                Command::new("ip")
+                    .args(["netns", "exec", &h.ns, env!("CARGO_BIN_EXE_foo-proxy")])
+                    .args(["-listen", &format!("{}:8002", h.addr)])
+                    .args(["-forward", &server.addr.to_string()])
+                    .args(["-http", &format!("{}:8088", h.addr)])
+                    .args(["-recovery-path=", "--accept-proxy", "--log-connections"])
+                    .args(["--max-connections-per-client", "3"]),
+            )
+        })
+        .collect();
+    // HAProxy in the root namespace: clients reach it on c1's link (c2
+    // by a route through its own) and, for the in-test clients, on
+    // loopback. It sends v2 headers with a CRC32c TLV, which the proxies
+    // check; its health check asks each host's /ready on its admin port.
+    let port = free_port("127.0.0.1");
+    let front: SocketAddr = format!("{}:{port}", c1.gw).parse().unwrap();
+    let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    ip(&[
+        "-n",
+        &c2.ns,
+        "route",
+        "add",
+        &format!("{}/32", c1.gw),
+        "via",
+        &c2.gw,
+    ])
+    .unwrap();
+    let mut config = format!(
+        "{HAPROXY_GLOBAL}frontend fe\n    bind {front}\n    bind {local}\n    default_backend foo\n\
+         backend foo\n    balance roundrobin\n    option httpchk GET /ready\n"
+    );
+    for (name, p) in ["a", "b"].iter().zip(&instances) {
+        config.push_str(&format!(
+            "    server {name} {} send-proxy-v2 proxy-v2-options crc32c check port 8088 inter 500ms\n",
+            p.addr
+        ));
+    }
+    let lb = haproxy(&haproxy_bin, &dir, &config, local);
+    let targets: Vec<SocketAddr> = instances.iter().map(|p| p.admin.unwrap()).collect();
+    let prom = Prometheus::start(&prometheus_bin, &dir, &targets);
+
+    // foo-client from each client host, one after the other, so that
+    // round robin gives each of them connections on both proxy hosts.
+    let (n, c) = (100, 4);
+    let connect = front.to_string();
+    for client in [c1, c2] {
+        let args = [
+            "-connect",
+            &connect,
+            "-n",
+            &n.to_string(),
+            "-c",
+            &c.to_string(),
+        ];
+        tool_in(
+            &client.ns,
+            "foo-client",
+            &[&args[..], &["--seed", "7"]].concat(),
+        );
+    }
+    let sent = 2 * n * c;
+    for (p, host) in instances.iter().zip([a, b]) {
+        let r = p.report_until(|r| r["connections_active"] == 0);
+        assert_eq!(counter(&r, "proxy_header_errors"), 0, "{r}");
+        for client in [c1, c2] {
+            let named = format!(" client={}:", client.addr);
+            let log = log_with(p, &named);
+            assert!(
+                log.contains(&named),
+                "{}'s connection log names the real client {}:\n{log}",
+                host.ns,
+                client.addr
+            );
+        }
+        // HAProxy, on this host's link, is the socket's peer only.
+        let log = p.stderr();
+        assert!(log.contains(&format!(" peer={}:", host.gw)), "{log}");
+        for lb_side in [&a.gw, &b.gw] {
+            assert!(!log.contains(&format!(" client={lb_side}:")), "{log}");
+        }
+    }
+    let sum = "sum(foo_messages_total{type=\"req\"})";
+    let want = sent as f64;
+    assert_eq!(prom.eventually(sum, |v| v == want, 3 * WAIT), Some(want));
+    let answered = "sum(foo_messages_total{type=~\"ack|nak\"})";
+    assert_eq!(
+        prom.eventually(answered, |v| v == want, 3 * WAIT),
+        Some(want)
+    );
+
+    // The per-client limit, 3 per host, on the address from the header:
+    // 10 connections from one client alternate over the hosts; each host
+    // serves 3 and closes 2, though all come from HAProxy.
+    let mut open = Vec::new();
+    let (mut served, mut refused) = (0, 0);
+    for _ in 0..10 {
+        let mut s = connect_from("127.0.0.13", local);
+        s.write_all(&requests(1..=1)).unwrap();
+        let got = read_exact_timeout(&mut s, answers(1..=1).len());
+        if got == answers(1..=1) {
+            served += 1;
+            open.push(s);
+        } else {
+            let (rest, _) = read_to_eof(&mut s);
+            assert!(got.is_empty() && rest.is_empty(), "{got:?}");
+            refused += 1;
+        }
+    }
+    assert_eq!((served, refused), (6, 4));
+    let mut other = connect_from("127.0.0.14", local);
+    other.write_all(&requests(1..=1)).unwrap();
+    assert_eq!(read_exact_timeout(&mut other, 9), answers(1..=1));
+    for p in &instances {
+        assert_eq!(counter(&p.report(), "client_limit_hits"), 2);
+        let log = p.stderr();
+        assert!(log.contains(" client=127.0.0.13:"), "{log}");
+    }
+    let hits = "sum(foo_client_limit_hits_total)";
+    assert_eq!(prom.eventually(hits, |v| v == 4.0, 3 * WAIT), Some(4.0));
+    drop((open, other));
+
+    // foo-load from c1: the latency histograms of both hosts, summed by
+    // bucket in PromQL, hold exactly the hosts' own counts, and their
+    // median lies in the bucket of the median foo-load measured.
+    let load: serde_json::Value = serde_json::from_slice(&tool_in(
+        &c1.ns,
+        "foo-load",
+        &[
+            "--target",
+            &connect,
+            "--json",
+            "--connections",
+            "4",
+            "--depth",
+            "4",
+            "--duration",
+            "1s",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(load["errors"], 0, "{load}");
+    let measured = load["latency_us"]["p50"].as_f64().unwrap();
+    let bounds = foo_proxy::latency::BOUNDS_US;
+    let upto = bounds
+        .iter()
+        .position(|&b| measured <= b as f64)
+        .unwrap_or(bounds.len());
+    for p in &instances {
+        p.report_until(|r| r["connections_active"] == 0);
+    }
+    let all: u64 = instances.iter().map(|p| timed_upto(p, bounds.len())).sum();
+    assert!(all >= sent, "{all} answers timed");
+    let count = "sum(foo_response_latency_seconds_count)";
+    assert_eq!(
+        prom.eventually(count, |v| v == all as f64, 3 * WAIT),
+        Some(all as f64)
+    );
+    if let Some(&bound) = bounds.get(upto) {
+        let within: u64 = instances.iter().map(|p| timed_upto(p, upto)).sum();
+        let le = format!(
+            "sum(foo_response_latency_seconds_bucket{{le=\"{}\"}})",
+            bound as f64 / 1e6
+        );
+        assert_eq!(prom.query(&le), Some(within as f64), "{le}");
+    }
+    let median = prom
+        .query("histogram_quantile(0.5, sum by (le) (foo_response_latency_seconds_bucket))")
+        .unwrap();
+    let hi = bounds.get(upto).map_or(f64::INFINITY, |&b| b as f64 / 1e6);
+    let lo = upto
+        .checked_sub(1)
+        .and_then(|i| bounds.get(i))
+        .map_or(0.0, |&b| b as f64 / 1e6);
+    assert!(
+        lo <= median && median <= hi,
+        "PromQL median {median} s outside foo-load's bucket ({lo}, {hi}] (its p50 {measured} us)"
+    );
+    let reqs: u64 = instances
+        .iter()
+        .map(|p| counter(&p.report(), "msg_req"))
+        .sum();
+    assert_eq!(
+        prom.eventually(sum, |v| v == reqs as f64, 3 * WAIT),
+        Some(reqs as f64)
+    );
+    // HAProxy's own log names a client host too.
+    assert!(
+        lb.wait_for(&format!("{}:", c2.addr), WAIT),
+        "{}",
+        lb.output()
+    );
+    drop((prom, lb, instances));
     let _ = std::fs::remove_dir_all(&dir);
 }
