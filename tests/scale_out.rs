@@ -1057,3 +1057,60 @@ fn two_hosts_in_network_namespaces_see_the_real_clients_and_add_up_in_prometheus
     drop((prom, lb, instances));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn reuse_port_processes_with_a_server_line_each_are_checked_apart_and_a_drain_refuses_no_client() {
+    let test = "reuse_port_processes_with_a_server_line_each_are_checked_apart_and_a_drain_refuses_no_client";
+    let Some(haproxy_bin) = on_path("haproxy") else {
+        eprintln!("SKIPPED: {test}: haproxy not on PATH");
+        return;
+    };
+    let dir = scratch("reuse-port-checks");
+    let server = FooServer::start(ServerOpts::default());
+    let port = free_port("127.0.0.6");
+    let shared = ["--reuse-port"];
+    let procs = [
+        instance("127.0.0.6", port, server.addr, &shared),
+        instance("127.0.0.6", port, server.addr, &shared),
+    ];
+    let front: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    // One server line per process, all on the shared address, each
+    // checked on its own admin port: HAProxy knows each process's state,
+    // though where a connection lands is the kernel's choice.
+    let mut config = format!(
+        "{HAPROXY_GLOBAL}frontend fe\n    bind {front}\n    default_backend foo\n\
+         backend foo\n    option httpchk GET /ready\n"
+    );
+    for (i, p) in procs.iter().enumerate() {
+        config.push_str(&format!(
+            "    server p{i} {} send-proxy-v2 check port {} inter 300ms fall 1 rise 1\n",
+            p.addr,
+            p.admin.unwrap().port()
+        ));
+    }
+    let lb = haproxy(&haproxy_bin, &dir, &config, front);
+    // The first process drains: its /ready turns 503 (or its admin port
+    // closes when it is done), and its line alone goes down.
+    procs[0].signal("TERM");
+    assert!(
+        lb.wait_for("foo/p0 is DOWN", WAIT),
+        "HAProxy marks the draining process down: {}",
+        lb.output()
+    );
+    assert!(!lb.output().contains("foo/p1 is DOWN"), "{}", lb.output());
+    // It left the port's group when it began draining: every new client
+    // lands on the other process and is served.
+    let before = counter(&procs[1].report(), "connections_total");
+    for _ in 0..20 {
+        let mut s = connect_from("127.0.0.16", front);
+        s.write_all(&requests(1..=3)).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let (got, _) = read_to_eof(&mut s);
+        assert_eq!(got, answers(1..=3));
+    }
+    let r = procs[1].report_until(|r| r["connections_active"] == 0);
+    assert_eq!(counter(&r, "connections_total"), before + 20, "{r}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
