@@ -41,10 +41,11 @@ Limits and timeouts:
   --drain-timeout DUR     on SIGTERM, let connections finish for      [5s]
 
 Upstream connections (off by default: one fresh connection per client):
-  --upstream-pool N|off   keep up to N idle upstream connections for
-                          reuse after a clean session end          [off]
-  --upstream-spare K      keep K of them connected ahead of demand,
-                          K at most N                                [0]
+  --upstream-pool N|off   keep up to N upstream connections without
+                          a client (spares included) for reuse
+                          after a clean session end                [off]
+  --upstream-spare K      keep K of those N connected ahead of
+                          demand, K at most N                        [0]
   --max-upstream-connections M
                           at most M upstream connections; clients
                           beyond them wait in order                [off]
@@ -130,8 +131,9 @@ pub struct Config {
     pub max_connections_per_client: Option<u32>,
     /// `--reuse-port`: `SO_REUSEPORT` on the client listener.
     pub reuse_port: bool,
-    /// `--upstream-pool`: idle upstream connections kept for reuse; 0 is
-    /// off (one fresh upstream connection per client).
+    /// `--upstream-pool`: upstream connections kept without a client
+    /// (given back or spare), at most; 0 is off (one fresh upstream
+    /// connection per client).
     pub upstream_pool: usize,
     /// `--upstream-spare`: pooled connections opened ahead of demand
     /// (at most `upstream_pool`).

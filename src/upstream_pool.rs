@@ -49,9 +49,11 @@ pub(crate) fn key_of(token: Token) -> Option<usize> {
 /// What the flags ask of the pool.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
-    /// `--upstream-pool`: idle connections kept; 0 keeps none.
+    /// `--upstream-pool`: connections kept without a client (given back
+    /// or spare, connecting or idle), at most; 0 keeps none.
     pub size: usize,
-    /// `--upstream-spare`: connections kept open ahead of demand.
+    /// `--upstream-spare`: how many of those are kept open ahead of
+    /// demand (at most `size`, checked by the command line).
     pub spare: usize,
     /// `--max-upstream-connections`.
     pub max: Option<usize>,
@@ -228,7 +230,10 @@ impl UpstreamPool {
     /// waiting client takes it at once ([`UpstreamPool::take`]).
     pub fn give_back(&mut self, mut stream: TcpStream, lent: &mut Lent<'_>) {
         self.in_use = self.in_use.saturating_sub(1);
-        let full = self.idle.len() >= self.limits.size;
+        // `--upstream-pool` bounds every connection kept without a client,
+        // spares (connecting or idle) included: a spare still connecting
+        // would otherwise make one more idle when it completes.
+        let full = self.entries.len() >= self.limits.size;
         let why = match (self.draining && self.queue.is_empty(), full) {
             (true, _) => Some(Discard::Drained),
             (false, true) if self.queue.is_empty() => Some(Discard::PoolFull),

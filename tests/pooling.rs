@@ -548,3 +548,96 @@ fn a_client_that_resets_while_queued_leaves_the_queue_and_sends_nothing() {
     assert_eq!(*seen.lock().unwrap(), vec![1]);
     assert_eq!(n(&r, "upstream_pool_discarded_unclean_end"), 0, "{r}");
 }
+
+/// Server sockets on `port` in ESTABLISHED only: the connections the proxy
+/// still holds open (one it closed is in CLOSE_WAIT on a never-closing
+/// server).
+fn server_sockets_open(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "01"
+        })
+        .count()
+}
+
+/// One gauge's value from `/metrics` (a line `NAME VALUE`).
+fn metric(proxy: &Proxy, name: &str) -> u64 {
+    let mut s = std::net::TcpStream::connect_timeout(&proxy.admin.unwrap(), WAIT).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /metrics?format=prometheus HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (body, _) = read_to_eof(&mut s);
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let prefix = format!("{name} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing in /metrics: {body}"))
+}
+
+#[test]
+fn after_a_burst_the_pool_holds_at_most_its_size_spares_included() {
+    let server = FooServer::start(ServerOpts {
+        never_close: true,
+        ..ServerOpts::default()
+    });
+    let proxy = Proxy::start(
+        &server.addr.to_string(),
+        &["--upstream-pool=8", "--upstream-spare=2"],
+    );
+    let addr = proxy.addr;
+    // A spare still connecting while the burst's connections come back is
+    // what overfilled the pool; it takes many rounds to show.
+    const ROUNDS: u64 = 30;
+    let clients = 60u64;
+    for round in 0..ROUNDS {
+        let threads: Vec<_> = (0..clients)
+            .map(|i| {
+                thread::spawn(move || {
+                    let seq = 1_000 * round + 2 * i + 1;
+                    let mut c = std::net::TcpStream::connect_timeout(&addr, WAIT).unwrap();
+                    c.set_read_timeout(Some(WAIT)).unwrap();
+                    c.write_all(&requests(seq..=seq + 1)).unwrap();
+                    c.shutdown(Shutdown::Write).unwrap();
+                    let (got, eof) = read_to_eof(&mut c);
+                    assert!(eof, "round {round} client {i}: no clean end");
+                    assert_eq!(got, answers(seq..=seq + 1), "round {round} client {i}");
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Settled: no client left, no spare still connecting.
+        let r = proxy.report_until(|r| {
+            r["connections_active"] == 0
+                && r["upstream_pool_in_use"] == 0
+                && r["upstream_connections"] == r["upstream_pool_idle"]
+        });
+        assert_eq!(
+            n(&r, "upstream_connections"),
+            n(&r, "upstream_pool_idle"),
+            "{r}"
+        );
+        assert!(n(&r, "upstream_pool_idle") <= 8, "round {round}: {r}");
+        assert!(n(&r, "upstream_pool_idle") >= 2, "round {round}: {r}");
+        let idle = metric(&proxy, "foo_upstream_pool_idle");
+        assert!(idle <= 8, "round {round}: /metrics says {idle} idle");
+        assert_eq!(metric(&proxy, "foo_upstream_pool_size"), 8);
+        let held = server_sockets_open(server.port());
+        assert_eq!(held as u64, n(&r, "upstream_connections"), "round {round}");
+        assert!(
+            held <= 8,
+            "round {round}: the server holds {held} open sockets"
+        );
+    }
+    let r = proxy.report();
+    assert_eq!(n(&r, "msg_req"), 2 * clients * ROUNDS);
+    assert_eq!(n(&r, "requests_unanswered"), 0);
+    assert_eq!(n(&r, "upstream_pool_discarded_unclean_end"), 0);
+}
