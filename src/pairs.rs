@@ -605,6 +605,7 @@ impl Pairs {
             return;
         };
         let reusable = self.keep_upstream && reason == Reason::Answered && pair.reusable();
+        let relaying = matches!(pair.state, State::Relaying { .. });
         if let (State::Queued, Some(up)) = (&pair.state, self.upstream_pool.as_mut()) {
             let timed_out = reason == Reason::QueueTimeout;
             up.forget(key, pair.id, timed_out, env.stats);
@@ -619,7 +620,7 @@ impl Pairs {
                 Some(up) if reusable => up.give_back(upstream.stream, &mut lent(env)),
                 Some(up) => {
                     let _ = env.registry.deregister(&mut upstream.stream);
-                    up.closed(true, env.stats);
+                    up.closed(relaying, env.stats);
                 }
                 None => {
                     let _ = env.registry.deregister(&mut upstream.stream);
@@ -693,11 +694,12 @@ impl Pairs {
         };
         pair.deadline
             .set(env.timers, None, pair.id, Timer::Pair(key));
+        let relaying = matches!(pair.state, State::Relaying { .. });
         if let Some(upstream) = pair.upstream() {
             let _ = env.registry.deregister(&mut upstream.stream);
             self.upstreams.release(key, &upstream.stream);
             if let Some(up) = self.upstream_pool.as_mut() {
-                up.closed(true, env.stats);
+                up.closed(relaying, env.stats);
             }
         }
         let _ = env.registry.deregister(&mut pair.client.stream);

@@ -189,6 +189,8 @@ counters! {
         [counter "foo_upstream_pool_discarded_total" "{reason=\"drained\"}"];
     upstream_pool_discarded_connect_failed: u64 = reset(upstream_pool_discarded_connect_failed)
         [counter "foo_upstream_pool_discarded_total" "{reason=\"connect_failed\"}"];
+    upstream_pool_discarded_poll_failed: u64 = reset(upstream_pool_discarded_poll_failed)
+        [counter "foo_upstream_pool_discarded_total" "{reason=\"poll_failed\"}"];
     /// Bytes that came on idle pooled connections (each such connection
     /// is dropped).
     upstream_pool_unsolicited_bytes: u64 = reset(upstream_pool_unsolicited_bytes)

@@ -88,6 +88,9 @@ pub(crate) enum Discard {
     Drained,
     /// A spare whose connect failed or timed out.
     ConnectFailed,
+    /// The kernel refused to poll it under its new token (out of memory):
+    /// it could be watched neither idle nor by a client.
+    PollFailed,
 }
 
 fn count(stats: &mut Stats, why: Discard) {
@@ -99,6 +102,7 @@ fn count(stats: &mut Stats, why: Discard) {
         Discard::UncleanEnd => &mut stats.upstream_pool_discarded_unclean_end,
         Discard::Drained => &mut stats.upstream_pool_discarded_drained,
         Discard::ConnectFailed => &mut stats.upstream_pool_discarded_connect_failed,
+        Discard::PollFailed => &mut stats.upstream_pool_discarded_poll_failed,
     };
     add(n, 1);
 }
@@ -196,7 +200,7 @@ impl UpstreamPool {
                 .reregister(&mut entry.stream, pair_token, interest)
             {
                 debug!("pooled upstream cannot be polled: {}", describe(&e));
-                count(lent.stats, Discard::ServerClosed);
+                count(lent.stats, Discard::PollFailed);
                 continue;
             }
             self.in_use = self.in_use.saturating_add(1);
@@ -214,12 +218,14 @@ impl UpstreamPool {
         self.publish(stats);
     }
 
-    /// A pair's upstream connection was closed, `unclean` when its session
-    /// did not end cleanly (with `--upstream-pool` on, it is counted as
-    /// not given back).
-    pub fn closed(&mut self, unclean: bool, stats: &mut Stats) {
+    /// A pair's upstream connection was closed instead of given back.
+    /// `relaying`: its connect had completed, so a session ran on it and
+    /// did not end cleanly (counted `unclean_end` with `--upstream-pool`
+    /// on); a pair closed during its own connect had no session on it, and
+    /// a connection never pooled is no pool discard.
+    pub fn closed(&mut self, relaying: bool, stats: &mut Stats) {
         self.in_use = self.in_use.saturating_sub(1);
-        if unclean && self.keeps() {
+        if relaying && self.keeps() {
             count(stats, Discard::UncleanEnd);
         }
         self.publish(stats);
@@ -251,7 +257,7 @@ impl UpstreamPool {
             .reregister(&mut stream, token(key), Interest::READABLE)
         {
             debug!("pooled upstream cannot be polled: {}", describe(&e));
-            count(lent.stats, Discard::ServerClosed);
+            count(lent.stats, Discard::PollFailed);
             self.publish(lent.stats);
             return;
         }

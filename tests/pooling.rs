@@ -46,6 +46,31 @@ fn session(proxy: &Proxy, bytes: &[u8]) -> Vec<u8> {
     got
 }
 
+/// Every reason a connection leaves the pool or is not given back.
+const DISCARDS: [&str; 8] = [
+    "server_closed",
+    "unsolicited_bytes",
+    "idle_timeout",
+    "pool_full",
+    "unclean_end",
+    "drained",
+    "connect_failed",
+    "poll_failed",
+];
+
+/// Asserts that report `r` counts exactly `want` pool discards by reason,
+/// and none for every other reason.
+fn assert_discards(r: &serde_json::Value, want: &[(&str, u64)]) {
+    for reason in DISCARDS {
+        let expect = want
+            .iter()
+            .find(|(w, _)| *w == reason)
+            .map_or(0, |(_, c)| *c);
+        let got = n(r, &format!("upstream_pool_discarded_{reason}"));
+        assert_eq!(got, expect, "discarded {reason}: {r}");
+    }
+}
+
 fn n(r: &serde_json::Value, key: &str) -> u64 {
     r[key]
         .as_u64()
@@ -170,7 +195,7 @@ fn a_client_that_leaves_with_requests_unanswered_never_passes_its_answer_to_the_
     // One connection per leaving client, plus the first.
     assert_eq!(accepted.load(Ordering::Relaxed), rounds + 1);
     let r = proxy.report_until(|r| r["connections_active"] == 0);
-    assert_eq!(n(&r, "upstream_pool_discarded_unclean_end"), rounds);
+    assert_discards(&r, &[("unclean_end", rounds)]);
     assert_eq!(n(&r, "requests_unanswered"), rounds);
     assert_eq!(n(&r, "answers_unmatched"), 0);
     let closed = &r["connections_closed"];
@@ -276,7 +301,7 @@ fn an_idle_pooled_connection_the_server_closes_or_lets_expire_is_dropped() {
     proxy.report_until(|r| r["upstream_pool_idle"] == 1);
     server.kill_connections();
     let r = proxy.report_until(|r| r["upstream_pool_discarded_server_closed"] == 1);
-    assert_eq!(n(&r, "upstream_pool_discarded_server_closed"), 1);
+    assert_discards(&r, &[("server_closed", 1)]);
     assert_eq!(n(&r, "upstream_pool_idle"), 0);
     assert_eq!(n(&r, "upstream_connections"), 0);
     // The next client gets a new connection, and its own answers.
@@ -289,7 +314,7 @@ fn an_idle_pooled_connection_the_server_closes_or_lets_expire_is_dropped() {
     );
     assert_eq!(session(&expiring, &requests(5..=5)), answers(5..=5));
     let r = expiring.report_until(|r| r["upstream_pool_discarded_idle_timeout"] == 1);
-    assert_eq!(n(&r, "upstream_pool_discarded_idle_timeout"), 1);
+    assert_discards(&r, &[("idle_timeout", 1)]);
     assert_eq!(n(&r, "upstream_pool_idle"), 0);
 }
 
@@ -326,7 +351,7 @@ fn bytes_on_an_idle_pooled_connection_discard_it() {
     let proxy = Proxy::start(&addr.to_string(), &["--upstream-pool=2"]);
     assert_eq!(session(&proxy, b"REQ 1 a\n"), b"ACK 1 ok\n");
     let r = proxy.report_until(|r| r["upstream_pool_discarded_unsolicited_bytes"] == 1);
-    assert_eq!(n(&r, "upstream_pool_discarded_unsolicited_bytes"), 1);
+    assert_discards(&r, &[("unsolicited_bytes", 1)]);
     assert_eq!(n(&r, "upstream_pool_unsolicited_bytes"), 13);
     assert_eq!(n(&r, "upstream_pool_idle"), 0);
     // The stray line never reaches the next client.
@@ -359,7 +384,7 @@ fn the_drain_closes_idle_pooled_connections_at_once() {
     }
     assert_eq!(server.streams.lock().unwrap().len(), 1);
     let r = proxy.report();
-    assert_eq!(n(&r, "upstream_pool_discarded_drained"), 1);
+    assert_discards(&r, &[("drained", 1)]);
     // The draining client is still served.
     open.write_all(&requests(3..=3)).unwrap();
     open.shutdown(Shutdown::Write).unwrap();
@@ -436,7 +461,7 @@ fn a_session_with_a_malformed_line_or_an_unmatched_answer_is_never_pooled() {
     let got = session(&proxy, b"XYZ a\nREQ 2 dup\n");
     assert_eq!(got, b"ACK 2 ok\nACK 2 ok\n");
     let r = proxy.report_until(|r| r["upstream_pool_discarded_unclean_end"] == 1);
-    assert_eq!(n(&r, "upstream_pool_discarded_unclean_end"), 1, "{r}");
+    assert_discards(&r, &[("unclean_end", 1)]);
     assert_eq!(n(&r, "upstream_pool_idle"), 0, "{r}");
     // The next client stays past the late answer's time: it gets its own
     // answer and nothing else.
@@ -640,4 +665,99 @@ fn after_a_burst_the_pool_holds_at_most_its_size_spares_included() {
     assert_eq!(n(&r, "msg_req"), 2 * clients * ROUNDS);
     assert_eq!(n(&r, "requests_unanswered"), 0);
     assert_eq!(n(&r, "upstream_pool_discarded_unclean_end"), 0);
+}
+
+/// A listener whose accept queue is full: a connect to it stays pending
+/// (the kernel drops the SYNs) until the connector gives up.
+fn unanswering_listener() -> (socket2::Socket, Vec<std::net::TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    sock.bind(&any.into()).unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let fill = (0..2)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    (sock, fill)
+}
+
+#[test]
+fn a_pair_closed_during_its_own_connect_is_no_pool_discard() {
+    // Refused: the connect fails.
+    let dead = format!("127.0.0.1:{}", util::dead_port());
+    let proxy = Proxy::start(&dead, &["--upstream-pool=4"]);
+    for i in 1..=3 {
+        let mut c = proxy.connect();
+        c.write_all(&requests(i..=i)).unwrap();
+        let (got, _) = read_to_eof(&mut c);
+        assert!(got.is_empty());
+    }
+    let r = proxy.report_until(|r| r["connections_active"] == 0);
+    assert_eq!(r["connections_closed"]["upstream_refused"], 3, "{r}");
+    assert_discards(&r, &[]);
+    assert_eq!(n(&r, "upstream_pool_in_use"), 0);
+    assert_eq!(n(&r, "upstream_connections"), 0);
+
+    // Timed out, and left by its client (a reset), while connecting.
+    let (listener, _fill) = unanswering_listener();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let proxy = Proxy::start(
+        &addr.to_string(),
+        &["--upstream-pool=4", "--connect-timeout=300ms"],
+    );
+    let mut c = proxy.connect();
+    c.write_all(&requests(1..=1)).unwrap();
+    let (got, _) = read_to_eof(&mut c);
+    assert!(got.is_empty());
+    let r = proxy.report_until(|r| r["connections_active"] == 0);
+    assert_eq!(r["connections_closed"]["connect_timeout"], 1, "{r}");
+    let mut c = proxy.connect();
+    c.write_all(&requests(2..=2)).unwrap();
+    proxy.report_until(|r| r["upstream_pool_in_use"] == 1);
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+    let r = proxy.report_until(|r| r["connections_active"] == 0);
+    assert_eq!(r["connections_closed"]["client_reset"], 1, "{r}");
+    assert_discards(&r, &[]);
+    assert_eq!(n(&r, "upstream_pool_in_use"), 0);
+    assert_eq!(n(&r, "upstream_connections"), 0);
+}
+
+#[test]
+fn a_connection_given_back_to_a_full_pool_is_counted_pool_full() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(&server.addr.to_string(), &["--upstream-pool=1"]);
+    // Two sessions at once: each has its own connection.
+    let mut a = proxy.connect();
+    let mut b = proxy.connect();
+    for (c, seq) in [(&mut a, 1), (&mut b, 2)] {
+        c.write_all(&requests(seq..=seq)).unwrap();
+        let mut line = String::new();
+        BufReader::new(&*c).read_line(&mut line).unwrap();
+    }
+    for c in [&mut a, &mut b] {
+        c.shutdown(Shutdown::Write).unwrap();
+        let (_, eof) = read_to_eof(c);
+        assert!(eof);
+    }
+    let r = proxy.report_until(|r| r["connections_active"] == 0);
+    assert_discards(&r, &[("pool_full", 1)]);
+    assert_eq!(n(&r, "upstream_pool_idle"), 1);
+    assert_eq!(server.connections.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn a_spare_whose_connect_fails_is_counted_connect_failed_only() {
+    let dead = format!("127.0.0.1:{}", util::dead_port());
+    let proxy = Proxy::start(&dead, &["--upstream-pool=2", "--upstream-spare=1"]);
+    let r = proxy.report_until(|r| r["upstream_pool_discarded_connect_failed"] != 0);
+    let failed = n(&r, "upstream_pool_discarded_connect_failed");
+    // One spare, then the 1 s back-off: one or two by now.
+    assert!((1..=2).contains(&failed), "{r}");
+    assert_discards(&r, &[("connect_failed", failed)]);
 }
