@@ -267,6 +267,8 @@ impl Pairs {
             if !up.has_queue()
                 && let Some(stream) = up.take(upstream_token(key), &mut lent(env))
             {
+                // The spare taken is replaced now, not when a session ends.
+                up.refill(&mut self.upstreams, &mut lent(env));
                 self.attach_pooled(key, stream, env);
                 return Opened::Yes;
             }

@@ -761,3 +761,30 @@ fn a_spare_whose_connect_fails_is_counted_connect_failed_only() {
     assert!((1..=2).contains(&failed), "{r}");
     assert_discards(&r, &[("connect_failed", failed)]);
 }
+
+#[test]
+fn spares_taken_by_clients_are_replaced_at_once() {
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(
+        &server.addr.to_string(),
+        &["--upstream-pool=4", "--upstream-spare=2"],
+    );
+    proxy.report_until(|r| r["upstream_pool_spare"] == 2 && r["upstream_connections"] == 2);
+    // Two clients take the two spares and stay: two new spares, no session
+    // having ended.
+    let held: Vec<_> = (1..=2u64)
+        .map(|seq| {
+            let mut c = proxy.connect();
+            c.write_all(&requests(seq..=seq)).unwrap();
+            let mut line = String::new();
+            BufReader::new(&c).read_line(&mut line).unwrap();
+            c
+        })
+        .collect();
+    let r = proxy.report_until(|r| r["upstream_pool_spare"] == 2 && r["upstream_pool_in_use"] == 2);
+    assert_eq!(n(&r, "upstream_pool_reused"), 2, "{r}");
+    assert_eq!(n(&r, "upstream_pool_in_use"), 2, "{r}");
+    assert_eq!(n(&r, "upstream_pool_spare"), 2, "{r}");
+    assert_eq!(n(&r, "upstream_connections"), 4, "{r}");
+    drop(held);
+}
