@@ -594,3 +594,151 @@ fn systemd_hears_ready_mainpid_after_a_hand_over_and_stopping() {
     assert_eq!(hear(), "STOPPING=1");
     assert_eq!(new.wait_exit(WAIT), Some(0));
 }
+
+/// Server sockets on `port` in ESTABLISHED: the upstream connections the
+/// proxies still hold open (one they closed is in CLOSE_WAIT on a
+/// never-closing server).
+fn server_sockets_open(port: u16) -> usize {
+    let table = fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "01"
+        })
+        .count()
+}
+
+/// Polls until `probe` holds (bounded); its last value.
+fn until<T: std::fmt::Debug>(
+    what: &str,
+    mut probe: impl FnMut() -> T,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = probe();
+        if ok(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: {v:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_takeover_with_a_pool_keeps_sessions_exact_closes_the_old_pool_and_builds_a_new_one() {
+    let server = FooServer::start(ServerOpts {
+        never_close: true,
+        ..ServerOpts::default()
+    });
+    let dir = scratch("pool");
+    let pool = ["--upstream-pool", "4", "--upstream-spare", "2"].map(String::from);
+    let mut args = flags(&server, "127.0.0.1:0", &dir);
+    args.extend_from_slice(&pool);
+    let mut old = start(&args);
+    // Four sessions at once, ended cleanly: four connections pooled.
+    let ends: Vec<_> = (0..4u64)
+        .map(|i| {
+            let addr = old.addr;
+            thread::spawn(move || exchange(addr, 2 + i))
+        })
+        .collect();
+    for t in ends {
+        t.join().unwrap();
+    }
+    let sent_before = 2 + 3 + 4 + 5;
+    old.report_until(|r| r["connections_active"] == 0 && r["upstream_pool_idle"] == 4);
+    // Three clients mid-session: each holds a pooled connection.
+    let mut mid: Vec<TcpStream> = (0..3u64)
+        .map(|i| {
+            let mut c = old.connect();
+            c.set_read_timeout(Some(WAIT)).unwrap();
+            let seqs = 100 * i + 1..=100 * i + 3;
+            c.write_all(&requests(seqs.clone())).unwrap();
+            assert_eq!(
+                util::read_exact_timeout(&mut c, answers(seqs.clone()).len()),
+                answers(seqs)
+            );
+            c
+        })
+        .collect();
+    // One pooled connection left idle, and one spare opened to make two.
+    let r = old.report_until(|r| {
+        r["upstream_pool_in_use"] == 3
+            && r["upstream_pool_idle"] == 2
+            && r["upstream_connections"] == 5
+    });
+    assert_eq!(r["upstream_pool_in_use"], 3, "{r}");
+    assert_eq!(r["upstream_pool_idle"], 2, "{r}");
+    let idle_before = r["upstream_pool_idle"].as_u64().unwrap();
+    let before = until(
+        "the old pool's sockets",
+        || server_sockets_open(server.port()),
+        |&n| n as u64 == 3 + idle_before,
+    );
+    assert!(before >= 3 + 2, "{before}");
+    let accepted_before = server.connections.load(Ordering::Relaxed);
+
+    let mut args = flags(&server, &old.addr.to_string(), &dir);
+    args.extend_from_slice(&pool);
+    args.push("--takeover".into());
+    let new = start(&args);
+    wait_for_log(&new, "hand-over: accepting");
+    // The old process closed its idle pooled connections at once; the new
+    // one opened its own spares: the server holds the three sessions' and
+    // the two spares.
+    let r = old.report_until(|r| r["upstream_pool_idle"] == 0);
+    assert_eq!(r["upstream_pool_idle"], 0, "{r}");
+    assert_eq!(r["upstream_pool_discarded_drained"], idle_before, "{r}");
+    let r = new.report_until(|r| r["upstream_pool_spare"] == 2 && r["upstream_connections"] == 2);
+    assert_eq!(r["upstream_connections"], 2, "{r}");
+    until(
+        "the server's sockets after the hand-over",
+        || server_sockets_open(server.port()),
+        |&n| n == 3 + 2,
+    );
+    assert_eq!(
+        server.connections.load(Ordering::Relaxed),
+        accepted_before + 2
+    );
+
+    // The sessions on the old process go on, byte-exact, and end.
+    for (i, c) in mid.iter_mut().enumerate() {
+        let seqs = 100 * i as u64 + 4..=100 * i as u64 + 6;
+        c.write_all(&requests(seqs.clone())).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        assert_eq!(got, answers(seqs), "session {i}");
+    }
+    assert_eq!(old.wait_exit(WAIT), Some(0), "{}", old.stderr());
+    wait_for_log(&new, "complete");
+    // Nothing of the old process's is left open on the server.
+    until(
+        "the server's sockets after the old one left",
+        || server_sockets_open(server.port()),
+        |&n| n == 2,
+    );
+
+    // The successor serves from its own pool.
+    for n in 1..=5 {
+        exchange(new.addr, n);
+    }
+    let r = new.report_until(|r| r["connections_active"] == 0);
+    assert!(r["upstream_pool_reused"].as_u64().unwrap() >= 5, "{r}");
+    assert!(r["upstream_connections"].as_u64().unwrap() <= 4, "{r}");
+    assert_eq!(r["upstream_pool_discarded_unclean_end"], 0, "{r}");
+    let sent = sent_before + 3 * 6 + (1 + 2 + 3 + 4 + 5);
+    let (req, ack, nak) = totals(&r);
+    assert_eq!(req, sent, "{r}");
+    assert_eq!(ack + nak, sent, "{r}");
+    assert_eq!(r["requests_unanswered"], 0, "{r}");
+    until(
+        "the server's sockets at the end",
+        || server_sockets_open(server.port()),
+        |&n| n as u64 == r["upstream_connections"].as_u64().unwrap(),
+    );
+}
