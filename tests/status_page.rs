@@ -267,6 +267,9 @@ const VIEW_JS: &str = r#"(() => {
     hist_rows: document.querySelectorAll('#hist tbody tr').length,
     hist_hidden: document.getElementById('hist').hidden,
     other: [...document.querySelectorAll('#other th')].map((th) => th.textContent),
+    pool: Object.assign(cells('pool', 'key'), cells('discarded', 'key')),
+    pool_note: text('#pool-note'),
+    queue_waits: text('#queue-waits'),
   };
 })()"#;
 
@@ -286,6 +289,9 @@ struct View {
     hist_rows: usize,
     hist_hidden: bool,
     other: Vec<String>,
+    pool: std::collections::BTreeMap<String, String>,
+    pool_note: String,
+    queue_waits: String,
 }
 
 /// The number in a displayed figure (`1,234,567` -> 1234567), if it shows one.
@@ -498,6 +504,92 @@ fn the_status_page_follows_the_load_matches_stats_and_says_when_the_proxy_is_gon
     assert!(gone.readiness.contains("unknown"), "{gone:#?}");
 }
 
+#[test]
+fn the_status_page_shows_the_upstream_pool_in_its_own_section() {
+    let Some(mut browser) = browser_or_skip("the pool section") else {
+        return;
+    };
+    let server = FooServer::start(ServerOpts::default());
+    let proxy = Proxy::start(
+        &server.addr.to_string(),
+        &["--upstream-pool=4", "--upstream-spare=2"],
+    );
+    // Three clean sessions one after another: served from the pool.
+    for seq in 1..=3u64 {
+        let mut c = proxy.connect();
+        std::io::Write::write_all(&mut c, &util::requests(seq..=seq)).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let (got, eof) = util::read_to_eof(&mut c);
+        assert!(eof);
+        assert_eq!(got, util::answers(seq..=seq));
+    }
+    let deadline = Instant::now() + WAIT;
+    let settled = loop {
+        let r = stats(&proxy);
+        if r["connections_active"] == 0 && r["upstream_pool_reused"] == 3 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        thread::sleep(Duration::from_millis(50));
+    };
+    let pooled: Vec<&String> = settled
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| {
+            k.starts_with("upstream_pool")
+                || k.starts_with("upstream_queue")
+                || k.starts_with("upstream_connections")
+        })
+        .collect();
+    assert_eq!(pooled.len(), 19, "{pooled:?}");
+    browser.open(&proxy.admin_url("/"));
+    let view = browser.view_until("the pool section matches /stats", 3 * POLL + WAIT, |v| {
+        digits(
+            v.pool
+                .get("upstream_pool_reused")
+                .map_or("", String::as_str),
+        ) == Some(3)
+    });
+    // Every pool field has its row (the queue-wait histogram its line),
+    // showing what /stats says, and none is left under "Other fields".
+    for key in &pooled {
+        assert!(
+            !view.other.iter().any(|k| k == *key),
+            "{key} under Other fields: {view:#?}"
+        );
+        if key.as_str() == "upstream_queue_wait_histogram" {
+            continue;
+        }
+        let shown = view
+            .pool
+            .get(key.as_str())
+            .unwrap_or_else(|| panic!("no row for {key}: {view:#?}"));
+        assert_eq!(
+            digits(shown),
+            settled[key.as_str()].as_u64(),
+            "{key}: {view:#?}"
+        );
+    }
+    assert_eq!(digits(&view.pool["upstream_pool_size"]), Some(4));
+    assert!(
+        view.pool_note.contains("spares are part of the pool"),
+        "{view:#?}"
+    );
+    assert!(
+        view.queue_waits
+            .starts_with("Queue waits of served clients: 0"),
+        "{view:#?}"
+    );
+    // Still readable at 400 px.
+    browser.resize(400, 900);
+    let wide = browser.eval("document.documentElement.scrollWidth");
+    assert!(
+        wide.as_u64().unwrap() <= 400,
+        "scroll width {wide} at 400 px"
+    );
+}
+
 /// Regenerates `docs/status-page.png` (and the narrow dark one): the page
 /// after about 20 s of foo-load through the proxy. Run with
 /// `cargo test --release --test status_page -- --ignored`.
@@ -510,7 +602,11 @@ fn regenerate_the_status_page_screenshots() {
     // Built before the page opens, so its chart is all load.
     util::tool("foo-load");
     let server = FooServer::start(ServerOpts::default());
-    let proxy = Proxy::start(&server.addr.to_string(), &[]);
+    // With a pool, so that its section shows figures.
+    let proxy = Proxy::start(
+        &server.addr.to_string(),
+        &["--upstream-pool=8", "--upstream-spare=2"],
+    );
     browser.open(&proxy.admin_url("/"));
     browser.view_until("live", WAIT, |v| v.state == "live");
     let mut load = start_load(&proxy, "40s");

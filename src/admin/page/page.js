@@ -25,7 +25,7 @@
   const shown = new Set([
     'request_rate_1s', 'request_rate_10s', 'response_rate_1s', 'response_rate_10s',
     'response_latency_ms', 'response_latency_buckets_ms', 'response_latency_histogram',
-    'connections_closed',
+    'connections_closed', 'upstream_queue_wait_histogram',
   ]);
   document.querySelectorAll('[data-key]').forEach((cell) => shown.add(cell.dataset.key));
 
@@ -202,6 +202,28 @@
     showSection('hist', 'hist-note', true, 'Counts of answers per latency bucket (upper bounds in milliseconds), not cumulative.');
   }
 
+  function drawPool(report) {
+    const size = report.upstream_pool_size;
+    const note = !isNum(size) ? ABSENT + ' by this proxy (no pooling)'
+      : size === 0 && !report.upstream_connections_opened
+        ? 'Off: one fresh upstream connection per client (no --upstream-pool, --max-upstream-connections).'
+        : 'Connections to the server kept between clients; spares are part of the pool.';
+    byId('pool-note').textContent = note;
+    const waits = report.upstream_queue_wait_histogram;
+    const counts = waits && Array.isArray(waits.counts) ? waits.counts : null;
+    if (!counts) {
+      byId('queue-waits').textContent = 'Queue waits: ' + ABSENT + '.';
+      return;
+    }
+    const bounds = Array.isArray(report.response_latency_buckets_ms) ? report.response_latency_buckets_ms : [];
+    const total = counts.reduce((a, n) => a + (isNum(n) ? n : 0), 0);
+    const parts = counts.map((n, i) => [n, i < bounds.length ? '≤ ' + three.format(bounds[i]) + ' ms' : '> ' + three.format(bounds[bounds.length - 1] || 0) + ' ms'])
+      .filter(([n]) => isNum(n) && n > 0).map(([n, b]) => b + ': ' + count.format(n));
+    byId('queue-waits').textContent = 'Queue waits of served clients: ' + count.format(total) +
+      (parts.length ? ' (' + parts.join(', ') + ').' : '.');
+    byId('queue-waits').dataset.total = String(total);
+  }
+
   function drawOther(report) {
     const keys = Object.keys(report).filter((k) => !shown.has(k));
     fillTable('other', keys.map((k) => row([['th', k, '', 'row'], ['td', plain(report[k]), 'num']])));
@@ -288,6 +310,7 @@
     drawLatency(report);
     drawClosed(report);
     drawHistogram(report);
+    drawPool(report);
     drawOther(report);
     sample(report, now);
     drawChart(now);
