@@ -52,7 +52,12 @@ fn main() -> ExitCode {
     let signals = signals::install();
     logging::init(config.log_level, config.log_format);
     let signals = match signals {
-        Ok(signals) => signals,
+        Ok((signals, warning)) => {
+            if let Some(warning) = warning {
+                warn!("{warning}");
+            }
+            signals
+        }
         Err(e) => {
             error!("cannot install signal handlers: {}", describe(&e));
             output::flush(OUTPUT_FLUSH_WAIT);

@@ -71,8 +71,33 @@ fn handled() -> Vec<i32> {
 /// while they were blocked is delivered now. SIGTTOU and SIGTTIN are left
 /// as `main` set them (blocked while it prints), and so are the real-time
 /// signals, which nix cannot name: blocked, they would only be ignored.
-pub fn install() -> io::Result<Signals> {
-    let signals = Signals::new(handled())?;
+///
+/// Returns the handlers and a warning naming the real-time signals that
+/// could not be handled (another runtime reserved them), for `main` to log
+/// once logging is set up.
+///
+/// # Errors
+///
+/// A fixed signal's handler could not be installed, or the mask changed.
+pub fn install() -> io::Result<(Signals, Option<String>)> {
+    let (real_time, fixed): (Vec<i32>, Vec<i32>) = handled()
+        .into_iter()
+        .partition(|s| (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(s));
+    let signals = Signals::new(fixed)?;
+    // A real-time signal someone else reserved (valgrind keeps SIGRTMAX)
+    // cannot be caught, nor sent to us by anyone but its owner: one line,
+    // and the proxy runs.
+    let refused: Vec<String> = real_time
+        .into_iter()
+        .filter(|&signal| signals.add_signal(signal).is_err())
+        .map(name)
+        .collect();
+    let warning = (!refused.is_empty()).then(|| {
+        format!(
+            "cannot handle {} (reserved by the runtime, as valgrind does); left at their defaults",
+            refused.join(", ")
+        )
+    });
     let mut set = SigSet::empty();
     for signal in handled() {
         if let Ok(known) = Signal::try_from(signal)
@@ -83,7 +108,7 @@ pub fn install() -> io::Result<Signals> {
         }
     }
     set.thread_unblock().map_err(io::Error::from)?;
-    Ok(signals)
+    Ok((signals, warning))
 }
 
 /// The name of `signal` for a log line: `SIGHUP`, `SIGRTMIN+3`.

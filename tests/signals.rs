@@ -160,6 +160,40 @@ fn a_recovery_file_over_the_file_size_limit_warns_instead_of_killing() {
     assert_eq!(round_trip(&proxy, 2), answers(2..=2));
 }
 
+#[test]
+fn it_starts_and_stops_under_valgrind_which_reserves_a_real_time_signal() {
+    // valgrind keeps SIGRTMAX for itself: installing a handler for every
+    // real-time signal failed, and the proxy would not start under it.
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: it_starts_and_stops_under_valgrind...: no valgrind");
+        return;
+    }
+    let server = FooServer::start(ServerOpts::default());
+    let bin = env!("CARGO_BIN_EXE_foo-proxy");
+    let forward = server.addr.to_string();
+    let mut proxy = Proxy::spawn(Command::new("valgrind").args([
+        "-q",
+        bin,
+        "-listen",
+        "127.0.0.1:0",
+        "-forward",
+        &forward,
+        "-http",
+        "127.0.0.1:0",
+        "-recovery-path=",
+    ]));
+    let log = proxy.stderr_has("cannot handle SIGRTMIN+");
+    assert!(log.contains("left at their defaults"), "{log}");
+    assert_eq!(round_trip(&proxy, 1), answers(1..=1));
+    proxy.signal("TERM");
+    assert_eq!(
+        proxy.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        proxy.stderr()
+    );
+}
+
 /// A recovery file whose every total is `total`.
 fn totals_file(path: &Path, total: u64) {
     let snapshot = Snapshot {
