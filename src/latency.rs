@@ -40,13 +40,50 @@ pub fn now_us() -> u64 {
     u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Index of the fixed bucket that `us` falls in.
+/// For each power of two 2^k (k = 0..63), how many bounds lie below it:
+/// the first bucket a latency in [2^k, 2^(k+1)) can fall in. Every bound is
+/// at least twice the one before (checked below), so such a latency is in
+/// that bucket or the next, and one comparison tells which.
+// Evaluated at compile time: an index out of range fails the build.
+#[allow(clippy::indexing_slicing)]
+const FIRST_BUCKET: [u8; 64] = {
+    let mut first = [0u8; 64];
+    let mut k = 0;
+    while k < 64 {
+        let mut n = 0;
+        while n < BOUNDS_US.len() && BOUNDS_US[n] < 1 << k {
+            n += 1;
+        }
+        first[k] = n as u8;
+        k += 1;
+    }
+    first
+};
+/// The bounds and, past the last, a bound no latency exceeds (`+Inf`).
+// Evaluated at compile time: an index out of range fails the build.
+#[allow(clippy::indexing_slicing)]
+const BOUNDS_OR_INF: [u64; BUCKETS] = {
+    let mut b = [u64::MAX; BUCKETS];
+    let mut i = 0;
+    while i < BOUNDS_US.len() {
+        assert!(i == 0 || BOUNDS_US[i] >= 2 * BOUNDS_US[i - 1]);
+        b[i] = BOUNDS_US[i];
+        i += 1;
+    }
+    b
+};
+
+/// Index of the fixed bucket that `us` falls in: the first bound `us` does
+/// not exceed, found without a search (a table lookup by the power of two
+/// and one comparison) since this runs once per matched answer.
 #[inline]
 pub fn bucket_of(us: u64) -> usize {
-    BOUNDS_US
-        .iter()
-        .position(|&bound| us <= bound)
-        .unwrap_or(BOUNDS_US.len())
+    let octave = (63 - (us | 1).leading_zeros()) as usize;
+    let first = FIRST_BUCKET
+        .get(octave)
+        .map_or(BOUNDS_US.len(), |&f| f as usize);
+    let bound = BOUNDS_OR_INF.get(first).copied().unwrap_or(u64::MAX);
+    first + usize::from(us > bound)
 }
 
 /// Counts per fixed bucket (not cumulative) and the sum, since start.
@@ -262,6 +299,23 @@ mod tests {
         assert_eq!(bucket_of(20_000), 7);
         assert_eq!(bucket_of(10_000_000), 15);
         assert_eq!(bucket_of(10_000_001), 16);
+    }
+
+    #[test]
+    fn the_bucket_index_is_the_first_bound_not_exceeded_at_every_edge() {
+        let linear = |us: u64| {
+            BOUNDS_US
+                .iter()
+                .position(|&bound| us <= bound)
+                .unwrap_or(BOUNDS_US.len())
+        };
+        let mut edges = vec![0, 1, u64::MAX - 1, u64::MAX];
+        for b in BOUNDS_US.into_iter().chain((0..64).map(|k| 1u64 << k)) {
+            edges.extend([b.saturating_sub(1), b, b.saturating_add(1)]);
+        }
+        for us in edges.into_iter().chain((0..200_000).step_by(7)) {
+            assert_eq!(bucket_of(us), linear(us), "{us} µs");
+        }
         let mut h = Histogram::default();
         h.record(20_000);
         h.record(u64::MAX);

@@ -176,6 +176,13 @@ impl Pairs {
         held.fold(0, u64::saturating_add)
     }
 
+    /// Requests read from clients and not yet answered, over all pairs
+    /// (`requests_in_flight`): a sum at report time costs nothing per message.
+    pub fn in_flight(&self) -> u64 {
+        let outstanding = self.slab.iter().map(|(_, p)| p.seqs.outstanding());
+        outstanding.fold(0, u64::saturating_add)
+    }
+
     /// Takes a new client: with `--accept-proxy` it waits for its PROXY
     /// header, else it is served at once ([`Pairs::serve`]).
     pub fn open(&mut self, mut client: TcpStream, peer: SocketAddr, env: &mut Env<'_>) -> Opened {

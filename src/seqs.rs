@@ -80,7 +80,6 @@ impl Seqs {
     /// A well-formed `REQ` with `seq` whose last byte was read at `at_us`.
     #[inline(always)]
     pub fn request(&mut self, seq: u64, at_us: u64, st: &mut Stats) {
-        st.requests_in_flight = st.requests_in_flight.saturating_add(1);
         let len = self.queue.len();
         if len == 0 || seq > self.top {
             self.top = seq;
@@ -122,7 +121,6 @@ impl Seqs {
         };
         match found {
             Some(sent) => {
-                st.requests_in_flight = st.requests_in_flight.saturating_sub(1);
                 let us = at_us.saturating_sub(sent);
                 self.slowest_us = self.slowest_us.max(u32::try_from(us).unwrap_or(u32::MAX));
                 self.answered = true;
@@ -135,7 +133,6 @@ impl Seqs {
             // answer an untracked request.
             None if self.untracked > 0 => {
                 self.untracked -= 1;
-                st.requests_in_flight = st.requests_in_flight.saturating_sub(1);
             }
             None => {
                 self.unmatchable = true;
@@ -155,7 +152,6 @@ impl Seqs {
     /// many; the set is emptied and freed.
     pub fn finish(&mut self, st: &mut Stats) -> u64 {
         let n = self.outstanding();
-        st.requests_in_flight = st.requests_in_flight.saturating_sub(n);
         st.requests_unanswered = st.requests_unanswered.saturating_add(n);
         self.unanswered = self
             .unanswered
@@ -241,10 +237,10 @@ mod tests {
         let (mut s, mut m) = (Seqs::default(), Stats::default());
         s.request(1, 100, &mut m);
         s.request(2, 150, &mut m);
-        assert_eq!(m.requests_in_flight, 2);
+        assert_eq!(s.outstanding(), 2);
         ack(&mut s, 1, 1_100, &mut m);
         s.answer(Answer::Nak, 2, 20_150, &mut m);
-        assert_eq!(m.requests_in_flight, 0);
+        assert_eq!(s.outstanding(), 0);
         assert_eq!(m.matching.latency.ack.count(), 1);
         assert_eq!(m.matching.latency.ack.sum_us, 1_000);
         assert_eq!(m.matching.latency.nak.sum_us, 20_000);
@@ -320,7 +316,7 @@ mod tests {
         s.request(2, 0, &mut m);
         ack(&mut s, 9, 20, &mut m);
         assert_eq!(m.answers_unmatched, 3);
-        assert_eq!(m.requests_in_flight, 1);
+        assert_eq!(s.outstanding(), 1);
         assert_eq!(m.matching.latency.ack.count(), 1);
     }
 
@@ -332,13 +328,13 @@ mod tests {
             s.request(seq, 0, &mut m);
         }
         assert_eq!(m.requests_untracked, 3);
-        assert_eq!(m.requests_in_flight, over);
+        assert_eq!(s.outstanding(), over);
         assert!(s.queue.len() <= MAX_OUTSTANDING, "the set stays bounded");
         for seq in 0..over {
             ack(&mut s, seq, 5, &mut m);
         }
         assert_eq!(m.answers_unmatched, 0);
-        assert_eq!(m.requests_in_flight, 0);
+        assert_eq!(s.outstanding(), 0);
         assert_eq!(m.matching.latency.ack.count(), MAX_OUTSTANDING as u64);
     }
 
@@ -352,7 +348,7 @@ mod tests {
         assert_eq!(s.finish(&mut m), 2);
         assert_eq!(m.requests_unanswered, 2);
         assert_eq!(s.unanswered, 2);
-        assert_eq!(m.requests_in_flight, 0);
+        assert_eq!(s.outstanding(), 0);
         assert!(!s.holds_allocation());
     }
 

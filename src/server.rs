@@ -857,6 +857,7 @@ fn ms_since(start: Instant, now: Instant) -> u64 {
 fn report(stats: &mut Stats, pairs: &Pairs, start: Instant, now: Instant) -> Report {
     Report {
         buffered_bytes: pairs.buffered(),
+        requests_in_flight: pairs.in_flight(),
         log_lines_dropped: output::log_lines_dropped(),
         reports_dropped: output::reports_dropped(),
         ..stats.report(ms_since(start, now))

@@ -122,7 +122,9 @@ counters! {
     /// Seconds since start.
     uptime_secs: f64 = derived(|_, _, now_ms| now_ms as f64 / 1000.0) [];
     // Request/answer matching (issue 12; names fixed by CONTRACT-12).
-    requests_in_flight: u64 = reset(requests_in_flight) [gauge "foo_requests_in_flight" ""
+    /// Requests outstanding over all connections: summed over the pairs at
+    /// report time (like `buffered_bytes`), not kept up to date per message.
+    requests_in_flight: u64 = filled() [gauge "foo_requests_in_flight" ""
         "Requests read from clients and not yet answered."];
     requests_unanswered: u64 = kept(requests_unanswered)
         [counter "foo_requests_unanswered_total" ""
