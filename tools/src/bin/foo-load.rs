@@ -34,6 +34,7 @@ USAGE:
     --connections N      connections                  [default 16]
     --depth N            REQs in flight per connection [default 16]
     --duration DUR       how long to measure          [default 5s]
+    --requests N         REQs per connection, then stop [default: no limit]
     --size BYTES         data bytes per REQ           [default 32]
     --threads N          event loops, connections shared out [default 1]
     --json               print one JSON object instead of text
@@ -41,7 +42,9 @@ USAGE:
 
 Latency is per request, from the write that carried it to the read that
 brought its answer. Errors are answers with the wrong type or seq, and
-connections lost during the run. At the end no new REQ is sent and the ones
+connections lost during the run. With --requests the run ends once every
+connection has sent its N REQs and had their answers (or at --duration):
+a fixed amount of work, e.g. to count instructions per message. At the end no new REQ is sent and the ones
 in flight get up to 5 s for their answers; --json counts them in sent,
 ack_all and nak_all.
 ";
@@ -55,6 +58,8 @@ struct Config {
     connections: usize,
     depth: usize,
     duration: Duration,
+    /// REQs per connection (`--requests`); `u64::MAX` when not limited.
+    requests: u64,
     size: usize,
     threads: usize,
     json: bool,
@@ -68,6 +73,7 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
             "connections",
             "depth",
             "duration",
+            "requests",
             "size",
             "threads",
         ],
@@ -95,12 +101,18 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
     let size = flags.parse_or("size", 32, range(0, 60_000))?;
     let threads = flags.parse_or("threads", 1, range(1, 64))?;
     let duration = flags.parse_or("duration", Duration::from_secs(5), cli::parse_duration)?;
+    let requests = flags.parse_or("requests", u64::MAX, |v| {
+        cli::parse_count(v)
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| "expected a count of at least 1".to_string())
+    })?;
     Ok(Some(Config {
         target,
         target_spec,
         connections,
         depth,
         duration,
+        requests,
         size,
         threads: threads.min(connections),
         json,
@@ -154,7 +166,12 @@ struct Conn {
 
 impl Conn {
     /// Reads every answer available, then refills the pipeline in one write.
-    fn drive(&mut self, depth: usize, deadline: Instant, tally: &mut Tally) -> Result<(), String> {
+    fn drive(
+        &mut self,
+        config: &Config,
+        deadline: Instant,
+        tally: &mut Tally,
+    ) -> Result<(), String> {
         loop {
             let filled = self
                 .lines
@@ -197,7 +214,7 @@ impl Conn {
         }
         let now = Instant::now();
         if now < deadline {
-            while self.sent_at.len() < depth {
+            while self.sent_at.len() < config.depth && self.next_seq <= config.requests {
                 push_msg(&mut self.out.buf, Kind::Req, self.next_seq, &self.data);
                 self.next_seq += 1;
                 self.sent_at.push_back(now);
@@ -266,7 +283,7 @@ fn worker(config: &Config, index: usize, count: usize, start: &Barrier) -> Resul
     let deadline = Instant::now() + config.duration;
     let mut tally = Tally::default();
     for (i, conn) in conns.iter_mut().enumerate() {
-        if let Err(e) = conn.drive(config.depth, deadline, &mut tally) {
+        if let Err(e) = conn.drive(config, deadline, &mut tally) {
             tally.error(format!("connection {}: {e}", i + 1));
             conn.alive = false;
         }
@@ -278,7 +295,10 @@ fn worker(config: &Config, index: usize, count: usize, start: &Barrier) -> Resul
     loop {
         let now = Instant::now();
         let in_flight = conns.iter().any(|c| c.alive && !c.sent_at.is_empty());
-        if now >= drained_by || (now >= deadline && !in_flight) {
+        let all_sent = conns
+            .iter()
+            .all(|c| !c.alive || c.next_seq > config.requests);
+        if now >= drained_by || ((now >= deadline || all_sent) && !in_flight) {
             break;
         }
         let until = if now < deadline { deadline } else { drained_by };
@@ -290,7 +310,7 @@ fn worker(config: &Config, index: usize, count: usize, start: &Barrier) -> Resul
             let Some(conn) = conns.get_mut(i).filter(|c| c.alive) else {
                 continue;
             };
-            if let Err(e) = conn.drive(config.depth, deadline, &mut tally) {
+            if let Err(e) = conn.drive(config, deadline, &mut tally) {
                 tally.error(format!("connection {}: {e}", i + 1));
                 conn.alive = false;
                 let _ = poll.registry().deregister(&mut conn.stream);
@@ -402,9 +422,12 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let started = Instant::now();
     match run(&config) {
         Ok(tally) => {
-            println!("{}", report(&config, &tally, config.duration));
+            // A run cut short by --requests measured for as long as it ran.
+            let window = config.duration.min(started.elapsed());
+            println!("{}", report(&config, &tally, window));
             if tally.errors == 0 {
                 ExitCode::SUCCESS
             } else {
