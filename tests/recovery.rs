@@ -1059,3 +1059,37 @@ fn close_reasons_and_the_latency_histogram_survive_a_restart() {
     assert_eq!(r["response_latency_histogram"], hist, "{r}");
     assert!(warnings(&proxy).is_empty(), "{}", proxy.stderr());
 }
+
+/// `drained` is counted by the process that exits right after: it reaches
+/// an operator only through the final snapshot, so a restarted process on
+/// the same file reports the connections its predecessor drained.
+#[test]
+fn connections_drained_at_shutdown_are_reported_after_a_restart() {
+    let dir = scratch("drained");
+    let path = dir.join("recovery.json");
+    let server = FooServer::start(ServerOpts::default());
+    let flag = format!("-recovery-path={}", path.display());
+    let addr = server.addr.to_string();
+    let mut proxy = Proxy::start(&addr, &[&flag, "--drain-timeout", "300ms"]);
+    // Idle clients, each past one answered request: relaying when the
+    // drain starts, still open when it ends.
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let mut c = proxy.connect();
+            c.write_all(&requests(1..=1)).unwrap();
+            let want = answers(1..=1);
+            assert_eq!(read_exact_timeout(&mut c, want.len()), want);
+            c
+        })
+        .collect();
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(WAIT), Some(0));
+    let snap = decode(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(snap.closed.get("drained"), Some(&3), "{snap:?}");
+    drop(clients);
+
+    let proxy = start(&server, &path);
+    let r = proxy.report();
+    assert_eq!(r["connections_closed"]["drained"], 3, "{r}");
+    assert!(warnings(&proxy).is_empty(), "{}", proxy.stderr());
+}
