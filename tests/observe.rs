@@ -585,3 +585,77 @@ fn black_hole() -> (socket2::Socket, Vec<TcpStream>) {
     }
     (sock, fill)
 }
+
+/// Runs inside a private network namespace: a proxy on `0.0.0.0:8002`
+/// forwarding to 10.9.9.9:8002, an address this host gains only after the
+/// start, so the start-up check passes and the first client's upstream
+/// connection comes back to the proxy's own listener (a forwarding loop
+/// found at run time). The client then closes; prints the report once the
+/// origin pair has left (`connections_active` 0), or after 5 s.
+const FORWARDING_LOOP: &str = r#"
+import json, socket, subprocess, sys, time, urllib.request
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+p = subprocess.Popen([sys.argv[1], "-listen", "0.0.0.0:8002", "-forward", "10.9.9.9:8002",
+                      "-http", "127.0.0.1:8088", "-recovery-path=", "--max-connections", "50"],
+                     stderr=subprocess.DEVNULL)
+for _ in range(100):
+    try:
+        urllib.request.urlopen("http://127.0.0.1:8088/ready", timeout=5)
+        break
+    except OSError:
+        time.sleep(0.05)
+subprocess.run(["ip", "addr", "add", "10.9.9.9/32", "dev", "lo"], check=True)
+c = socket.create_connection(("127.0.0.1", 8002), timeout=5)
+c.sendall(b"REQ 1 x\n")
+while c.recv(65536):
+    pass
+c.close()
+deadline = time.time() + 5
+while True:
+    stats = json.loads(urllib.request.urlopen("http://127.0.0.1:8088/stats", timeout=5).read())
+    if stats["connections_active"] == 0 or time.time() > deadline:
+        break
+    time.sleep(0.05)
+p.terminate()
+p.wait(timeout=10)
+print(json.dumps(stats))
+"#;
+
+#[test]
+fn a_forwarding_loop_found_at_run_time_ends_as_proxy_error() {
+    let netns = Command::new("unshare")
+        .args(["-rn", "ip", "link", "set", "lo", "up"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !netns {
+        eprintln!(
+            "SKIPPED: a_forwarding_loop_found_at_run_time_ends_as_proxy_error: \
+             `unshare -rn` or `ip` is not available here"
+        );
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_foo-proxy");
+    let out = Command::new("timeout")
+        .args([
+            "30",
+            "unshare",
+            "-rn",
+            "python3",
+            "-c",
+            FORWARDING_LOOP,
+            bin,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(r["connections_active"], 0, "{r}");
+    // The looped connection never becomes a pair; its origin is the one
+    // connection closed, as proxy_error.
+    let closed = r["connections_closed"].as_object().unwrap();
+    let ended: Vec<(&String, &Value)> = closed.iter().filter(|(_, n)| **n != 0).collect();
+    assert_eq!(ended.len(), 1, "{r}");
+    assert_eq!(r["connections_closed"]["proxy_error"], 1, "{r}");
+}
