@@ -3,13 +3,16 @@
 //! never change what decodes; any `u64` total is taken as written; and
 //! `check_window` agrees with a plain restatement of its rules, so an
 //! accepted window never restores more than the totals it claims to be
-//! part of.
+//! part of; and restoring puts every close reason this build knows and
+//! every histogram counted with its buckets into the report as written,
+//! leaving out (and saying so) exactly the rest.
 #![no_main]
 
 use foo_proxy::rates::BUCKETS;
+use foo_proxy::latency::{BOUNDS_US, BUCKETS as LATENCY_BUCKETS, Histogram};
 use foo_proxy::recovery::{
     HistogramTotals, LatencyTotals, Snapshot, Totals, WINDOW_MS, WindowBucket, check_window,
-    decode, encode, restore,
+    decode, encode, restore, restore_counted,
 };
 use foo_proxy::stats::Stats;
 use libfuzzer_sys::fuzz_target;
@@ -23,10 +26,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(encode(&snapshot), bytes);
         check_window_rules(&snapshot, data);
         check_unknown_fields(&snapshot, data);
+        check_reasons_and_histograms(&snapshot);
     }
     let x = snapshot_from(data);
     assert_eq!(decode(&encode(&x)), Ok(x.clone()));
     check_window_rules(&x, data);
+    check_reasons_and_histograms(&x);
     // Any total, up to u64::MAX, is restored as written and the sums the
     // report derives from it saturate instead of wrapping or panicking.
     let mut top = x.clone();
@@ -69,6 +74,53 @@ fn check_window_rules(snapshot: &Snapshot, data: &[u8]) {
         let answered = t.msg_ack as f64 + t.msg_nak as f64;
         assert!(r.response_rate_10s * 10.0 <= answered * (1.0 + 1e-9));
     }
+}
+
+/// The report's close reason names, in order.
+fn reason_names() -> &'static [String] {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let report = serde_json::to_value(Stats::default().report(0)).unwrap();
+        report["connections_closed"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    })
+}
+
+fn check_reasons_and_histograms(s: &Snapshot) {
+    let mut stats = Stats::default();
+    let (_, skipped) = restore_counted(s, &mut stats, s.written_at_ms, 0);
+    let report = serde_json::to_value(stats.report(0)).unwrap();
+    let closed = report["connections_closed"].as_object().unwrap();
+    for (name, n) in &s.closed {
+        match closed.get(name) {
+            Some(v) => assert_eq!(v.as_u64(), Some(*n), "{name}"),
+            None => assert!(skipped.reasons.contains(name), "{name}"),
+        }
+    }
+    for (name, v) in closed {
+        if !s.closed.contains_key(name) {
+            assert_eq!(v.as_u64(), Some(0), "{name}");
+        }
+    }
+    assert!(skipped.reasons.iter().all(|r| !closed.contains_key(r)));
+    let mut all_taken = true;
+    for (from, to) in [
+        (&s.latency.ack, &stats.matching.latency.ack),
+        (&s.latency.nak, &stats.matching.latency.nak),
+    ] {
+        if from.bounds_us == BOUNDS_US && from.counts.len() == LATENCY_BUCKETS {
+            assert_eq!(to.counts.to_vec(), from.counts);
+            assert_eq!(to.sum_us, from.sum_us);
+        } else {
+            assert_eq!(*to, Histogram::default());
+            all_taken &= from.counts.iter().all(|&c| c == 0) && from.sum_us == 0;
+        }
+    }
+    assert_eq!(skipped.histograms, !all_taken);
 }
 
 fn check_unknown_fields(snapshot: &Snapshot, data: &[u8]) {
@@ -164,23 +216,35 @@ fn snapshot_from(data: &[u8]) -> Snapshot {
     // What is left: close reasons by name (known or not) and the ack
     // histogram, with this build's bounds or others.
     let mut closed = std::collections::BTreeMap::new();
+    let names = reason_names();
     for _ in 0..next() % 16 {
         let word = next();
-        closed.insert(format!("r{}", word % 20), word);
+        let name = match names.get((word / 2) as usize % names.len()) {
+            Some(known) if word % 2 == 0 => known.clone(),
+            _ => format!("r{}", word % 20),
+        };
+        closed.insert(name, word);
     }
-    let bounds_us = if next() % 2 == 0 {
-        foo_proxy::latency::BOUNDS_US.to_vec()
-    } else {
-        (0..next() % 20).map(|_| next()).collect()
-    };
-    let counts = (0..next() % 20).map(|_| next()).collect();
-    let latency = LatencyTotals {
-        ack: HistogramTotals {
+    let mut histogram = || {
+        let bounds_us = if next() % 2 == 0 {
+            BOUNDS_US.to_vec()
+        } else {
+            (0..next() % 20).map(|_| next()).collect()
+        };
+        // This build's count of buckets half the time, any other else.
+        let len = match next() {
+            w if w % 2 == 0 => LATENCY_BUCKETS as u64,
+            w => w % 20,
+        };
+        HistogramTotals {
             bounds_us,
-            counts,
+            counts: (0..len).map(|_| next()).collect(),
             sum_us: next(),
-        },
-        ..LatencyTotals::default()
+        }
+    };
+    let latency = LatencyTotals {
+        ack: histogram(),
+        nak: histogram(),
     };
     Snapshot {
         written_at_ms,
