@@ -277,6 +277,40 @@ fn load_reports_rates_and_latency_without_errors() {
 }
 
 #[test]
+fn load_replaces_each_connection_after_its_per_connection_requests() {
+    let (_server, addr) = foo_server(&["--no-fragment"]);
+    let target = addr.to_string();
+    let (status, stdout, stderr) = run(
+        &util::tool("foo-load"),
+        "foo-load",
+        &[
+            "--target",
+            &target,
+            "--connections",
+            "2",
+            "--depth",
+            "3",
+            "--per-connection",
+            "5",
+            "--duration",
+            "300ms",
+            "--json",
+        ],
+    );
+    assert!(status.success(), "{stdout} {stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["errors"], 0, "{report}");
+    let opened = report["opened"].as_u64().unwrap();
+    let sent = report["sent"].as_u64().unwrap();
+    let answered = report["ack_all"].as_u64().unwrap() + report["nak_all"].as_u64().unwrap();
+    assert_eq!(sent, answered, "{report}");
+    // Never more than 5 REQs on one connection; the last ones may be short
+    // (the deadline stops sending).
+    assert!(opened > 2 && sent <= opened * 5, "{report}");
+    assert!(sent > (opened - 2) * 5 - 1, "{report}");
+}
+
+#[test]
 fn load_counts_a_wrong_seq_as_an_error() {
     let addr = broken_server(|seq| Some(format!("ACK {} x\n", seq + 1)));
     let (status, stdout, _) = run(

@@ -37,6 +37,9 @@ USAGE:
     --requests N         REQs per connection, then stop [default: no limit]
     --size BYTES         data bytes per REQ           [default 32]
     --threads N          event loops, connections shared out [default 1]
+    --per-connection N   REQs per connection: once all are answered it
+                         is closed and a new one opened (churn) [default
+                         0: never; not with --requests]
     --json               print one JSON object instead of text
     -h, --help           print this help
 
@@ -46,7 +49,7 @@ connections lost during the run. With --requests the run ends once every
 connection has sent its N REQs and had their answers (or at --duration):
 a fixed amount of work, e.g. to count instructions per message. At the end no new REQ is sent and the ones
 in flight get up to 5 s for their answers; --json counts them in sent,
-ack_all and nak_all.
+ack_all and nak_all, and the connections opened in `opened`.
 ";
 
 /// How long the REQs in flight at the deadline may take to be answered.
@@ -62,6 +65,8 @@ struct Config {
     requests: u64,
     size: usize,
     threads: usize,
+    /// REQs per connection before it is replaced; 0: never.
+    per_connection: u64,
     json: bool,
 }
 
@@ -76,6 +81,7 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
             "requests",
             "size",
             "threads",
+            "per-connection",
         ],
         &["json"],
     )?;
@@ -100,12 +106,21 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
     let depth = flags.parse_or("depth", 16, range(1, 100_000))?;
     let size = flags.parse_or("size", 32, range(0, 60_000))?;
     let threads = flags.parse_or("threads", 1, range(1, 64))?;
+    let per_connection = flags.parse_or("per-connection", 0, range(0, usize::MAX))? as u64;
     let duration = flags.parse_or("duration", Duration::from_secs(5), cli::parse_duration)?;
     let requests = flags.parse_or("requests", u64::MAX, |v| {
         cli::parse_count(v)
             .filter(|&n| n >= 1)
             .ok_or_else(|| "expected a count of at least 1".to_string())
     })?;
+    if per_connection != 0 && requests != u64::MAX {
+        let why = "cannot be combined with --requests".to_string();
+        return Err(cli::invalid(
+            "per-connection",
+            &per_connection.to_string(),
+            why,
+        ));
+    }
     Ok(Some(Config {
         target,
         target_spec,
@@ -115,6 +130,7 @@ fn parse_args(args: Vec<OsString>) -> Result<Option<Config>, CliError> {
         requests,
         size,
         threads: threads.min(connections),
+        per_connection,
         json,
     }))
 }
@@ -131,6 +147,8 @@ struct Tally {
     nak_all: u64,
     errors: u64,
     first_error: Option<String>,
+    /// Connections opened, replacements included.
+    opened: u64,
 }
 
 impl Tally {
@@ -147,6 +165,7 @@ impl Tally {
         self.nak_all += other.nak_all;
         self.nak += other.nak;
         self.errors += other.errors;
+        self.opened += other.opened;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
@@ -164,6 +183,13 @@ struct Conn {
     alive: bool,
 }
 
+/// What a connection needs after [`Conn::drive`].
+enum Next {
+    Wait,
+    /// Its `--per-connection` REQs are all answered: replace it.
+    Replace,
+}
+
 impl Conn {
     /// Reads every answer available, then refills the pipeline in one write.
     fn drive(
@@ -171,7 +197,7 @@ impl Conn {
         config: &Config,
         deadline: Instant,
         tally: &mut Tally,
-    ) -> Result<(), String> {
+    ) -> Result<Next, String> {
         loop {
             let filled = self
                 .lines
@@ -212,9 +238,17 @@ impl Conn {
                 Filled::WouldBlock => break,
             }
         }
+        // Seqs start at 1, so next_seq - 1 REQs went out on this connection.
+        let done = self.next_seq - 1;
+        if config.per_connection != 0 && done >= config.per_connection && self.sent_at.is_empty() {
+            return Ok(Next::Replace);
+        }
         let now = Instant::now();
         if now < deadline {
-            while self.sent_at.len() < config.depth && self.next_seq <= config.requests {
+            while self.sent_at.len() < config.depth
+                && self.next_seq <= config.requests
+                && (config.per_connection == 0 || self.next_seq <= config.per_connection)
+            {
                 push_msg(&mut self.out.buf, Kind::Req, self.next_seq, &self.data);
                 self.next_seq += 1;
                 self.sent_at.push_back(now);
@@ -224,7 +258,7 @@ impl Conn {
         self.out
             .flush(&mut self.stream, None)
             .map_err(|e| format!("write failed: {}", describe(&e)))?;
-        Ok(())
+        Ok(Next::Wait)
     }
 }
 
@@ -252,17 +286,21 @@ fn connect(config: &Config) -> Result<TcpStream, String> {
 fn worker(config: &Config, index: usize, count: usize, start: &Barrier) -> Result<Tally, String> {
     let io_err = |what: &str, e: io::Error| format!("cannot {what}: {}", describe(&e));
     let poll = Poll::new().map_err(|e| io_err("create poll", e));
+    let open = |poll: &Poll, i: usize| -> Result<TcpStream, String> {
+        let mut stream = connect(config)?;
+        poll.registry()
+            .register(
+                &mut stream,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| io_err("register the socket", e))?;
+        Ok(stream)
+    };
     let conns: Result<Vec<Conn>, String> = poll.as_ref().map_err(Clone::clone).and_then(|poll| {
         (0..count)
             .map(|i| {
-                let mut stream = connect(config)?;
-                poll.registry()
-                    .register(
-                        &mut stream,
-                        Token(i),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )
-                    .map_err(|e| io_err("register the socket", e))?;
+                let stream = open(poll, i)?;
                 let mut data = Vec::with_capacity(config.size);
                 Rng::stream(index as u64, i as u64).push_alnum(&mut data, config.size);
                 Ok(Conn {
@@ -281,12 +319,44 @@ fn worker(config: &Config, index: usize, count: usize, start: &Barrier) -> Resul
     start.wait();
     let (mut poll, mut conns) = (poll?, conns?);
     let deadline = Instant::now() + config.duration;
-    let mut tally = Tally::default();
-    for (i, conn) in conns.iter_mut().enumerate() {
-        if let Err(e) = conn.drive(config, deadline, &mut tally) {
-            tally.error(format!("connection {}: {e}", i + 1));
-            conn.alive = false;
+    let mut tally = Tally {
+        opened: count as u64,
+        ..Tally::default()
+    };
+    // Drives a connection until it waits; a finished one is replaced by a
+    // new one under the same token (the old one is closed by dropping it,
+    // after every answer it was owed arrived).
+    let step = |poll: &Poll, i: usize, conn: &mut Conn, tally: &mut Tally| loop {
+        match conn.drive(config, deadline, tally) {
+            Ok(Next::Wait) => return,
+            Ok(Next::Replace) if Instant::now() >= deadline => return,
+            Ok(Next::Replace) => {
+                let _ = poll.registry().deregister(&mut conn.stream);
+                match open(poll, i) {
+                    Ok(stream) => {
+                        conn.stream = stream;
+                        conn.lines = LineReader::new(64 * 1024);
+                        conn.out = Outbox::default();
+                        conn.next_seq = 1;
+                        tally.opened += 1;
+                    }
+                    Err(e) => {
+                        tally.error(format!("connection {}: {e}", i + 1));
+                        conn.alive = false;
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                tally.error(format!("connection {}: {e}", i + 1));
+                conn.alive = false;
+                let _ = poll.registry().deregister(&mut conn.stream);
+                return;
+            }
         }
+    };
+    for (i, conn) in conns.iter_mut().enumerate() {
+        step(&poll, i, conn, &mut tally);
     }
     let mut events = Events::with_capacity(1024);
     // After the deadline no REQ is sent; the ones in flight get their
@@ -310,11 +380,7 @@ fn worker(config: &Config, index: usize, count: usize, start: &Barrier) -> Resul
             let Some(conn) = conns.get_mut(i).filter(|c| c.alive) else {
                 continue;
             };
-            if let Err(e) = conn.drive(config, deadline, &mut tally) {
-                tally.error(format!("connection {}: {e}", i + 1));
-                conn.alive = false;
-                let _ = poll.registry().deregister(&mut conn.stream);
-            }
+            step(&poll, i, conn, &mut tally);
         }
     }
     Ok(tally)
@@ -369,6 +435,8 @@ fn report(config: &Config, tally: &Tally, window: Duration) -> String {
             "duration_secs": window.as_secs_f64(),
             "size": config.size,
             "threads": config.threads,
+            "per_connection": config.per_connection,
+            "opened": tally.opened,
             "requests_per_sec": rate.round(),
             "answers": answers,
             "ack": tally.ack,
@@ -411,6 +479,9 @@ fn report(config: &Config, tally: &Tally, window: Duration) -> String {
         fmt_ns(h.quantile(0.999)),
         fmt_ns(h.max()),
     );
+    if config.per_connection != 0 {
+        text.push_str(&format!("\nconnections  {} opened", tally.opened));
+    }
     if let Some(e) = &tally.first_error {
         text.push_str(&format!("\nfirst error  {e}"));
     }
