@@ -118,6 +118,20 @@ pub enum Connect {
     Failed(io::Error),
 }
 
+/// Non-blocking connect progress from the socket's event: writable with
+/// no error, hang-up or read-closed flag is a connect that completed (a
+/// socket in SYN-SENT is never writable), and costs no syscall; anything
+/// else asks the socket ([`connect_progress`]). Saves the `SO_ERROR` and
+/// `getpeername` calls of every upstream connect.
+pub fn connect_progress_after(event: &mio::event::Event, stream: &TcpStream) -> Connect {
+    let troubled = event.is_error() || event.is_read_closed() || event.is_write_closed();
+    match (troubled, event.is_writable()) {
+        (false, true) => Connect::Connected,
+        (false, false) => Connect::Pending,
+        (true, _) => connect_progress(stream),
+    }
+}
+
 /// Non-blocking connect progress, as mio documents it: `take_error`, then
 /// `peer_addr` (`NotConnected` means keep waiting).
 pub fn connect_progress(stream: &TcpStream) -> Connect {
@@ -381,5 +395,58 @@ mod tests {
         assert!(!is_local(addr("192.0.2.77:9")));
         // Without a zone a link-local address cannot be bound anywhere.
         assert!(!is_local(zoned("fe80::1234", 9, 0)));
+    }
+}
+
+#[cfg(test)]
+mod connect_tests {
+    use super::*;
+    use mio::{Events, Interest, Poll, Token};
+    use std::time::{Duration, Instant};
+
+    /// Polls until `stream` has an event whose progress is not Pending.
+    fn progress(addr: SocketAddr) -> Connect {
+        let mut poll = Poll::new().unwrap();
+        let mut stream = TcpStream::connect(addr).unwrap();
+        poll.registry()
+            .register(
+                &mut stream,
+                Token(1),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .unwrap();
+        let mut events = Events::with_capacity(8);
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
+            for event in events.iter() {
+                match connect_progress_after(event, &stream) {
+                    Connect::Pending => {}
+                    done => return done,
+                }
+            }
+        }
+        Connect::Pending
+    }
+
+    #[test]
+    fn a_completed_connect_is_seen_from_its_writable_event() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert!(matches!(progress(addr), Connect::Connected));
+    }
+
+    #[test]
+    fn a_refused_connect_is_seen_with_its_error() {
+        // A port nobody listens on: bound, then closed.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        match progress(addr) {
+            Connect::Failed(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused),
+            other => panic!("expected a refused connect, got {other:?}"),
+        }
     }
 }

@@ -17,7 +17,7 @@ use slab::Slab;
 
 use crate::clients::PerClient;
 use crate::logging::{Throttle, suppressed_note};
-use crate::net::{Connect, connect_progress, describe};
+use crate::net::{Connect, connect_progress_after, describe};
 use crate::output;
 use crate::pair::linger::Ending;
 use crate::pair::log_line::{self, ConnRecord, Ended, LogFormat};
@@ -459,7 +459,7 @@ impl Pairs {
         }
         let progress = match &pair.state {
             State::Connecting { upstream, .. } if !is_client => {
-                Some(connect_progress(&upstream.stream))
+                Some(connect_progress_after(event, &upstream.stream))
             }
             _ => None,
         };
@@ -623,17 +623,14 @@ impl Pairs {
             return;
         };
         let mut released = false;
-        if let Some(mut upstream) = upstream {
+        if let Some(upstream) = upstream {
             self.upstreams.release(key, &upstream.stream);
             match self.upstream_pool.as_mut() {
                 Some(up) if reusable => up.give_back(upstream.stream, &mut lent(env)),
-                Some(up) => {
-                    let _ = env.registry.deregister(&mut upstream.stream);
-                    up.closed(relaying, env.stats);
-                }
-                None => {
-                    let _ = env.registry.deregister(&mut upstream.stream);
-                }
+                // Dropped: closing the socket takes it out of the poll (no
+                // other descriptor shares it), so no EPOLL_CTL_DEL first.
+                Some(up) => up.closed(relaying, env.stats),
+                None => {}
             }
             released = self.upstream_pool.is_some();
         }
@@ -704,14 +701,14 @@ impl Pairs {
         pair.deadline
             .set(env.timers, None, pair.id, Timer::Pair(key));
         let relaying = matches!(pair.state, State::Relaying { .. });
+        // The sockets are dropped below: closing them takes them out of
+        // the poll, so no EPOLL_CTL_DEL first.
         if let Some(upstream) = pair.upstream() {
-            let _ = env.registry.deregister(&mut upstream.stream);
             self.upstreams.release(key, &upstream.stream);
             if let Some(up) = self.upstream_pool.as_mut() {
                 up.closed(relaying, env.stats);
             }
         }
-        let _ = env.registry.deregister(&mut pair.client.stream);
         if let Some(limits) = self.per_client.as_mut() {
             limits.release(key);
         }
@@ -755,7 +752,7 @@ impl Pairs {
         else {
             return;
         };
-        let _ = env.registry.deregister(&mut upstream.stream);
+        // Replaced below; its close takes it out of the poll.
         self.upstreams.release(key, &upstream.stream);
         let failed = *attempt;
         self.upstreams.retrying(failed, &err, env.stats, env.now);

@@ -22,7 +22,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::net::{self, Connect, Io, connect_progress, describe};
+use crate::net::{self, Connect, Io, connect_progress_after, describe};
 use crate::stats::{Stats, add};
 use crate::timer::{Slot, Timer, Timers};
 use crate::upstream::{NotStarted, Upstreams};
@@ -246,7 +246,7 @@ impl UpstreamPool {
             _ => None,
         };
         if let Some(why) = why {
-            let _ = lent.registry.deregister(&mut stream);
+            // Dropped: its close takes it out of the poll.
             count(lent.stats, why);
             self.publish(lent.stats);
             return;
@@ -359,7 +359,7 @@ impl UpstreamPool {
             return;
         };
         if !entry.connected {
-            match connect_progress(&entry.stream) {
+            match connect_progress_after(event, &entry.stream) {
                 Connect::Pending => return,
                 Connect::Failed(e) => {
                     debug!("spare upstream connect failed: {}", describe(&e));
@@ -450,7 +450,7 @@ impl UpstreamPool {
         entry
             .deadline
             .set(lent.timers, None, entry.id, Timer::Upstream(key));
-        let _ = lent.registry.deregister(&mut entry.stream);
+        // Dropped below: its close takes it out of the poll.
         upstreams.release(NO_PAIR, &entry.stream);
         self.idle.retain(|&k| k != key);
         count(lent.stats, why);

@@ -301,7 +301,7 @@ impl Admin {
             };
             if let Some(key) = victim {
                 debug!("admin client {key}: idle with every slot taken, closing for {peer}");
-                self.remove(key, registry, timers);
+                self.remove(key, timers);
             }
             let entry = self.conns.vacant_entry();
             let key = entry.key();
@@ -430,19 +430,21 @@ impl Admin {
     }
 
     fn close(&mut self, key: usize, registry: &Registry, timers: &mut Timers, now: Instant) {
-        self.remove(key, registry, timers);
+        self.remove(key, timers);
         if self.full {
             self.accept(registry, timers, now);
         }
     }
 
     /// Closes a connection and forgets it and its deadline.
-    fn remove(&mut self, key: usize, registry: &Registry, timers: &mut Timers) {
+    fn remove(&mut self, key: usize, timers: &mut Timers) {
         let Some(mut conn) = self.conns.try_remove(key) else {
             return;
         };
         conn.deadline.set(timers, None, conn.id, Timer::Admin(key));
-        let _ = registry.deregister(&mut conn.stream);
+        // Dropped here: its close takes it out of the poll (no other
+        // descriptor shares it), so no EPOLL_CTL_DEL first.
+        drop(conn);
     }
 }
 

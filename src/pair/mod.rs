@@ -497,17 +497,18 @@ fn relay(
         // A pooled connection is kept open for the next client, unless the
         // client left a partial line (its session cannot end cleanly).
         let keep = ctx.keep_upstream && c2s.at_frame_boundary();
+        // A Foo server answers each line with one line: once every line
+        // the client sent is answered and delivered, nothing is left.
+        if c2s.pending() == 0 && s2c.pending() == 0 && s2c.lines >= lines_sent(c2s) {
+            // The upstream is closed (or pooled) now: its close sends the
+            // FIN, so a shutdown first would be a syscall for nothing.
+            return Outcome::End(Reason::Answered);
+        }
         if c2s.pending() == 0 && !*upstream_shut && !keep {
             *upstream_shut = true;
             if let Err(e) = upstream.stream.shutdown(Shutdown::Write) {
                 debug!("pair {id}: upstream shutdown failed: {}", describe(&e));
             }
-        }
-        // A Foo server answers each line with one line: once every line
-        // the client sent is answered and delivered, nothing is left.
-        let flushed = *upstream_shut || (keep && c2s.pending() == 0);
-        if flushed && s2c.pending() == 0 && s2c.lines >= lines_sent(c2s) {
-            return Outcome::End(Reason::Answered);
         }
     }
     Outcome::Going {
