@@ -1,12 +1,12 @@
 #!/bin/sh
-# HAProxy as the relay benchmark runs it: TCP mode, one thread, in the
+# HAProxy as the relay benchmark runs it: TCP mode, one thread unless told, in the
 # foreground, loopback only.
-# Usage: haproxy.sh LISTEN_PORT FORWARD_PORT SCRATCH_DIR
+# Usage: haproxy.sh LISTEN_PORT FORWARD_PORT SCRATCH_DIR [THREADS, default 1]
 set -eu
 cfg="$3/haproxy-$1.cfg"
 cat >"$cfg" <<CFG
 global
-    nbthread 1
+    nbthread ${4:-1}
     maxconn 9990
 
 defaults

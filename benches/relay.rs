@@ -39,6 +39,18 @@ relay: foo-load straight to foo-server, through foo-proxy and through other prox
     --idle-pairs N      idle client connections per proxy     [default 9900]
     --idle-secs N       seconds of idleness measured          [default 5]
     --fragment          let foo-server split its writes (default: --no-fragment)
+
+  The cost curve (issue 18): foo-proxy against HAProxy with 1 and 2 threads
+  (or the --proxy commands), one row per point of each dimension, others at
+  16 connections x depth 16 x 32 B; rounds rotate the order of the targets
+  and of the points; ratios are medians of per-round ratios.
+
+    --curve             run every dimension instead of the table above
+    --dimension D       only these (repeatable; implies --curve): baseline,
+                        connections (1/256/2000), depth (1/128), data
+                        (16 B/1 KiB/16 KiB), churn (a new connection per 4
+                        REQs), idle (--busy-idle idle pairs + 16 busy)
+    --busy-idle N       idle pairs held open in the idle row [default 5000]
 ";
 
 const HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -56,7 +68,23 @@ struct Args {
     idle_pairs: usize,
     idle_secs: u64,
     fragment: bool,
+    /// The cost curve's dimensions; empty: the classic table.
+    dimensions: Vec<String>,
+    busy_idle: usize,
 }
+
+/// The load's shape: foo-load's flags.
+#[derive(Clone, Debug)]
+struct Shape {
+    connections: usize,
+    depth: usize,
+    size: usize,
+    /// REQs per connection before foo-load replaces it; 0: never.
+    per_connection: u64,
+}
+
+/// The dimensions of the cost curve, in table order.
+const DIMENSIONS: [&str; 6] = ["baseline", "connections", "depth", "data", "churn", "idle"];
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut pargs = pico_args::Arguments::from_env();
@@ -102,6 +130,24 @@ fn parse_args() -> Result<Option<Args>, String> {
             .map_err(e)?
             .unwrap_or(5),
         fragment: pargs.contains("--fragment"),
+        dimensions: {
+            let curve = pargs.contains("--curve");
+            let mut d: Vec<String> = pargs.values_from_str("--dimension").map_err(e)?;
+            if let Some(bad) = d.iter().find(|d| !DIMENSIONS.contains(&d.as_str())) {
+                return Err(format!(
+                    "--dimension {bad:?}: expected one of {}",
+                    DIMENSIONS.join(", ")
+                ));
+            }
+            if curve && d.is_empty() {
+                d = DIMENSIONS.iter().map(|d| d.to_string()).collect();
+            }
+            d
+        },
+        busy_idle: pargs
+            .opt_value_from_str("--busy-idle")
+            .map_err(e)?
+            .unwrap_or(5_000),
     };
     let rest = pargs.finish();
     if !rest.is_empty() {
@@ -388,7 +434,11 @@ struct Run {
     answers: u64,
     /// CPU seconds the target's proxy group used over the run.
     proxy_cpu: Option<f64>,
+    /// The same in on-CPU nanoseconds, every thread (schedstat): finer.
+    proxy_ns: Option<u64>,
     server_cpu: f64,
+    /// Connections foo-load opened (more than `connections` under churn).
+    opened: u64,
 }
 
 struct Target {
@@ -435,23 +485,39 @@ struct Bench {
 
 impl Bench {
     /// Runs foo-load against `port`, sampling the group's memory meanwhile.
+    /// The classic table's shape, from the flags.
+    fn shape(&self) -> Shape {
+        Shape {
+            connections: self.args.connections,
+            depth: self.args.depth,
+            size: 32,
+            per_connection: 0,
+        }
+    }
+
     fn load(
         &self,
         port: u16,
         proxy: Option<&Proc>,
         duration: Duration,
+        shape: &Shape,
     ) -> Result<(Run, Mem), String> {
         let pgid = proxy.map(|p| p.pid);
         let cpu0 = pgid.map(group_ticks);
+        let ns0 = pgid.map(group_sched);
         let srv0 = group_ticks(self.server.pid);
         let mut child = Command::new(self.bin.join("foo-load"))
             .args([
                 "--target".to_string(),
                 format!("127.0.0.1:{port}"),
                 "--connections".into(),
-                self.args.connections.to_string(),
+                shape.connections.to_string(),
                 "--depth".into(),
-                self.args.depth.to_string(),
+                shape.depth.to_string(),
+                "--size".into(),
+                shape.size.to_string(),
+                "--per-connection".into(),
+                shape.per_connection.to_string(),
                 "--duration".into(),
                 format!("{}ms", duration.as_millis()),
                 "--json".into(),
@@ -511,7 +577,11 @@ impl Bench {
             proxy_cpu: pgid
                 .zip(cpu0)
                 .map(|(g, c0)| secs(group_ticks(g).saturating_sub(c0))),
+            proxy_ns: pgid
+                .zip(ns0)
+                .map(|(g, (n0, _))| group_sched(g).0.saturating_sub(n0)),
             server_cpu: secs(group_ticks(self.server.pid).saturating_sub(srv0)),
+            opened: json["opened"].as_u64().unwrap_or(0),
         };
         Ok((run, peak))
     }
@@ -530,37 +600,7 @@ impl Bench {
         let before = group_mem(pgid, true);
         let server_fds = open_fds(self.server.pid);
         let started = Instant::now();
-        let addr = SocketAddr::from((HOST, port));
-        let mut clients = Vec::with_capacity(self.args.idle_pairs);
-        // Non-blocking connects in batches, each waited for until foo-server
-        // holds its end: a blocking connect per pair costs a scheduler round
-        // trip on this loaded machine, and a batch never overflows a backlog.
-        while clients.len() < self.args.idle_pairs {
-            let batch = IDLE_BATCH.min(self.args.idle_pairs - clients.len());
-            for _ in 0..batch {
-                let s = mio::net::TcpStream::connect(addr).map_err(|e| {
-                    format!(
-                        "{}: idle connection {} failed: {e}",
-                        proxy.name,
-                        clients.len()
-                    )
-                })?;
-                clients.push(s);
-            }
-            let held = server_fds + clients.len();
-            while open_fds(self.server.pid) < held {
-                if started.elapsed() > WAIT * 2 {
-                    return Err(format!(
-                        "{}: foo-server holds {} of {} upstream connections after {:?}",
-                        proxy.name,
-                        open_fds(self.server.pid).saturating_sub(server_fds),
-                        clients.len(),
-                        WAIT * 2
-                    ));
-                }
-                thread::sleep(Duration::from_millis(5));
-            }
-        }
+        let clients = self.open_idle(port, &proxy.name, self.args.idle_pairs)?;
         let setup = started.elapsed();
         thread::sleep(Duration::from_secs(1));
         let after = group_mem(pgid, true);
@@ -568,12 +608,7 @@ impl Bench {
         thread::sleep(span);
         let s1 = group_sched(pgid);
         let with_pairs = (s1.0.saturating_sub(s0.0), s1.1.saturating_sub(s0.1));
-        drop(clients);
-        // Let the proxy and the server let go before the next target.
-        let until = Instant::now() + WAIT;
-        while open_fds(self.server.pid) > server_fds + 16 && Instant::now() < until {
-            thread::sleep(Duration::from_millis(100));
-        }
+        self.close_idle(clients, server_fds);
         Ok(Idle {
             pairs: self.args.idle_pairs,
             before,
@@ -582,6 +617,57 @@ impl Bench {
             none,
             setup,
         })
+    }
+}
+
+impl Bench {
+    /// Opens `n` idle client connections to `port`, returning once
+    /// foo-server holds the upstream end of each.
+    fn open_idle(
+        &self,
+        port: u16,
+        name: &str,
+        n: usize,
+    ) -> Result<Vec<mio::net::TcpStream>, String> {
+        let server_fds = open_fds(self.server.pid);
+        let started = Instant::now();
+        let addr = SocketAddr::from((HOST, port));
+        let mut clients = Vec::with_capacity(n);
+        // Non-blocking connects in batches, each waited for until foo-server
+        // holds its end: a blocking connect per pair costs a scheduler round
+        // trip on this loaded machine, and a batch never overflows a backlog.
+        while clients.len() < n {
+            let batch = IDLE_BATCH.min(n - clients.len());
+            for _ in 0..batch {
+                let s = mio::net::TcpStream::connect(addr).map_err(|e| {
+                    format!("{name}: idle connection {} failed: {e}", clients.len())
+                })?;
+                clients.push(s);
+            }
+            let held = server_fds + clients.len();
+            while open_fds(self.server.pid) < held {
+                if started.elapsed() > WAIT * 2 {
+                    return Err(format!(
+                        "{name}: foo-server holds {} of {} upstream connections after {:?}",
+                        open_fds(self.server.pid).saturating_sub(server_fds),
+                        clients.len(),
+                        WAIT * 2
+                    ));
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(clients)
+    }
+
+    /// Closes idle connections and waits (bounded) until foo-server is back
+    /// near `server_fds` descriptors, so the next target starts clean.
+    fn close_idle(&self, clients: Vec<mio::net::TcpStream>, server_fds: usize) {
+        drop(clients);
+        let until = Instant::now() + WAIT;
+        while open_fds(self.server.pid) > server_fds + 16 && Instant::now() < until {
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -635,11 +721,14 @@ fn run(args: Args) -> Result<(), String> {
     let _cleanup = RemoveDir(tmp.clone());
 
     let limit = nofile_soft_limit();
-    if args.idle_pairs + 256 > limit {
+    let (held, flag) = match args.dimensions.is_empty() {
+        true => (args.idle_pairs, "--idle-pairs"),
+        false => (args.busy_idle, "--busy-idle"),
+    };
+    if held + 256 > limit {
         return Err(format!(
-            "--idle-pairs {} needs more descriptors than this process may open ({limit}); \
-             raise `ulimit -n` or lower --idle-pairs",
-            args.idle_pairs
+            "{flag} {held} needs more descriptors than this process may open ({limit}); \
+             raise `ulimit -n` or lower {flag}"
         ));
     }
     eprintln!("machine: {}", machine());
@@ -654,6 +743,11 @@ fn run(args: Args) -> Result<(), String> {
     let mut server = Proc::spawn("foo-server", &server_cmd, &tmp)?;
     server.wait_for_port(server_port)?;
     eprintln!("foo-server: {server_cmd}");
+    if !args.dimensions.is_empty() {
+        curve(args, bin, server, server_port, &tmp)?;
+        eprintln!("took {:.0?}", started.elapsed());
+        return Ok(());
+    }
 
     let mut proxies = vec![(
         "foo-proxy".to_string(),
@@ -706,13 +800,19 @@ fn run(args: Args) -> Result<(), String> {
     // Warm up every path once, then interleave the rounds so that every
     // target sees the same neighbours on this shared machine.
     for t in &targets {
-        bench.load(t.port, t.proc.as_ref(), Duration::from_secs(1))?;
+        bench.load(
+            t.port,
+            t.proc.as_ref(),
+            Duration::from_secs(1),
+            &bench.shape(),
+        )?;
     }
     for round in 0..bench.args.runs {
         let n = targets.len();
         for i in 0..n {
             let t = &mut targets[(i + round) % n];
-            let (run, peak) = bench.load(t.port, t.proc.as_ref(), bench.args.duration)?;
+            let shape = bench.shape();
+            let (run, peak) = bench.load(t.port, t.proc.as_ref(), bench.args.duration, &shape)?;
             eprintln!(
                 "round {} {:<10} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us  proxy cpu {}  server cpu {:.2} s  load {}",
                 round + 1,
@@ -767,6 +867,268 @@ fn run(args: Args) -> Result<(), String> {
     print_table(&targets, &bench);
     eprintln!("took {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// One point of the cost curve.
+struct Point {
+    dimension: &'static str,
+    label: String,
+    shape: Shape,
+    /// Idle pairs held open through the proxy during the load.
+    idle: usize,
+}
+
+/// The points of the chosen dimensions, others at the baseline.
+fn points(args: &Args) -> Vec<Point> {
+    let base = Shape {
+        connections: 16,
+        depth: 16,
+        size: 32,
+        per_connection: 0,
+    };
+    let point = |dimension, label: &str, shape: Shape, idle| Point {
+        dimension,
+        label: label.to_string(),
+        shape,
+        idle,
+    };
+    let mut out = Vec::new();
+    for d in DIMENSIONS {
+        if !args.dimensions.iter().any(|c| c == d) {
+            continue;
+        }
+        match d {
+            "baseline" => out.push(point(d, "16 conns x depth 16 x 32 B", base.clone(), 0)),
+            "connections" => {
+                for connections in [1, 256, 2000] {
+                    let label = format!("{connections} connections");
+                    let shape = Shape {
+                        connections,
+                        ..base.clone()
+                    };
+                    out.push(point(d, &label, shape, 0));
+                }
+            }
+            "depth" => {
+                for depth in [1, 128] {
+                    let label = format!("depth {depth}");
+                    out.push(point(
+                        d,
+                        &label,
+                        Shape {
+                            depth,
+                            ..base.clone()
+                        },
+                        0,
+                    ));
+                }
+            }
+            "data" => {
+                for (size, label) in [(16, "16 B"), (1024, "1 KiB"), (16 * 1024, "16 KiB")] {
+                    out.push(point(
+                        d,
+                        label,
+                        Shape {
+                            size,
+                            ..base.clone()
+                        },
+                        0,
+                    ));
+                }
+            }
+            "churn" => {
+                let shape = Shape {
+                    depth: 4,
+                    per_connection: 4,
+                    ..base.clone()
+                };
+                out.push(point(d, "new connection per 4 REQs, depth 4", shape, 0));
+            }
+            _ => {
+                let label = format!("{} idle + 16 busy", args.busy_idle);
+                out.push(point(d, &label, base.clone(), args.busy_idle));
+            }
+        }
+    }
+    out
+}
+
+/// The cost curve: foo-proxy and the other proxies over every point, in
+/// rounds that rotate the order of points and targets.
+fn curve(
+    args: Args,
+    bin: PathBuf,
+    server: Proc,
+    server_port: u16,
+    tmp: &Path,
+) -> Result<(), String> {
+    let mut proxies = vec![(
+        "foo-proxy".to_string(),
+        format!(
+            "{}/foo-proxy -listen 127.0.0.1:{{listen}} -forward 127.0.0.1:{{forward}} \
+             -http 127.0.0.1:{{admin}} -recovery-path= --log-level warn",
+            bin.display()
+        ),
+    )];
+    if args.proxies.is_empty() {
+        if !on_path("haproxy") {
+            return Err(
+                "the cost curve compares with HAProxy, which is not on PATH; \
+                        install it or pass --proxy NAME=COMMAND"
+                    .into(),
+            );
+        }
+        for threads in [1, 2] {
+            proxies.push((
+                format!("haproxy-{threads}t"),
+                format!("sh benches/haproxy.sh {{listen}} {{forward}} {{tmp}} {threads}"),
+            ));
+        }
+    } else {
+        proxies.extend(args.proxies.clone());
+    }
+    let mut targets = Vec::new();
+    for (name, template) in &proxies {
+        let port = free_port()?;
+        let command = template
+            .replace("{listen}", &port.to_string())
+            .replace("{forward}", &server_port.to_string())
+            .replace("{admin}", &free_port()?.to_string())
+            .replace("{tmp}", &tmp.display().to_string());
+        let mut proc = Proc::spawn(name, &command, tmp)?;
+        proc.wait_for_port(port)?;
+        eprintln!("{name}: {command}");
+        targets.push((name.clone(), port, proc));
+    }
+    let bench = Bench {
+        args,
+        bin,
+        server,
+        ticks: clock_ticks_per_sec(),
+    };
+    let points = points(&bench.args);
+    let warm = Shape {
+        connections: 16,
+        depth: 16,
+        size: 32,
+        per_connection: 0,
+    };
+    for (_, port, proc) in &targets {
+        bench.load(*port, Some(proc), Duration::from_secs(1), &warm)?;
+    }
+    // runs[point][target]: one Run per round.
+    let mut runs: Vec<Vec<Vec<Run>>> = points
+        .iter()
+        .map(|_| targets.iter().map(|_| Vec::new()).collect())
+        .collect();
+    let n = targets.len();
+    for round in 0..bench.args.runs {
+        for j in 0..points.len() {
+            let pi = (j + round) % points.len();
+            let point = &points[pi];
+            for i in 0..n {
+                let ti = (i + round + j) % n;
+                let (name, port, proc) = &targets[ti];
+                let server_fds = open_fds(bench.server.pid);
+                let idle = match point.idle {
+                    0 => Vec::new(),
+                    k => bench.open_idle(*port, name, k)?,
+                };
+                let (run, _) = bench.load(*port, Some(proc), bench.args.duration, &point.shape)?;
+                bench.close_idle(idle, server_fds);
+                eprintln!(
+                    "round {} {:<36} {:<10} {:>9.0} req/s  proxy cpu {:>6.3} s  {:.2} us/msg  load {}",
+                    round + 1,
+                    point.label,
+                    name,
+                    run.rps,
+                    run.proxy_ns.unwrap_or(0) as f64 / 1e9,
+                    ns_per_msg(&run).unwrap_or(f64::NAN) / 1e3,
+                    loadavg()
+                );
+                runs[pi][ti].push(run);
+            }
+        }
+    }
+    eprintln!("load average at end: {}", loadavg());
+    print_curve(&targets, &points, &runs, &bench);
+    Ok(())
+}
+
+/// Proxy on-CPU nanoseconds per message relayed (REQ and answer each one).
+fn ns_per_msg(run: &Run) -> Option<f64> {
+    let ns = run.proxy_ns? as f64;
+    (run.answers > 0).then(|| ns / (2.0 * run.answers as f64))
+}
+
+fn print_curve(
+    targets: &[(String, u16, Proc)],
+    points: &[Point],
+    runs: &[Vec<Vec<Run>>],
+    bench: &Bench,
+) {
+    let others: Vec<&str> = targets.iter().skip(1).map(|t| t.0.as_str()).collect();
+    let show = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+    println!();
+    println!(
+        "{} rounds of {:?} per point and target; others at 16 connections x depth 16 x 32 B; \
+         req/s and CPU are medians over rounds, ratios medians of per-round ratios; \
+         CPU ratio below 1: foo-proxy uses less",
+        bench.args.runs, bench.args.duration
+    );
+    println!();
+    let mut head = String::from("| dimension | point | foo-proxy req/s |");
+    let mut rule = String::from("|---|---|---:|");
+    for o in &others {
+        head.push_str(&format!(" ÷ {o} |"));
+        rule.push_str("---:|");
+    }
+    head.push_str(" foo-proxy CPU µs/msg |");
+    rule.push_str("---:|");
+    for o in &others {
+        head.push_str(&format!(" CPU/msg ÷ {o} |"));
+        rule.push_str("---:|");
+    }
+    head.push_str(" CPU µs/conn (churn) |");
+    rule.push_str("---|");
+    println!("{head}");
+    println!("{rule}");
+    for (p, per_target) in points.iter().zip(runs) {
+        let Some(ours) = per_target.first() else {
+            continue;
+        };
+        let rps = median(ours.iter().map(|r| r.rps).collect());
+        let mut line = format!("| {} | {} | {rps:.0} |", p.dimension, p.label);
+        for theirs in per_target.iter().skip(1) {
+            line.push_str(&format!(
+                " {} |",
+                show(paired(ours, theirs, |r| Some(r.rps)), 2)
+            ));
+        }
+        let cpu = median(ours.iter().filter_map(ns_per_msg).collect()) / 1e3;
+        line.push_str(&format!(" {cpu:.2} |"));
+        for theirs in per_target.iter().skip(1) {
+            line.push_str(&format!(" {} |", show(paired(ours, theirs, ns_per_msg), 2)));
+        }
+        let per_conn = |r: &Run| Some(r.proxy_ns? as f64 / 1e3 / (r.opened.max(1) as f64));
+        if p.shape.per_connection > 0 {
+            let all: Vec<String> = targets
+                .iter()
+                .zip(per_target)
+                .map(|(t, rs)| {
+                    format!(
+                        "{} {:.1}",
+                        t.0,
+                        median(rs.iter().filter_map(per_conn).collect())
+                    )
+                })
+                .collect();
+            line.push_str(&format!(" {} |", all.join(", ")));
+        } else {
+            line.push_str(" - |");
+        }
+        println!("{line}");
+    }
 }
 
 /// CPU seconds per million messages relayed: every answered request is two
