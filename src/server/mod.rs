@@ -1,14 +1,15 @@
 //! The event loop: one mio poll drives the client listener ([`Gate`]), the
 //! pairs ([`Pairs`]), the admin socket, the signals and the hand-over
 //! ([`handover`]), and one timer set holds every deadline. The loop owns
-//! all state; nothing is shared.
+//! all state; nothing is shared. The hand-over side of the loop is in
+//! `hand_over`, the stop side (signals, drain, exit) in `stop`.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{info, warn};
 use mio::event::Event;
 use mio::{Events, Poll, Token};
 use signal_hook_mio::v1_0::Signals;
@@ -16,15 +17,14 @@ use signal_hook_mio::v1_0::Signals;
 use crate::admin::{self, Admin};
 use crate::cli::Config;
 use crate::gate::Gate;
-use crate::handover::giver::{self, Giver};
-use crate::handover::taker::{self, Offered, Taker};
-use crate::handover::{bind_control, control_path};
-use crate::logging::{Throttle, suppressed_note};
+use crate::handover::giver::Giver;
+use crate::handover::taker::{Offered, Taker};
+use crate::logging::Throttle;
 use crate::net::{self, Io, describe};
 use crate::output;
-use crate::pair::{Reason, Timeouts};
-use crate::pairs::{Env, Opened, Pairs, Serving};
-use crate::recovery::{self, Recovery, RecoveryLock, Totals};
+use crate::pair::Timeouts;
+use crate::pairs::{Opened, Pairs, Serving};
+use crate::recovery::{Recovery, Totals};
 use crate::signals::{self, Action};
 use crate::stats::{Report, Stats};
 use crate::systemd;
@@ -36,7 +36,7 @@ use crate::upstream_pool::Limits;
 /// registry, the timers and the counters, borrowed apart from the pairs.
 macro_rules! lend {
     ($server:ident, $now:expr) => {
-        Env {
+        $crate::pairs::Env {
             registry: $server.poll.registry(),
             timers: &mut $server.timers,
             stats: &mut $server.stats,
@@ -44,6 +44,11 @@ macro_rules! lend {
         }
     };
 }
+
+mod hand_over;
+mod stop;
+
+pub use stop::Stopped;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -62,21 +67,6 @@ const CLAIM_RETRY: Duration = Duration::from_millis(200);
 /// At exit (drain over, or a second signal) lingering clients get at most
 /// this long for their EOF, so a client that never closes cannot hang it.
 const EXIT_LINGER: Duration = Duration::from_millis(500);
-
-/// How [`Server::run`] ended after a stop signal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stopped {
-    /// Drained, and the final snapshot is on disk (or there is no recovery
-    /// file): exit 0.
-    Clean,
-    /// The final snapshot could not be written, the wait for it ran out, or
-    /// a further signal cut it short: the counts since the last snapshot
-    /// are lost. `main` exits 3.
-    SnapshotLost,
-    /// A successor took the listeners, the counts and the recovery file:
-    /// exit 0.
-    HandedOver,
-}
 
 /// Listeners already bound when the proxy starts (socket activation, or
 /// the process it takes over from), used instead of binding.
@@ -233,40 +223,6 @@ impl Server {
         })
     }
 
-    /// Takes the recovery file that was claimed before the sockets were
-    /// bound; `run` restores it and keeps it written. Its owner listens on
-    /// the control socket beside it for a successor.
-    ///
-    /// Without the lock (its directory was unwritable at start, already
-    /// warned about) there is no control socket: a `--takeover` then finds
-    /// no process and fails on the lock.
-    pub fn set_recovery(&mut self, recovery: Recovery) {
-        if recovery.holds_lock() {
-            self.open_control(recovery.path().to_path_buf());
-        }
-        self.recovery = Some(recovery);
-    }
-
-    /// Starts from a hand-over: `run` says READY to the old process, which
-    /// then drains and hands on recovery file `path` with its counts.
-    pub fn set_takeover(&mut self, offered: Offered, path: PathBuf) {
-        self.offered = Some(offered);
-        self.pending_recovery = Some(path);
-    }
-
-    /// Listens on the control socket of recovery file `path` (we own it);
-    /// without it, `--takeover` cannot reach this process: one warning.
-    fn open_control(&mut self, path: PathBuf) {
-        let control = control_path(&path);
-        let giver = bind_control(&control).and_then(|listener| {
-            Giver::new(listener, control, self.poll.registry(), CONTROL, SUCCESSOR)
-        });
-        match giver {
-            Ok(giver) => self.giver = Some(giver),
-            Err(why) => warn!("{why}; a --takeover cannot reach this process"),
-        }
-    }
-
     /// A forward address that is this proxy's own listener, which would
     /// make every client connect the proxy to itself until the connection
     /// limit: one line naming it, for an exit 2 at start.
@@ -365,45 +321,6 @@ impl Server {
         Ok(stopped)
     }
 
-    /// One info line at exit on what this process did and how it ended,
-    /// so an operator reading the log needs no report to know.
-    fn log_exit(&mut self, stopped: Stopped) {
-        let now = Instant::now();
-        let r = report(&mut self.stats, &self.pairs, self.start, now);
-        let how = match stopped {
-            Stopped::Clean => "stopped",
-            Stopped::SnapshotLost => "stopped without its final recovery snapshot",
-            Stopped::HandedOver => "handed over to its successor",
-        };
-        let cause = match &self.stop_cause {
-            Some(signal) => format!(" on {signal}"),
-            None => String::new(),
-        };
-        let restored = if self.config.recovery_path.is_some() {
-            "; totals include the counts restored from the recovery file"
-        } else {
-            ""
-        };
-        info!(
-            "{how}{cause} after {:.1}s: {} connection(s), {} request(s) relayed, \
-             {} answer(s) returned ({} ACK, {} NAK), {} invalid, {} upstream error(s), \
-             {} connection(s) closed by the drain's end{restored}",
-            r.uptime_secs,
-            r.connections_total,
-            r.msg_req,
-            r.msg_ack.saturating_add(r.msg_nak),
-            r.msg_ack,
-            r.msg_nak,
-            r.msg_invalid,
-            r.upstream_errors,
-            r.connections_closed
-                .0
-                .get(Reason::Shutdown.index())
-                .copied()
-                .unwrap_or(0),
-        );
-    }
-
     /// The loop, until the phase is `Done`.
     fn serve(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
@@ -461,209 +378,6 @@ impl Server {
         Ok(())
     }
 
-    /// A successor connects: it has [`giver::READY_WAIT`] to get ready.
-    fn accept_successor(&mut self, now: Instant) {
-        let Some(giver) = self.giver.as_mut() else {
-            return;
-        };
-        let before = giver.successor();
-        giver.accept(self.poll.registry());
-        if before.is_none() && giver.successor().is_some() {
-            let until = now + giver::READY_WAIT;
-            self.ready_wait
-                .set(&mut self.timers, Some(until), 0, Timer::Successor);
-        }
-    }
-
-    /// The successor spoke (we are the old process).
-    fn hear_successor(&mut self, now: Instant) {
-        let Some(giver) = self.giver.as_mut() else {
-            return;
-        };
-        match giver.read(self.poll.registry()) {
-            giver::Heard::Nothing => {}
-            giver::Heard::Hello => {
-                let listen = self
-                    .gate
-                    .listener_fd()
-                    .filter(|_| self.gate.listening())
-                    .map(|fd| (self.gate.local_addr(), fd));
-                let admin = self
-                    .admin
-                    .as_ref()
-                    .filter(|a| a.listening())
-                    .map(|a| (a.local_addr(), a.listener_fd()));
-                giver.offer(self.poll.registry(), listen, admin);
-            }
-            giver::Heard::Ready => self.begin_hand_over(now),
-            giver::Heard::GoneAfterReady => self.take_back(),
-        }
-    }
-
-    /// The successor accepts: we stop accepting (keeping the listeners
-    /// for [`Server::take_back`]) and drain; our counts follow.
-    fn begin_hand_over(&mut self, now: Instant) {
-        self.gate.hand_off(self.poll.registry(), &mut self.timers);
-        if let Some(admin) = self.admin.as_mut() {
-            admin.hand_off(self.poll.registry());
-        }
-        self.handing_over = true;
-        self.counts_due = now;
-        if self.phase == Phase::Serving {
-            let until = now + self.config.drain_timeout;
-            self.drain
-                .set(&mut self.timers, Some(until), 0, Timer::Drain);
-            self.phase = Phase::Draining;
-        }
-        self.pairs.drain_upstream_pool(&mut lend!(self, now));
-        info!(
-            "hand-over: the successor accepts; draining {} connection(s) for up to {:?}",
-            self.pairs.len(),
-            self.config.drain_timeout
-        );
-    }
-
-    /// The successor went away before it had our counts: serve again on
-    /// the listeners we kept (unless a stop signal came meanwhile).
-    fn take_back(&mut self) {
-        self.handing_over = false;
-        self.counts_sent = Totals::default();
-        if self.stopping {
-            return;
-        }
-        self.gate.take_back(self.poll.registry());
-        if let Some(admin) = self.admin.as_mut() {
-            admin.take_back(self.poll.registry());
-        }
-        self.drain.set(&mut self.timers, None, 0, Timer::Drain);
-        self.phase = Phase::Serving;
-        self.pairs
-            .resume_upstream_pool(&mut lend!(self, Instant::now()));
-        systemd::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
-    }
-
-    /// Sends the successor our totals so far, when they changed.
-    fn send_counts(&mut self, now: Instant, now_ms: u64) {
-        self.counts_due = now + COUNTS_INTERVAL;
-        let totals = Totals::of(&self.stats);
-        if totals == self.counts_sent {
-            return;
-        }
-        self.counts_sent = totals;
-        let snapshot = recovery::capture(&mut self.stats, recovery::wall_ms(), now_ms);
-        if let Some(giver) = self.giver.as_mut() {
-            giver.counts(snapshot);
-        }
-    }
-
-    /// The drain is over: our final snapshot goes to disk, then to the
-    /// successor with the recovery lock and the control socket. True when
-    /// it has them; false when it went away first, and we serve again
-    /// (phase `Serving`) or, after a stop signal, exit (phase `Done`).
-    fn hand_over(&mut self) -> bool {
-        let now_ms = ms_since(self.start, Instant::now());
-        let (path, lock) = match self.recovery.take() {
-            Some(recovery) => {
-                let path = recovery.path().to_path_buf();
-                let (_, lock) = recovery.finish_keeping_lock(&mut self.stats, now_ms, || false);
-                (Some(path), lock)
-            }
-            None => (None, None),
-        };
-        let snapshot = recovery::capture(&mut self.stats, recovery::wall_ms(), now_ms);
-        let handed = match self.giver.as_mut() {
-            Some(giver) => giver.finish(snapshot, lock.as_ref().map(RecoveryLock::as_fd)),
-            None => false,
-        };
-        if handed {
-            return true;
-        }
-        if let Some(giver) = self.giver.as_mut() {
-            giver.forget_session(self.poll.registry());
-        }
-        if let Some(path) = path {
-            let mut recovery = Recovery::adopt(path, lock);
-            recovery.start_writer(&mut self.stats, Instant::now());
-            self.recovery = Some(recovery);
-        }
-        self.take_back();
-        false
-    }
-
-    /// The process we take over from spoke.
-    fn hear_predecessor(&mut self, now: Instant) {
-        let Some(taker) = self.taker.as_mut() else {
-            return;
-        };
-        let now_ms = ms_since(self.start, now);
-        match taker.read(&mut self.stats, now_ms) {
-            taker::Heard::Nothing => {}
-            taker::Heard::Final { lock, control } => {
-                taker.close(self.poll.registry());
-                self.taker = None;
-                let Some(path) = self.pending_recovery.take() else {
-                    return;
-                };
-                let lock = lock.and_then(|file| {
-                    RecoveryLock::adopt(file, &path)
-                        .map_err(|why| warn!("{why}; taking the lock anew"))
-                        .ok()
-                });
-                let mut recovery = Recovery::adopt(path.clone(), lock);
-                recovery.start_writer(&mut self.stats, now);
-                recovery.write_soon();
-                self.recovery = Some(recovery);
-                let giver = control.map(|listener| {
-                    let _ = listener.set_nonblocking(true);
-                    let control = control_path(&path);
-                    Giver::new(listener, control, self.poll.registry(), CONTROL, SUCCESSOR)
-                });
-                match giver {
-                    Some(Ok(giver)) => self.giver = Some(giver),
-                    Some(Err(why)) => warn!("{why}; a --takeover cannot reach this process"),
-                    None => self.open_control(path),
-                }
-            }
-            taker::Heard::Gone => {
-                let pid = taker.old_pid;
-                taker.forget(&mut self.stats, self.poll.registry());
-                self.taker = None;
-                warn!(
-                    "hand-over: pid {pid} went away before its final counts; \
-                     restoring its last snapshot from the recovery file"
-                );
-                self.claim_recovery(now);
-            }
-        }
-    }
-
-    /// Claims the recovery file whose owner went away in the middle of a
-    /// hand-over (its lock goes with its process), restores its last
-    /// snapshot and opens the control socket; retried until the lock is
-    /// free.
-    fn claim_recovery(&mut self, now: Instant) {
-        let Some(path) = self.pending_recovery.clone() else {
-            return;
-        };
-        match Recovery::claim(path.clone()) {
-            Ok(mut recovery) => {
-                self.pending_recovery = None;
-                self.claim.set(&mut self.timers, None, 0, Timer::Claim);
-                let owner = recovery.holds_lock();
-                recovery.open(&mut self.stats, now, ms_since(self.start, now));
-                self.recovery = Some(recovery);
-                if owner {
-                    self.open_control(path);
-                }
-            }
-            Err(e) => {
-                debug!("{e}; trying again in {CLAIM_RETRY:?}");
-                self.claim
-                    .set(&mut self.timers, Some(now + CLAIM_RETRY), 0, Timer::Claim);
-            }
-        }
-    }
-
     /// Zero while work is left over from this iteration; otherwise until
     /// the soonest deadline, or forever.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
@@ -681,79 +395,6 @@ impl Server {
             (Some(key), Some(admin)) => admin.note_event(key),
             _ => self.pairs.note_event(token, event, &mut lend!(self, now)),
         }
-    }
-
-    fn handle_signals(&mut self, now: Instant) {
-        let pending: Vec<i32> = self.signals.pending().collect();
-        for signal in pending {
-            match signals::action(signal) {
-                Action::Report => self.print_report(now),
-                Action::Stop => {
-                    self.stop_cause.get_or_insert_with(|| signals::name(signal));
-                    self.begin_shutdown(now);
-                }
-                Action::CpuLimit => {
-                    self.stop_cause.get_or_insert_with(|| "SIGXCPU".to_string());
-                    warn!("SIGXCPU: the CPU time limit is reached; stopping as on SIGTERM");
-                    self.begin_shutdown(now);
-                }
-                Action::Ignore => {
-                    if let Some(suppressed) = self.signal_log.ready(now) {
-                        let name = signals::name(signal);
-                        warn!(
-                            "ignoring {name} (SIGTERM or SIGINT stops the proxy){}",
-                            suppressed_note(suppressed)
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    /// First signal: stop accepting and drain. Second: end the drain (the
-    /// exit linger). Third: stop now.
-    fn begin_shutdown(&mut self, now: Instant) {
-        if !self.stopping {
-            self.stopping = true;
-            if !self.handing_over {
-                systemd::notify("STOPPING=1");
-            }
-        }
-        // Pooled idle connections serve no one during the drain.
-        self.pairs.drain_upstream_pool(&mut lend!(self, now));
-        match self.phase {
-            Phase::Serving if self.pairs.len() > 0 => {
-                self.gate.close(self.poll.registry(), &mut self.timers);
-                let until = now + self.config.drain_timeout;
-                self.drain
-                    .set(&mut self.timers, Some(until), 0, Timer::Drain);
-                self.phase = Phase::Draining;
-                info!(
-                    "draining: {} connection(s) get up to {:?} to finish; signal again to stop now",
-                    self.pairs.len(),
-                    self.config.drain_timeout
-                );
-            }
-            Phase::Serving | Phase::Draining => self.begin_exit(now),
-            Phase::Exiting | Phase::Done => self.phase = Phase::Done,
-        }
-    }
-
-    /// The drain is over: every pair still open gets its lingering close,
-    /// and lingering clients get at most [`EXIT_LINGER`] more (never more
-    /// than `--fin-timeout`), so the exit is bounded.
-    fn begin_exit(&mut self, now: Instant) {
-        self.gate.close(self.poll.registry(), &mut self.timers);
-        self.drain.set(&mut self.timers, None, 0, Timer::Drain);
-        let until = now + EXIT_LINGER.min(self.config.fin_timeout);
-        self.timers.arm(until, 0, Timer::Exit);
-        self.phase = Phase::Exiting;
-        self.pairs.drain_upstream_pool(&mut lend!(self, now));
-        let open = self.pairs.len().saturating_sub(self.pairs.lingering());
-        if open > 0 {
-            info!("closing {open} connection(s) still open");
-        }
-        self.pairs.shut_down(until, &mut lend!(self, now));
     }
 
     /// Accepts while the gate lets clients through.
