@@ -3,31 +3,31 @@
 //! the client's half-close, and the lingering close that ends it.
 //!
 //! A pair starts in [`State::Header`] while the PROXY protocol header is
-//! read (`--accept-proxy`; otherwise it leaves that state at once).
+//! read (`--accept-proxy`, in `header`; otherwise it leaves that state at once).
 //! Each phase is a [`State`], holding only what that phase has (no upstream
 //! socket once the relay is over), and each state has exactly one kind of
 //! [`Deadline`]; why a relay ended is a [`Reason`]. The pair does its own
 //! socket I/O through its [`Pipe`]s; the table that owns it
 //! ([`crate::pairs`]) registers its sockets, arms its deadline and counts.
 
+mod header;
 pub(crate) mod linger;
 pub(crate) mod log_line;
 
-use std::io::Read;
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use log::debug;
 use mio::net::TcpStream;
 
-use crate::net::{self, Io, describe};
+use crate::net::describe;
 use crate::pipe::{Ctx, Fault, Pipe, Side};
 use crate::pool::Pool;
-use crate::proxy_protocol::{self, MAX_HEADER, Parsed};
 pub(crate) use crate::reason::Reason;
 use crate::scanner::Direction;
 use crate::seqs::Seqs;
 use crate::timer::Slot;
+use header::read_header;
 use linger::{Ending, Linger, Step};
 
 /// A client connection and its upstream connection.
@@ -367,61 +367,6 @@ impl Pair {
                 upstream,
                 client: half,
             } => relay(id, client, upstream, half, c2s, s2c, seqs, ctx),
-        }
-    }
-}
-
-/// Peeks at the client's first bytes until they hold a whole PROXY
-/// protocol header, then reads exactly that header: the client's own bytes
-/// stay in the socket for the relay.
-fn read_header(id: u64, client: &mut Side) -> Outcome {
-    let wait = Outcome::Going {
-        requeue: false,
-        moved: false,
-        rearm: false,
-    };
-    if !client.readable {
-        return wait;
-    }
-    let mut buf = [0u8; MAX_HEADER];
-    let n = match net::io(|| client.stream.peek(&mut buf)) {
-        Io::Done(0) => return Outcome::End(Reason::ProxyHeaderMissing),
-        Io::Done(n) => n,
-        Io::WouldBlock => {
-            client.readable = false;
-            return wait;
-        }
-        Io::Failed(e) => {
-            debug!("pair {id}: client read failed: {}", describe(&e));
-            return Outcome::End(Reason::ClientFailed);
-        }
-    };
-    match proxy_protocol::parse(buf.get(..n).unwrap_or_default()) {
-        // Peeked bytes stay readable: only new bytes bring an edge, and a
-        // FIN already seen brings none.
-        Parsed::Incomplete if client.read_closed => Outcome::End(Reason::ProxyHeaderMissing),
-        Parsed::Incomplete => {
-            client.readable = false;
-            wait
-        }
-        Parsed::Invalid(why) => {
-            debug!("pair {id}: {why}");
-            Outcome::End(Reason::ProxyHeaderInvalid)
-        }
-        Parsed::Done(header) => {
-            let Some(consume) = buf.get_mut(..header.len) else {
-                return Outcome::End(Reason::ProxyHeaderInvalid);
-            };
-            match net::io(|| client.stream.read(consume)) {
-                Io::Done(got) if got == header.len => Outcome::Header(header.addresses),
-                Io::Failed(e) => {
-                    debug!("pair {id}: client read failed: {}", describe(&e));
-                    Outcome::End(Reason::ClientFailed)
-                }
-                // The peeked bytes are in the socket: a short read cannot
-                // happen, but is no header either.
-                _ => Outcome::End(Reason::ProxyHeaderInvalid),
-            }
         }
     }
 }
