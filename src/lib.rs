@@ -40,32 +40,40 @@
 //!    `recovery::path` (safe opens) and `recovery::codec` (pure: the
 //!    snapshot's bytes and the restore arithmetic).
 //! 7. **close**: a client the proxy is done with gets a lingering close
-//!    ([`linger`]): what is queued, then a FIN, then its input is discarded
+//!    ([`pair::linger`]): what is queued, then a FIN, then its input is discarded
 //!    until its EOF (bounded), so a close never turns into a reset that
 //!    destroys answers the client has not read.
 //!
 //! Modules: [`cli`] (Go-compatible flags, read once with Go's `flag`
-//! semantics: [`cli::Flags`], which the test tools use too), [`logging`]
-//! (the `log` facade's backend), [`output`] (stdout and stderr through
-//! writer threads with bounded queues: printing never blocks the loop),
-//! [`net`] (dual-stack listeners, self-forward check), [`scanner`],
-//! [`rates`] and [`stats`]
-//! (pure logic, clock passed in), [`recovery`] (the pure codec; the file,
-//! its lock and its writer thread), [`pool`],
-//! [`pipe`], [`linger`] and [`server`] (I/O), [`admin`] (the connections
-//! the loop drives, a pure request to response part, the Prometheus
-//! renderer), [`observe`] (the report's latency and termination values as
-//! JSON), `reason` (why a connection ended, and the names it is counted
-//! under: a leaf that `pair`, `stats`, `observe`, `recovery` and `admin`
-//! share),
-//! [`probe`]
-//! (`--probe URL`, the container image's health check), [`proxy_protocol`]
-//! (the PROXY protocol v1/v2 header a balancer sends, `--accept-proxy`, and
-//! the one sent upstream, `--send-proxy`), `clients` (open connections
-//! per real client address, `--max-connections-per-client`), [`handover`]
+//! semantics: [`cli::Flags`], in `cli::flags`, which the test tools use
+//! too; the values flags take in `cli::values`), [`logging`] (the `log`
+//! facade's backend), [`output`] (stdout and stderr through writer threads
+//! with bounded queues: printing never blocks the loop), [`net`]
+//! (dual-stack listeners, connect progress, errno names, self-forward
+//! check), [`scanner`], [`rates`] and [`stats`] (pure logic, clock passed
+//! in), [`recovery`] (the pure codec; the file, its lock and its writer
+//! thread), [`pool`], [`pipe`], [`pair::linger`] and [`server`] (I/O: the
+//! loop in `server`, its hand-over and stop sides in `server::hand_over`
+//! and `server::stop`; accept gating in `gate`; every deadline in one
+//! `timer` set; a pair's life in `pair`, its PROXY header read in
+//! `pair::header`; the table of pairs in `pairs`), `upstream` and
+//! `upstream_pool` (the forward addresses; pooled upstream connections and
+//! the queue for them, `--upstream-pool`, `--max-upstream-connections`),
+//! [`admin`] (the connections the loop drives, a pure request to response
+//! part, the Prometheus renderer), `observe` (the report's latency and
+//! termination values as JSON), `reason` (why a connection ended, and the
+//! names it is counted under: a leaf that `pair`, `stats`, `observe`,
+//! `recovery` and `admin` share), [`latency`] (the answer latency
+//! histograms; public for its bucket bounds), [`probe`] (`--probe URL`,
+//! the container image's health check), [`proxy_protocol`] (the PROXY
+//! protocol v1/v2 header a balancer sends, `--accept-proxy`, and the one
+//! sent upstream, `--send-proxy`), `clients` (open connections per real
+//! client address, `--max-connections-per-client`), [`handover`]
 //! (`--takeover`: the listeners, the counts and the recovery lock passed
-//! from a running proxy to its successor over a Unix socket) and [`systemd`]
-//! (readiness notification, socket activation).
+//! from a running proxy to its successor over a Unix socket) and
+//! [`systemd`] (readiness notification, socket activation). No module
+//! imports another in a circle: `python3 contrib/module-cycles.py` checks
+//! it in CI.
 //!
 //! The test tools (foo-server, foo-client, foo-load, foo-demo) are not in
 //! this crate: they are the `tools/` workspace member (`foo-tools`), which
@@ -89,7 +97,7 @@ pub mod handover;
 pub mod latency;
 pub mod logging;
 pub mod net;
-pub mod observe;
+mod observe;
 pub mod output;
 mod pair;
 mod pairs;

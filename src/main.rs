@@ -1,3 +1,5 @@
+//! The foo-proxy binary: reads the flags, then prints the help or version, probes, checks, or starts the server (recovery file, signals, inherited listeners) and turns how it ended into the exit code.
+
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
