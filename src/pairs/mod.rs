@@ -4,10 +4,12 @@
 //! the PROXY protocol header both ways, the per-client limit ([`PerClient`]),
 //! connect progress and the next forward address ([`Upstreams`]), driving,
 //! deadlines, and the two ways a pair ends (a lingering close, or at once).
+//! How a pair ends is in `ending`; its upstream connection (the connect,
+//! the next address, a pooled connection, the queue for one) in `upstream`.
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::event::Event;
@@ -18,17 +20,18 @@ use slab::Slab;
 use crate::clients::PerClient;
 use crate::logging::{Throttle, suppressed_note};
 use crate::net::{Connect, connect_progress_after, describe};
-use crate::output;
-use crate::pair::linger::Ending;
-use crate::pair::log_line::{self, ConnRecord, Ended, LogFormat};
+use crate::pair::log_line::{ConnRecord, LogFormat};
 use crate::pair::{Deadline, Due, Outcome, Pair, Reason, State, Timeouts};
-use crate::pipe::{Ctx, Side};
+use crate::pipe::Ctx;
 use crate::pool::Pool;
 use crate::proxy_protocol::{self, Version};
 use crate::stats::{Stats, add};
 use crate::timer::{Timer, Timers};
-use crate::upstream::{NotStarted, Upstreams};
+use crate::upstream::Upstreams;
 use crate::upstream_pool::{self, Lent, Limits, UpstreamPool};
+
+mod ending;
+mod upstream;
 
 /// Pair tokens start here: `PAIR_BASE + 2 * key` is the client, `+ 1` the
 /// upstream. Below it are the loop's own tokens.
@@ -289,135 +292,6 @@ impl Pairs {
         self.connect_upstream(key, env)
     }
 
-    /// Starts pair `key`'s connect to the first forward address that
-    /// takes one.
-    fn connect_upstream(&mut self, key: usize, env: &mut Env<'_>) -> Opened {
-        let token = upstream_token(key);
-        let started = self
-            .upstreams
-            .connect(key, 0, token, env.registry, env.stats, env.now);
-        match started {
-            Ok((attempt, upstream)) => {
-                if let Some(pair) = self.slab.get_mut(key) {
-                    pair.connecting(upstream, attempt);
-                    pair.last_active = env.now;
-                }
-                if let Some(up) = self.upstream_pool.as_mut() {
-                    up.opened(env.stats);
-                }
-                self.rearm(key, env);
-                // Client bytes that came with the header are read now.
-                self.schedule(key);
-                Opened::Yes
-            }
-            Err(NotStarted::OutOfResources(e)) => {
-                self.end(key, Reason::NoResources, env);
-                Opened::OutOfResources(e)
-            }
-            Err(NotStarted::Failed(e)) => {
-                self.upstreams.failed(&e, env.stats, env.now);
-                self.end(key, Reason::Refused, env);
-                Opened::Yes
-            }
-        }
-    }
-
-    /// Pair `key` takes pooled connection `stream` (registered under the
-    /// pair's upstream token already): it relays at once.
-    fn attach_pooled(&mut self, key: usize, stream: TcpStream, env: &mut Env<'_>) {
-        let Some(pair) = self.slab.get_mut(key) else {
-            return;
-        };
-        pair.connecting(stream, 0);
-        pair.connected(env.now);
-        if pair.seqs.log.is_some() {
-            let addr = pair.upstream().and_then(|u| u.stream.peer_addr().ok());
-            if let Some(rec) = pair.seqs.log.as_deref_mut() {
-                rec.upstream = addr;
-            }
-        }
-        debug!("pair {}: pooled upstream connection taken", pair.id);
-        // Client bytes that came while it waited are read now.
-        pair.client.readable = true;
-        self.rearm(key, env);
-        self.schedule(key);
-    }
-
-    /// Serves waiting clients, oldest first, while a pooled connection is
-    /// idle or another may be opened; then tops up the spares.
-    fn serve_queue(&mut self, env: &mut Env<'_>) {
-        if self.serving_queue {
-            return;
-        }
-        self.serving_queue = true;
-        while let Some(up) = self.upstream_pool.as_mut() {
-            let Some((key, id)) = up.front() else {
-                break;
-            };
-            let waiting = self
-                .slab
-                .get(key)
-                .is_some_and(|p| p.id == id && matches!(p.state, State::Queued));
-            if !waiting {
-                up.pop_front(None, env.stats);
-                continue;
-            }
-            if let Some(stream) = up.take(upstream_token(key), &mut lent(env)) {
-                up.pop_front(Some(env.now), env.stats);
-                self.attach_pooled(key, stream, env);
-            } else if up.may_open() {
-                up.pop_front(Some(env.now), env.stats);
-                // Running out of descriptors here is paused on by the next
-                // accept that meets it.
-                let _ = self.connect_upstream(key, env);
-                self.schedule(key);
-            } else {
-                break;
-            }
-        }
-        if let Some(up) = self.upstream_pool.as_mut() {
-            up.refill(&mut self.upstreams, &mut lent(env));
-        }
-        self.serving_queue = false;
-    }
-
-    /// Opens the spares `--upstream-spare` asks for, at start.
-    pub fn start_upstream_pool(&mut self, env: &mut Env<'_>) {
-        self.serve_queue(env);
-    }
-
-    /// A pooled connection's deadline came due.
-    pub fn fire_upstream(&mut self, key: usize, id: u64, env: &mut Env<'_>) {
-        if let Some(up) = self.upstream_pool.as_mut() {
-            up.expire(key, id, &mut self.upstreams, &mut lent(env));
-        }
-        self.serve_queue(env);
-    }
-
-    /// Spares may be opened again after one failed.
-    pub fn upstream_backoff_over(&mut self, env: &mut Env<'_>) {
-        if let Some(up) = self.upstream_pool.as_mut() {
-            up.backoff_over();
-        }
-        self.serve_queue(env);
-    }
-
-    /// The drain began: pooled idle connections are closed, none is kept
-    /// or opened ahead any more.
-    pub fn drain_upstream_pool(&mut self, env: &mut Env<'_>) {
-        if let Some(up) = self.upstream_pool.as_mut() {
-            up.drain(&mut self.upstreams, &mut lent(env));
-        }
-    }
-
-    /// A hand-over broke off: pooling as before.
-    pub fn resume_upstream_pool(&mut self, env: &mut Env<'_>) {
-        if let Some(up) = self.upstream_pool.as_mut() {
-            up.resume();
-        }
-        self.serve_queue(env);
-    }
-
     /// Notes what the kernel said about a pair's socket; the pair is
     /// driven later in this iteration. An upstream still connecting is
     /// checked first.
@@ -581,201 +455,6 @@ impl Pairs {
         ));
         self.upstreams.failed(&why, env.stats, env.now);
         self.end(origin, Reason::Looped, env);
-    }
-
-    /// The drain is over: every pair still relaying gets its lingering
-    /// close, and no lingering close lasts past `until`.
-    pub fn shut_down(&mut self, until: Instant, env: &mut Env<'_>) {
-        self.exit = Some(until);
-        let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.end(key, Reason::Shutdown, env);
-            if let Some(pair) = self.slab.get(key)
-                && pair.deadline.when().is_some_and(|t| t > until)
-            {
-                self.arm(key, until, env);
-            }
-        }
-    }
-
-    /// Closes every pair now, at exit (a reset where input is unread).
-    pub fn close_all(&mut self, env: &mut Env<'_>) {
-        let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.close(key, Ending::Bound, env);
-        }
-    }
-
-    /// Ends the relay for `reason`: the upstream is closed now, and the
-    /// client either gets its lingering close or, if it failed or is over
-    /// its per-client limit, is closed at once too.
-    fn end(&mut self, key: usize, reason: Reason, env: &mut Env<'_>) {
-        let Some(pair) = self.slab.get_mut(key) else {
-            return;
-        };
-        let reusable = self.keep_upstream && reason == Reason::Answered && pair.reusable();
-        let relaying = matches!(pair.state, State::Relaying { .. });
-        if let (State::Queued, Some(up)) = (&pair.state, self.upstream_pool.as_mut()) {
-            let timed_out = reason == Reason::QueueTimeout;
-            up.forget(key, pair.id, timed_out, env.stats);
-        }
-        let Ok(upstream) = pair.stop_relaying(reason, &mut self.pool) else {
-            return;
-        };
-        let mut released = false;
-        if let Some(upstream) = upstream {
-            self.upstreams.release(key, &upstream.stream);
-            match self.upstream_pool.as_mut() {
-                Some(up) if reusable => up.give_back(upstream.stream, &mut lent(env)),
-                // Dropped: closing the socket takes it out of the poll (no
-                // other descriptor shares it), so no EPOLL_CTL_DEL first.
-                Some(up) => up.closed(relaying, env.stats),
-                None => {}
-            }
-            released = self.upstream_pool.is_some();
-        }
-        let Some(pair) = self.slab.get_mut(key) else {
-            return;
-        };
-        // No answer can come any more.
-        pair.seqs.finish(env.stats);
-        if matches!(
-            reason,
-            Reason::ProxyHeaderMissing | Reason::ProxyHeaderInvalid
-        ) {
-            add(&mut env.stats.proxy_header_errors, 1);
-            if let Some(suppressed) = self.header_log.ready(env.now) {
-                let peer = pair.client.stream.peer_addr();
-                let peer = peer.map_or_else(|_| "a client".into(), |p| format!("client {p}"));
-                warn!(
-                    "closing {peer}: {reason} (--accept-proxy: is the balancer sending one?){}",
-                    suppressed_note(suppressed)
-                );
-            }
-        }
-        // Bytes after the last newline form no frame; counted here, once
-        // per connection, so that the frame counts can be reconciled.
-        if !pair.c2s.at_frame_boundary() {
-            add(&mut env.stats.partial_frames_client_to_server, 1);
-        }
-        if !pair.s2c.at_frame_boundary() {
-            add(&mut env.stats.partial_frames_server_to_client, 1);
-        }
-        debug!("pair {}: relay ended ({reason})", pair.id);
-        if released {
-            self.serve_queue(env);
-        }
-        match reason {
-            // A client over its limit is not kept for a lingering close:
-            // that would let one address hold every slot.
-            Reason::ClientFailed | Reason::ClientLimit => self.close(key, Ending::AtOnce, env),
-            _ => self.begin_linger(key, env),
-        }
-    }
-
-    /// Starts the lingering close of a pair whose relay is over: at once
-    /// when there is nothing to do, else driven now, bounded by
-    /// `--fin-timeout` (and by the exit).
-    fn begin_linger(&mut self, key: usize, env: &mut Env<'_>) {
-        let Some(pair) = self.slab.get_mut(key) else {
-            return;
-        };
-        if let State::Lingering(linger) = &pair.state
-            && linger.over_before_it_starts(&pair.s2c)
-        {
-            self.close(key, Ending::Clean, env);
-            return;
-        }
-        // Try at once; the events say when to try again.
-        pair.client.readable = true;
-        pair.client.writable = true;
-        self.rearm(key, env);
-        self.schedule(key);
-    }
-
-    /// Closes a pair for good: both sockets, its deadline, its buffers.
-    fn close(&mut self, key: usize, ending: Ending, env: &mut Env<'_>) {
-        let Some(mut pair) = self.slab.try_remove(key) else {
-            return;
-        };
-        pair.deadline
-            .set(env.timers, None, pair.id, Timer::Pair(key));
-        let relaying = matches!(pair.state, State::Relaying { .. });
-        // The sockets are dropped below: closing them takes them out of
-        // the poll, so no EPOLL_CTL_DEL first.
-        if let Some(upstream) = pair.upstream() {
-            self.upstreams.release(key, &upstream.stream);
-            if let Some(up) = self.upstream_pool.as_mut() {
-                up.closed(relaying, env.stats);
-            }
-        }
-        if let Some(limits) = self.per_client.as_mut() {
-            limits.release(key);
-        }
-        pair.c2s.discard(&mut self.pool);
-        pair.s2c.discard(&mut self.pool);
-        let reason = match &pair.state {
-            State::Lingering(linger) => linger.reason,
-            _ => {
-                pair.seqs.finish(env.stats);
-                Reason::Shutdown
-            }
-        };
-        debug!("pair {}: {ending} ({reason})", pair.id);
-        env.stats.connections_active = env.stats.connections_active.saturating_sub(1);
-        if let Some(n) = env.stats.matching.closed.get_mut(reason.index()) {
-            add(n, 1);
-        }
-        if let (Some(format), Some(rec)) = (self.conn_log, pair.seqs.log.as_deref()) {
-            let end = Ended {
-                id: pair.id,
-                reason,
-                unanswered: pair.seqs.unanswered,
-                slowest_us: pair.seqs.answered().then_some(pair.seqs.slowest_us),
-                now: env.now,
-                wall: SystemTime::now(),
-            };
-            // Dropped and counted when stderr is not read: never blocks.
-            output::log_line(log_line::line(rec, &end, format));
-        }
-    }
-
-    /// Tries the next forward address after `err`, or gives up on the pair.
-    /// Each attempt gets the whole `--connect-timeout`.
-    fn next_address(&mut self, key: usize, err: io::Error, env: &mut Env<'_>) {
-        let Some(pair) = self.slab.get_mut(key) else {
-            return;
-        };
-        let State::Connecting {
-            upstream, attempt, ..
-        } = &mut pair.state
-        else {
-            return;
-        };
-        // Replaced below; its close takes it out of the poll.
-        self.upstreams.release(key, &upstream.stream);
-        let failed = *attempt;
-        self.upstreams.retrying(failed, &err, env.stats, env.now);
-        let from = (failed as usize).saturating_add(1);
-        let token = upstream_token(key);
-        let started = self
-            .upstreams
-            .connect(key, from, token, env.registry, env.stats, env.now);
-        match started {
-            Ok((next, stream)) => {
-                *attempt = next;
-                *upstream = Side::new(stream);
-                self.rearm(key, env);
-            }
-            Err(_) => {
-                self.upstreams.failed(&err, env.stats, env.now);
-                let reason = match err.kind() {
-                    io::ErrorKind::TimedOut => Reason::ConnectTimeout,
-                    _ => Reason::Refused,
-                };
-                self.end(key, reason, env);
-            }
-        }
     }
 
     /// Arms the one deadline the pair's state has, counted from now (the
