@@ -287,6 +287,52 @@ fn a_server_that_closes_once_a_half_closed_client_is_answered_ends_as_client_clo
 }
 
 #[test]
+fn a_duplicate_answer_neither_ends_a_half_closed_session_early_nor_counts_as_answered() {
+    // REQ 1, REQ 2, then the client's FIN. The server answers 1 twice: the
+    // line counts match while REQ 2 still waits.
+    let (up, conns) = hand_upstream();
+    let proxy = Proxy::start(&up, &[]);
+    // The answer comes late: the proxy must wait for it, not close.
+    let mut c = client_of(&proxy);
+    let mut s = accepted(&conns);
+    relay_up(&mut c, &mut s, b"REQ 1 a\nREQ 2 b\n");
+    c.shutdown(Shutdown::Write).unwrap();
+    let (_, eof) = read_to_eof(&mut s);
+    assert!(eof, "the proxy passes the client's FIN on");
+    s.write_all(b"ACK 1\nACK 1\n").unwrap();
+    thread::sleep(Duration::from_millis(300));
+    s.write_all(b"ACK 2\n").unwrap();
+    drop(s);
+    let (got, eof) = read_to_eof(&mut c);
+    assert!(eof);
+    assert_eq!(
+        got,
+        b"ACK 1\nACK 1\nACK 2\n",
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let r = assert_closed_once_for(&proxy, "client_closed");
+    assert_eq!(r["requests_unanswered"], 0);
+    assert_eq!(r["answers_unmatched"], 1);
+    // The answer never comes: the server's close, not the client's, ended it.
+    let (up, conns) = hand_upstream();
+    let proxy = Proxy::start(&up, &[]);
+    let mut c = client_of(&proxy);
+    let mut s = accepted(&conns);
+    relay_up(&mut c, &mut s, b"REQ 1 a\nREQ 2 b\n");
+    c.shutdown(Shutdown::Write).unwrap();
+    let (_, eof) = read_to_eof(&mut s);
+    assert!(eof);
+    s.write_all(b"ACK 1\nACK 1\n").unwrap();
+    drop(s);
+    let (got, eof) = read_to_eof(&mut c);
+    assert!(eof);
+    assert_eq!(got, b"ACK 1\nACK 1\n");
+    let r = assert_closed_once_for(&proxy, "server_closed");
+    assert_eq!(r["requests_unanswered"], 1);
+}
+
+#[test]
 fn a_client_reset_ends_as_client_reset() {
     let (up, conns) = hand_upstream();
     let proxy = Proxy::start(&up, &[]);

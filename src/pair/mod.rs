@@ -435,7 +435,7 @@ fn relay(
         // answer and its FIN come in one read.
         let answered = reason == Reason::UpstreamClosed
             && matches!(half, Client::HalfClosed { .. })
-            && s2c.lines >= lines_sent(c2s);
+            && all_answered(c2s, s2c, seqs);
         return Outcome::End(if answered { Reason::Answered } else { reason });
     }
     if let Client::HalfClosed { upstream_shut } = half {
@@ -444,7 +444,7 @@ fn relay(
         let keep = ctx.keep_upstream && c2s.at_frame_boundary();
         // A Foo server answers each line with one line: once every line
         // the client sent is answered and delivered, nothing is left.
-        if c2s.pending() == 0 && s2c.pending() == 0 && s2c.lines >= lines_sent(c2s) {
+        if c2s.pending() == 0 && s2c.pending() == 0 && all_answered(c2s, s2c, seqs) {
             // The upstream is closed (or pooled) now: its close sends the
             // FIN, so a shutdown first would be a syscall for nothing.
             return Outcome::End(Reason::Answered);
@@ -463,12 +463,16 @@ fn relay(
     }
 }
 
-/// The lines a half-closed client sent, each to be answered with one: a
-/// partial last line (no newline before the FIN) counts, since servers that
-/// read to EOF answer it too.
-fn lines_sent(c2s: &Pipe) -> u64 {
-    c2s.lines
-        .saturating_add(u64::from(!c2s.at_frame_boundary()))
+/// Whether every line a half-closed client sent has its answer: as many
+/// lines back as went up (a partial last line, with no newline before the
+/// FIN, counts: servers that read to EOF answer it too), and no tracked
+/// request still outstanding (a duplicate or stray answer can make the
+/// line counts match while a request waits).
+fn all_answered(c2s: &Pipe, s2c: &Pipe, seqs: &Seqs) -> bool {
+    let sent = c2s
+        .lines
+        .saturating_add(u64::from(!c2s.at_frame_boundary()));
+    s2c.lines >= sent && seqs.outstanding() == 0
 }
 
 #[cfg(test)]
