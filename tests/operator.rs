@@ -404,6 +404,33 @@ fn the_exit_line_says_what_the_process_relayed_and_which_signal_stopped_it() {
     );
 }
 
+#[test]
+fn the_exit_line_says_counts_were_restored_only_when_they_were() {
+    let server = FooServer::start(ServerOpts::default());
+    let dir = scratch("exit-restored");
+    let flag = format!("-recovery-path={}", dir.join("recovery.json").display());
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut proxy = Proxy::start(&server.addr.to_string(), &[&flag]);
+        proxy.signal("TERM");
+        assert_eq!(proxy.wait_exit(util::WAIT), Some(0));
+        let log = proxy.stderr();
+        let exit = log
+            .lines()
+            .find(|l| l.contains(" stopped "))
+            .map(str::to_string);
+        lines.push(exit.unwrap_or_else(|| panic!("no exit line in {log}")));
+    }
+    // A fresh path: nothing restored, nothing claimed.
+    assert!(!lines[0].contains("restored"), "{}", lines[0]);
+    // The second start read the first one's final snapshot.
+    assert!(
+        lines[1].ends_with("; totals include the counts restored from the recovery file"),
+        "{}",
+        lines[1]
+    );
+}
+
 /// The keys of a JSON object and of the objects in it, as `a` and `a.b`.
 fn key_paths(value: &serde_json::Value, prefix: &str, into: &mut Vec<String>) {
     if let Some(map) = value.as_object() {

@@ -204,8 +204,10 @@ impl Recovery {
 
     /// Restores what the file holds into `stats` (moving a bad file aside,
     /// dropping an implausible window), and starts the writer thread.
-    pub fn open(&mut self, stats: &mut Stats, now: Instant, now_ms: u64) {
+    /// Returns whether counts were restored.
+    pub fn open(&mut self, stats: &mut Stats, now: Instant, now_ms: u64) -> bool {
         let path = &self.path;
+        let mut restored = false;
         match load(path) {
             Loaded::Absent => {}
             Loaded::Snapshot(mut snapshot) => {
@@ -217,6 +219,7 @@ impl Recovery {
                     snapshot.window.clear();
                 }
                 Self::report_restore(path, &snapshot, stats, now_ms);
+                restored = true;
             }
             Loaded::Unreadable(Unreadable::NotRegular(kind)) => warn!(
                 "recovery path {} is now {kind}, not a regular file; starting fresh",
@@ -231,6 +234,7 @@ impl Recovery {
             Loaded::Unreadable(Unreadable::Bad(why)) => quarantine(path, &why),
         }
         self.start_writer(stats, now);
+        restored
     }
 
     /// The recovery file of a process that handed over: its `lock` (held

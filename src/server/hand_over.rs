@@ -196,6 +196,7 @@ impl Server {
                         .map_err(|why| warn!("{why}; taking the lock anew"))
                         .ok()
                 });
+                self.carried_over = Some("the counts handed over by the process it took over from");
                 let mut recovery = Recovery::adopt(path.clone(), lock);
                 recovery.start_writer(&mut self.stats, now);
                 recovery.write_soon();
@@ -237,7 +238,9 @@ impl Server {
                 self.pending_recovery = None;
                 self.claim.set(&mut self.timers, None, 0, Timer::Claim);
                 let owner = recovery.holds_lock();
-                recovery.open(&mut self.stats, now, ms_since(self.start, now));
+                if recovery.open(&mut self.stats, now, ms_since(self.start, now)) {
+                    self.carried_over = Some(super::RESTORED);
+                }
                 self.recovery = Some(recovery);
                 if owner {
                     self.open_control(path);

@@ -68,6 +68,9 @@ const CLAIM_RETRY: Duration = Duration::from_millis(200);
 /// this long for their EOF, so a client that never closes cannot hang it.
 const EXIT_LINGER: Duration = Duration::from_millis(500);
 
+/// The exit line's words for counts restored at start.
+const RESTORED: &str = "the counts restored from the recovery file";
+
 /// Listeners already bound when the proxy starts (socket activation, or
 /// the process it takes over from), used instead of binding.
 #[derive(Debug, Default)]
@@ -132,6 +135,9 @@ pub struct Server {
     /// What ended the process (the first stop signal's name), for the
     /// exit line.
     stop_cause: Option<String>,
+    /// Where counts from before this process came from, if any: the
+    /// recovery file or the predecessor of a hand-over (the exit line).
+    carried_over: Option<&'static str>,
     /// When the successor gets our counts next, and what it had last.
     counts_due: Instant,
     counts_sent: Totals,
@@ -218,6 +224,7 @@ impl Server {
             handing_over: false,
             stopping: false,
             stop_cause: None,
+            carried_over: None,
             counts_due: Instant::now(),
             counts_sent: Totals::default(),
         })
@@ -265,7 +272,9 @@ impl Server {
         );
         if let Some(recovery) = &mut self.recovery {
             let now = Instant::now();
-            recovery.open(&mut self.stats, now, ms_since(self.start, now));
+            if recovery.open(&mut self.stats, now, ms_since(self.start, now)) {
+                self.carried_over = Some(RESTORED);
+            }
         }
         if let Some(offered) = self.offered.take() {
             match Taker::start(offered, self.poll.registry(), PREDECESSOR) {

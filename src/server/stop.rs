@@ -41,10 +41,9 @@ impl Server {
             Some(signal) => format!(" on {signal}"),
             None => String::new(),
         };
-        let restored = if self.config.recovery_path.is_some() {
-            "; totals include the counts restored from the recovery file"
-        } else {
-            ""
+        let restored = match self.carried_over {
+            Some(whence) => format!("; totals include {whence}"),
+            None => String::new(),
         };
         info!(
             "{how}{cause} after {:.1}s: {} connection(s), {} request(s) relayed, \
