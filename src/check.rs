@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::cli::Config;
-use crate::logging::one_line;
+use crate::logging::{LogFormat, one_line};
 use crate::net::{self, describe};
 use crate::recovery::{Recovery, lock_path};
 
@@ -152,12 +152,14 @@ pub fn check(config: &Config) -> Outcome {
         duration(config.upstream_idle_timeout)
     );
     let _ = writeln!(out, "reuse-port      {}", yes_no(config.reuse_port));
+    let _ = writeln!(out, "takeover        {}", yes_no(config.takeover));
     let _ = writeln!(
         out,
-        "logs            level {}, format {}, admin access log {}",
+        "logs            level {}, format {}, admin access log {}, connection log {}",
         config.log_level.name(),
         config.log_format.name(),
-        if config.access_log { "on" } else { "off" }
+        if config.access_log { "on" } else { "off" },
+        config.log_connections.map_or("off", LogFormat::name)
     );
     let verdict = if problems.is_empty() {
         "foo-proxy --check: OK, this is what would run\n"

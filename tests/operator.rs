@@ -69,7 +69,8 @@ fn check_reports_what_would_run_on_stdout_and_exits_0_without_serving() {
         "buffer size     1 MiB per direction",
         "timeouts        connect 5s, fin 5s, idle 10m, drain 5s",
         // The flag's own spelling, not the Rust name (`Info`).
-        "logs            level info, format text, admin access log on",
+        "logs            level info, format text, admin access log on, connection log off",
+        "takeover        no",
     ] {
         assert!(stdout.contains(want), "{want:?} missing from\n{stdout}");
     }
