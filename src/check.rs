@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::cli::Config;
 use crate::logging::{LogFormat, one_line};
 use crate::net::{self, describe};
-use crate::recovery::{Recovery, lock_path};
+use crate::recovery::{Recovery, lock_path, unrestorable};
 
 /// What `--check` found: the report for stdout (what would run) and the
 /// problems, one sentence each, for stderr. Exit 0 when `problems` is empty,
@@ -81,9 +81,15 @@ pub fn check(config: &Config) -> Outcome {
             let shown = one_line(&shown);
             match Recovery::check(path.clone()) {
                 Ok(None) => {
+                    let contents = match unrestorable(path) {
+                        Some(why) => {
+                            format!("; its contents cannot be restored: {}", one_line(&why))
+                        }
+                        None => String::new(),
+                    };
                     let _ = writeln!(
                         out,
-                        "recovery file   {shown} (usable; lock {} free)",
+                        "recovery file   {shown} (usable; lock {} free{contents})",
                         one_line(&lock_path(path).display().to_string())
                     );
                 }

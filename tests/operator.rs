@@ -94,6 +94,7 @@ fn check_creates_writes_and_removes_nothing() {
     let leftover = dir.join("recovery.json.tmp");
     fs::write(&leftover, b"half").unwrap();
     fs::write(dir.join("recovery.json.lock"), b"1\n").unwrap();
+    fs::write(&path, b"{not json").unwrap();
     let before: Vec<_> = fs::read_dir(&dir)
         .unwrap()
         .map(|e| {
@@ -105,10 +106,13 @@ fn check_creates_writes_and_removes_nothing() {
     let flag = format!("-recovery-path={}", path.display());
     let out = run(&["--check", "-listen=127.0.0.1:0", "-http=off", &flag]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("(usable; lock "), "{stdout}");
+    // What a start would do with the file it cannot decode is said, not done.
     assert!(
-        text(&out.stdout).contains("(usable; lock "),
-        "{}",
-        text(&out.stdout)
+        stdout.contains("its contents cannot be restored: ")
+            && stdout.contains("a start moves it aside and starts fresh"),
+        "{stdout}"
     );
     let mut after: Vec<_> = fs::read_dir(&dir)
         .unwrap()

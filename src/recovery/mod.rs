@@ -41,3 +41,19 @@ pub use files::{
 pub use lock::{LockError, RecoveryLock};
 pub use path::{StartError, check_path};
 pub use writer::{Recovery, SNAPSHOT_INTERVAL};
+
+/// `--check`: why a start could not restore the recovery file at `path`
+/// and would move it aside (a regular file it cannot decode) or leave it
+/// alone (not a regular file), or `None` when it is absent or would be
+/// restored. Reads only.
+pub fn unrestorable(path: &std::path::Path) -> Option<String> {
+    match files::load(path) {
+        files::Loaded::Absent | files::Loaded::Snapshot(_) => None,
+        files::Loaded::Unreadable(path::Unreadable::Bad(why)) => {
+            Some(format!("{why}; a start moves it aside and starts fresh"))
+        }
+        files::Loaded::Unreadable(path::Unreadable::NotRegular(kind)) => {
+            Some(format!("it is {kind}; a start leaves it and starts fresh"))
+        }
+    }
+}
