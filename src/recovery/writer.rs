@@ -141,11 +141,13 @@ impl Recovery {
         Ok(recovery)
     }
 
-    /// `--check`: the checks [`claim`](Recovery::claim) makes, the lock
-    /// taken and released at once (a lock another process holds is never
-    /// taken: it is the error, naming its pid). `Ok(Some(why))`: the file
-    /// cannot be written now, which the proxy would warn about and relay
-    /// through. Like a start, it creates the directory and the lock file.
+    /// `--check`: the checks [`claim`](Recovery::claim) makes, without
+    /// creating, writing or removing anything: the path's kind, whether its
+    /// directory could be made or written ([`could_create_in`]), and an
+    /// existing lock file's checks and `flock`, tried and released at once
+    /// (a lock another process holds is the error, naming its pid).
+    /// `Ok(Some(why))`: the file cannot be written now, which the proxy
+    /// would warn about and relay through.
     pub fn check(path: PathBuf) -> Result<Option<String>, StartError> {
         check_path(&path)?;
         if let Err(why) = could_create_in(&path) {
