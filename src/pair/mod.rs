@@ -238,8 +238,9 @@ impl Pair {
             && !self.seqs.unmatchable
     }
 
-    /// The connect completed: relay, half-closed already if the client's
-    /// FIN came first.
+    /// The connect completed (or a pooled connection was taken): relay,
+    /// half-closed already if the client's FIN came first; the connection
+    /// log, when on, notes the upstream address used.
     pub fn connected(&mut self, now: Instant) {
         let old = std::mem::replace(
             &mut self.state,
@@ -263,6 +264,12 @@ impl Pair {
             other => other,
         };
         self.last_active = now;
+        if self.seqs.log.is_some() {
+            let addr = self.upstream().and_then(|u| u.stream.peer_addr().ok());
+            if let Some(rec) = self.seqs.log.as_deref_mut() {
+                rec.upstream = addr;
+            }
+        }
     }
 
     /// Ends the relay: the upstream (if any) is handed back to be closed,

@@ -342,12 +342,6 @@ impl Pairs {
             Some(Connect::Pending) => return,
             Some(Connect::Connected) => {
                 pair.connected(env.now);
-                if pair.seqs.log.is_some() {
-                    let addr = pair.upstream().and_then(|u| u.stream.peer_addr().ok());
-                    if let Some(rec) = pair.seqs.log.as_deref_mut() {
-                        rec.upstream = addr;
-                    }
-                }
                 debug!("pair {}: upstream connected", pair.id);
                 self.rearm(key, env);
             }

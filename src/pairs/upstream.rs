@@ -52,12 +52,6 @@ impl Pairs {
         };
         pair.connecting(stream, 0);
         pair.connected(env.now);
-        if pair.seqs.log.is_some() {
-            let addr = pair.upstream().and_then(|u| u.stream.peer_addr().ok());
-            if let Some(rec) = pair.seqs.log.as_deref_mut() {
-                rec.upstream = addr;
-            }
-        }
         debug!("pair {}: pooled upstream connection taken", pair.id);
         // Client bytes that came while it waited are read now.
         pair.client.readable = true;
