@@ -405,3 +405,65 @@ fn a_partial_last_line_is_answered_and_counted_as_a_partial_frame_not_a_request(
     let r = proxy.report_until(|r| r["connections_active"] == 0 && r["msg_req"] == 2);
     assert_eq!(r["partial_frames_client_to_server"], 1, "{r}");
 }
+
+#[test]
+fn answers_queued_before_an_upstream_reset_reach_the_client_while_it_still_sends() {
+    // The server answers the first 200 requests, then resets (SO_LINGER 0)
+    // while the client is still pipelining: the proxy's next write upstream
+    // fails, and the 200 answers already in its socket must still go out.
+    const ANSWERED: usize = 200;
+    const ROUNDS: usize = 20;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap().to_string();
+    thread::spawn(move || {
+        for stream in listener.incoming().take(ROUNDS) {
+            let Ok(mut s) = stream else { return };
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 65536];
+            while seen.iter().filter(|&&b| b == b'\n').count() < ANSWERED {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            s.write_all(&answers(1..=ANSWERED as u64)).unwrap();
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+    });
+    let proxy = Proxy::start(&upstream, &[]);
+    let want = answers(1..=ANSWERED as u64);
+    for round in 0..ROUNDS {
+        let mut c = proxy.connect();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        let writer = c.try_clone().unwrap();
+        let sender = thread::spawn(move || {
+            let mut writer = writer;
+            let until = Instant::now() + Duration::from_millis(300);
+            let mut seq = 1u64;
+            while Instant::now() < until {
+                if writer.write_all(&requests(seq..=seq + 99)).is_err() {
+                    return;
+                }
+                seq += 100;
+            }
+        });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = sender.join();
+        assert!(
+            got.starts_with(&want),
+            "round {round}: {} of {} answer bytes before the end",
+            got.len(),
+            want.len()
+        );
+    }
+}

@@ -413,10 +413,12 @@ fn relay(
             ended = Some(Reason::UpstreamFailed);
         }
     }
-    // Once the upstream is done, it is no longer read: only the bytes
-    // already held are flushed to the client.
+    // A write to the upstream failed (often a reset while requests were
+    // still going up): the answers it sent before are still queued in its
+    // socket, so read them once, up to what the client can take; the
+    // lingering close then delivers them. The read ends at the reset.
     if ended.is_some() {
-        upstream.readable = false;
+        upstream.readable = true;
     }
     match s2c.pump(upstream, client, true, seqs, ctx) {
         Ok(p) => {
