@@ -32,6 +32,9 @@ pub(crate) struct Gate {
     /// only to take it back if the successor goes away.
     handed_off: bool,
     local_addr: SocketAddr,
+    /// Accepted clients inherit `TCP_NODELAY` from the listener
+    /// ([`net::accepts_nodelay`]); otherwise [`Gate::next`] sets it.
+    nodelay_inherited: bool,
     max_connections: usize,
     /// At the limit: accepting waits until below 90 %.
     at_limit: bool,
@@ -68,6 +71,7 @@ impl Gate {
             None => net::listen_with(addr, backlog, config.reuse_port).map_err(cannot)?,
         };
         let local_addr = listener.local_addr().map_err(cannot)?;
+        let nodelay_inherited = net::accepts_nodelay(&listener);
         registry
             .register(&mut listener, token, Interest::READABLE)
             .map_err(|e| format!("cannot poll listener: {}", describe(&e)))?;
@@ -76,6 +80,7 @@ impl Gate {
             token,
             handed_off: false,
             local_addr,
+            nodelay_inherited,
             max_connections,
             at_limit: false,
             pause: Slot::default(),
@@ -122,8 +127,9 @@ impl Gate {
         }
     }
 
-    /// The next client to serve, with `open` connections now; `None` when
-    /// the backlog is empty or the gate is shut (limit, pause, drain).
+    /// The next client to serve (`TCP_NODELAY` set), with `open`
+    /// connections now; `None` when the backlog is empty or the gate is shut
+    /// (limit, pause, drain).
     pub fn next(
         &mut self,
         open: usize,
@@ -150,7 +156,13 @@ impl Gate {
         loop {
             let listener = self.listener.as_ref()?;
             match net::io(|| listener.accept()) {
-                Io::Done(client) => return Some(client),
+                Io::Done((client, peer)) => {
+                    if !self.nodelay_inherited {
+                        // Best effort: latency matters more than packet count.
+                        let _ = client.set_nodelay(true);
+                    }
+                    return Some((client, peer));
+                }
                 Io::WouldBlock => {
                     // The backlog is empty: any exhaustion episode is over.
                     self.exhausted_logged = false;

@@ -43,9 +43,24 @@ fn bind(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListe
         socket.set_reuse_port(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Set before `listen`, so every connection it accepts inherits it (see
+    // [`accepts_nodelay`]); best effort, like the per-socket call it saves.
+    let _ = socket.set_tcp_nodelay(true);
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// True when `listener` has `TCP_NODELAY` set: on Linux a connection
+/// accepted from it is a clone of the listening socket and starts with the
+/// same option, so the `setsockopt` per accepted client can be skipped
+/// (one syscall per connection). A listener handed to us (socket activation
+/// without `NoDelay=`) answers false, and each client gets the call.
+pub fn accepts_nodelay(listener: &TcpListener) -> bool {
+    cfg!(target_os = "linux")
+        && socket2::SockRef::from(listener)
+            .tcp_nodelay()
+            .unwrap_or(false)
 }
 
 /// IPv6 is disabled (`EAFNOSUPPORT`) or the host has no IPv6 address
@@ -282,6 +297,37 @@ mod tests {
             0,
             zone,
         ))
+    }
+
+    /// Accepts one loopback client from `listener`: whether the accepted
+    /// socket has `TCP_NODELAY`.
+    fn accepted_nodelay(listener: &std::net::TcpListener) -> bool {
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&accepted).tcp_nodelay().unwrap()
+    }
+
+    #[test]
+    fn a_client_accepted_from_our_listener_starts_with_nodelay() {
+        let listener = listen(addr("127.0.0.1:0"), 16).unwrap();
+        assert!(accepts_nodelay(&listener));
+        let std_listener = std::net::TcpListener::from(std::os::fd::OwnedFd::from(listener));
+        std_listener.set_nonblocking(false).unwrap();
+        assert!(
+            accepted_nodelay(&std_listener),
+            "the kernel did not pass TCP_NODELAY on"
+        );
+    }
+
+    #[test]
+    fn a_listener_without_nodelay_says_so_and_its_clients_lack_it() {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = TcpListener::from_std(std_listener.try_clone().unwrap());
+        assert!(
+            !accepts_nodelay(&listener),
+            "the gate would skip a needed setsockopt"
+        );
+        assert!(!accepted_nodelay(&std_listener));
     }
 
     #[test]

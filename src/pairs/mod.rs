@@ -189,7 +189,6 @@ impl Pairs {
     /// Takes a new client: with `--accept-proxy` it waits for its PROXY
     /// header, else it is served at once ([`Pairs::serve`]).
     pub fn open(&mut self, mut client: TcpStream, peer: SocketAddr, env: &mut Env<'_>) -> Opened {
-        let _ = client.set_nodelay(true);
         let key = self.slab.vacant_key();
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = env
