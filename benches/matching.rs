@@ -17,7 +17,7 @@
 //! comparison.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-use foo_proxy::latency::{BOUNDS_US, BUCKETS, bucket_of};
+use foo_proxy::latency::{BOUNDS_US, BUCKETS, bucket_of, now_us};
 use foo_proxy::scanner::{Direction, Frame, FrameCounts, FrameSink, Scanner};
 use foo_proxy::seqs::{Seqs, Tracking};
 use foo_proxy::stats::Stats;
@@ -98,10 +98,13 @@ fn bench(c: &mut Criterion) {
             let mut seqs = Seqs::default();
             let mut total = FrameCounts::default();
             for (reqs, acks) in data {
-                let mut sink = Tracking::new(&mut seqs, &mut matching);
+                // The loop reads the clock once per iteration; here once
+                // per pair of reads, an upper bound on its share.
+                let now = now_us();
+                let mut sink = Tracking::new(&mut seqs, &mut matching, now);
                 c2s.scan(black_box(reqs), &mut sink);
                 total.req += sink.counts.req;
-                let mut sink = Tracking::new(&mut seqs, &mut matching);
+                let mut sink = Tracking::new(&mut seqs, &mut matching, now);
                 s2c.scan(black_box(acks), &mut sink);
                 total.ack += sink.counts.ack;
             }
@@ -158,9 +161,10 @@ fn main() {
                         s2c.scan(black_box(acks), &mut sum);
                     }
                     _ => {
-                        let mut sink = Tracking::new(&mut seqs, &mut matching);
+                        let now = now_us();
+                        let mut sink = Tracking::new(&mut seqs, &mut matching, now);
                         c2s.scan(black_box(reqs), &mut sink);
-                        let mut sink = Tracking::new(&mut seqs, &mut matching);
+                        let mut sink = Tracking::new(&mut seqs, &mut matching, now);
                         s2c.scan(black_box(acks), &mut sink);
                     }
                 }

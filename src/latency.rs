@@ -36,8 +36,14 @@ static EPOCH: OnceLock<Instant> = OnceLock::new();
 /// Microseconds since the first call in this process, on the monotonic
 /// clock: the one clock of request and answer times.
 pub fn now_us() -> u64 {
-    let epoch = EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    us_at(Instant::now())
+}
+
+/// `at` in microseconds on the [`now_us`] clock: how the loop turns the
+/// clock it read once per iteration into request and answer times.
+pub fn us_at(at: Instant) -> u64 {
+    let epoch = EPOCH.get_or_init(|| at);
+    u64::try_from(at.saturating_duration_since(*epoch).as_micros()).unwrap_or(u64::MAX)
 }
 
 /// For each power of two 2^k (k = 0..63), how many bounds lie below it:

@@ -54,6 +54,9 @@ pub struct Ctx<'a> {
     /// Upstream pooling is on: a half-closed client's upstream connection
     /// is not shut, so that a clean end can hand it to the next client.
     pub keep_upstream: bool,
+    /// This loop iteration's clock, µs ([`crate::latency::us_at`]): the
+    /// time of every request and answer read in it.
+    pub now_us: u64,
 }
 
 /// Why a pump stopped early.
@@ -127,8 +130,8 @@ impl Pipe {
         true
     }
 
-    fn account(&mut self, bytes: &[u8], seqs: &mut Seqs, stats: &mut Stats) {
-        let mut sink = Tracking::new(seqs, stats);
+    fn account(&mut self, bytes: &[u8], seqs: &mut Seqs, stats: &mut Stats, now_us: u64) {
+        let mut sink = Tracking::new(seqs, stats, now_us);
         self.scanner.scan(bytes, &mut sink);
         let delta = sink.counts;
         self.lines = self.lines.saturating_add(delta.lines());
@@ -275,7 +278,7 @@ impl Pipe {
         if let Some(mut buf) = self.buf.take() {
             let end = buf.end + n;
             if let Some(fresh) = buf.data.get(buf.end..end) {
-                self.account(fresh, seqs, ctx.stats);
+                self.account(fresh, seqs, ctx.stats, ctx.now_us);
             }
             buf.end = end;
             self.buf = Some(buf);
@@ -284,7 +287,7 @@ impl Pipe {
         let Some(fresh) = ctx.scratch.get(..n) else {
             return Ok(());
         };
-        self.account(fresh, seqs, ctx.stats);
+        self.account(fresh, seqs, ctx.stats, ctx.now_us);
         let mut written = 0;
         while dst_open && dst.writable && written < n {
             let Some(rest) = fresh.get(written..) else {
@@ -351,6 +354,7 @@ mod tests {
             stats: &mut stats,
             budget: 4 * 4096,
             keep_upstream: false,
+            now_us: 0,
         };
         let mut pipe = Pipe::new(Direction::ClientToServer);
         pipe.pump(src, dst, true, &mut Seqs::default(), &mut ctx)

@@ -1,7 +1,7 @@
 //! Request/answer matching by seq: each connection's outstanding requests,
 //! and the counters and latencies matching yields.
 //!
-//! Pure apart from the clock read once per scanned read ([`now_us`]). Each
+//! Pure: the times come from the loop's clock ([`Tracking`]). Each
 //! pair keeps its outstanding `REQ`s as `(seq, time read)` in arrival order
 //! ([`Seqs`]); an `ACK`/`NAK` matches the oldest one with its seq, which is
 //! the front in the usual in-order case (one comparison), else found by a
@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 
-use crate::latency::{Answer, now_us};
+use crate::latency::Answer;
 use crate::pair::log_line::ConnRecord;
 use crate::scanner::{Frame, FrameCounts, FrameSink};
 use crate::stats::Stats;
@@ -174,28 +174,28 @@ impl Seqs {
 }
 
 /// The frame sink of one scanned read: counts every frame and matches
-/// requests and answers. The clock is read once per read, and only when
-/// the read completes a request or an answer.
+/// requests and answers, timed at `now` (µs on [`crate::latency::now_us`]'s
+/// clock): the loop reads the clock once per iteration, not per read.
 pub struct Tracking<'a> {
     pub counts: FrameCounts,
     pub seqs: &'a mut Seqs,
     pub stats: &'a mut Stats,
-    now: Option<u64>,
+    now: u64,
 }
 
 impl<'a> Tracking<'a> {
-    pub fn new(seqs: &'a mut Seqs, stats: &'a mut Stats) -> Self {
+    pub fn new(seqs: &'a mut Seqs, stats: &'a mut Stats, now: u64) -> Self {
         Tracking {
             counts: FrameCounts::default(),
             seqs,
             stats,
-            now: None,
+            now,
         }
     }
 
     #[inline(always)]
     fn now(&mut self) -> u64 {
-        *self.now.get_or_insert_with(now_us)
+        self.now
     }
 }
 
@@ -226,6 +226,7 @@ impl FrameSink for Tracking<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::latency::now_us;
     use crate::scanner::{Direction, Scanner};
 
     fn ack(s: &mut Seqs, seq: u64, at: u64, m: &mut Stats) {
@@ -356,11 +357,11 @@ mod tests {
     fn a_request_split_across_reads_is_timed_from_its_last_byte() {
         let (mut s, mut m) = (Seqs::default(), Stats::default());
         let mut c2s = Scanner::new(Direction::ClientToServer);
-        let mut sink = Tracking::new(&mut s, &mut m);
+        let mut sink = Tracking::new(&mut s, &mut m, now_us());
         c2s.scan(b"REQ 4", &mut sink);
         assert_eq!(sink.counts.req, 0);
         assert_eq!(sink.seqs.outstanding(), 0);
-        let mut sink = Tracking::new(&mut s, &mut m);
+        let mut sink = Tracking::new(&mut s, &mut m, now_us());
         c2s.scan(b"2 hello\nREQ 43\n", &mut sink);
         assert_eq!(sink.counts.req, 2);
         assert_eq!(
@@ -368,7 +369,7 @@ mod tests {
             [42, 43]
         );
         let mut s2c = Scanner::new(Direction::ServerToClient);
-        let mut sink = Tracking::new(&mut s, &mut m);
+        let mut sink = Tracking::new(&mut s, &mut m, now_us());
         s2c.scan(b"NAK 43 x\nACK 42\nREQ 1\n", &mut sink);
         assert_eq!(sink.counts.invalid, 1, "a REQ from the server is no answer");
         assert_eq!(

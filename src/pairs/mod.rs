@@ -18,6 +18,7 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use crate::clients::PerClient;
+use crate::latency;
 use crate::logging::{Throttle, suppressed_note};
 use crate::net::{Connect, connect_progress_after, describe};
 use crate::pair::log_line::{ConnRecord, LogFormat};
@@ -89,6 +90,8 @@ pub(crate) struct Pairs {
     slab: Slab<Pair>,
     /// Pairs to drive in this iteration, and those that used their budget.
     work: Vec<usize>,
+    /// The list being driven (empty between iterations, its capacity kept).
+    driving: Vec<usize>,
     scratch: Box<[u8]>,
     pool: Pool,
     next_id: u64,
@@ -142,6 +145,7 @@ impl Pairs {
             serving_queue: false,
             slab: Slab::new(),
             work: Vec::new(),
+            driving: Vec::new(),
             scratch: vec![0u8; buffer_size].into_boxed_slice(),
             pool: Pool::new(buffer_size, POOL_CAP),
             next_id: 0,
@@ -356,7 +360,12 @@ impl Pairs {
     /// each.
     pub fn drive(&mut self, env: &mut Env<'_>) {
         let budget = READS_PER_TURN * self.pool.buffer_size();
-        for key in std::mem::take(&mut self.work) {
+        let now_us = latency::us_at(env.now);
+        // The list is swapped with last turn's emptied one, not taken: no
+        // allocation per iteration. Pairs scheduled meanwhile go to the other.
+        let mut keys = std::mem::take(&mut self.driving);
+        std::mem::swap(&mut keys, &mut self.work);
+        for key in keys.drain(..) {
             let Some(pair) = self.slab.get_mut(key) else {
                 continue;
             };
@@ -367,6 +376,7 @@ impl Pairs {
                 stats: env.stats,
                 budget,
                 keep_upstream: self.keep_upstream,
+                now_us,
             };
             match pair.drive(&mut ctx) {
                 Outcome::Going {
@@ -401,6 +411,7 @@ impl Pairs {
                 Outcome::Closed(ending) => self.close(key, ending, env),
             }
         }
+        self.driving = keys;
     }
 
     /// A pair's deadline came due.
