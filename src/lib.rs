@@ -57,7 +57,8 @@
 //! and `server::stop`; accept gating in `gate`; every deadline in one
 //! `timer` set; a pair's life in `pair`, its PROXY header read in
 //! `pair::header`; the table of pairs in `pairs`, how a pair ends in
-//! `pairs::ending`, its upstream connection in `pairs::upstream`), `upstream` and
+//! `pairs::ending`, its upstream connection in `pairs::upstream`, its deadline in
+//! `pairs::deadlines`), `upstream` and
 //! `upstream_pool` (the forward addresses; pooled upstream connections and
 //! the queue for them, `--upstream-pool`, `--max-upstream-connections`),
 //! [`admin`] (the connections the loop drives, a pure request to response

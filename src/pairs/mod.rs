@@ -5,7 +5,8 @@
 //! connect progress and the next forward address ([`Upstreams`]), driving,
 //! deadlines, and the two ways a pair ends (a lingering close, or at once).
 //! How a pair ends is in `ending`; its upstream connection (the connect,
-//! the next address, a pooled connection, the queue for one) in `upstream`.
+//! the next address, a pooled connection, the queue for one) in `upstream`;
+//! arming its one deadline and what happens when it is due in `deadlines`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,15 +23,16 @@ use crate::latency;
 use crate::logging::{Throttle, suppressed_note};
 use crate::net::{Connect, connect_progress_after, describe};
 use crate::pair::log_line::{ConnRecord, LogFormat};
-use crate::pair::{Deadline, Due, Outcome, Pair, Reason, State, Timeouts};
+use crate::pair::{Outcome, Pair, Reason, State, Timeouts};
 use crate::pipe::Ctx;
 use crate::pool::Pool;
 use crate::proxy_protocol::{self, Version};
 use crate::stats::{Stats, add};
-use crate::timer::{Timer, Timers};
+use crate::timer::Timers;
 use crate::upstream::Upstreams;
 use crate::upstream_pool::{self, Lent, Limits, UpstreamPool};
 
+mod deadlines;
 mod ending;
 mod upstream;
 
@@ -414,23 +416,6 @@ impl Pairs {
         self.driving = keys;
     }
 
-    /// A pair's deadline came due.
-    pub fn fire(&mut self, key: usize, id: u64, env: &mut Env<'_>) {
-        let Some(pair) = self.slab.get_mut(key).filter(|p| p.id == id) else {
-            return;
-        };
-        pair.deadline.fired();
-        match pair.due(env.now, self.timeouts.idle) {
-            Due::ConnectTimedOut => {
-                let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
-                self.next_address(key, err, env);
-            }
-            Due::Later(when) => self.arm(key, when, env),
-            Due::End(reason) => self.end(key, reason, env),
-            Due::Close(ending) => self.close(key, ending, env),
-        }
-    }
-
     /// The pair whose upstream connection an accepted client `peer` is, if
     /// it is one of ours to our own listen port (a forwarding loop).
     pub fn looped(&self, peer: SocketAddr) -> Option<usize> {
@@ -459,54 +444,6 @@ impl Pairs {
         ));
         self.upstreams.failed(&why, env.stats, env.now);
         self.end(origin, Reason::Looped, env);
-    }
-
-    /// Arms the one deadline the pair's state has, counted from now (the
-    /// idle one from the last byte moved).
-    fn rearm(&mut self, key: usize, env: &mut Env<'_>) {
-        let Some(pair) = self.slab.get(key) else {
-            return;
-        };
-        let t = &self.timeouts;
-        let when = match pair.state.deadline() {
-            // From accept: bytes trickling in do not move it.
-            Deadline::Header => pair.last_active + t.header,
-            Deadline::Queue => pair.last_active + t.queue,
-            Deadline::Connect => env.now + t.connect,
-            Deadline::Idle => pair.last_active + t.idle,
-            Deadline::Fin => env.now + t.fin,
-            Deadline::Linger => {
-                let mut until = env.now + t.fin;
-                // A client without a whole, valid PROXY header holds its
-                // slot no longer than the header deadline (a half header
-                // and a stall must not crowd out real clients):
-                // `last_active` is still the accept time, as nothing moved.
-                if let State::Lingering(linger) = &pair.state
-                    && matches!(
-                        linger.reason,
-                        Reason::ProxyHeaderMissing | Reason::ProxyHeaderInvalid
-                    )
-                {
-                    // At least until the next turn of the loop, which
-                    // drives the lingering close once (reads what the
-                    // client sent, sends the FIN) before this deadline:
-                    // a deadline already due would close with input
-                    // unread, i.e. reset the client.
-                    let header_due = pair.last_active + t.header;
-                    until = until.min(header_due.max(env.now + Duration::from_millis(1)));
-                }
-                self.exit.map_or(until, |exit| exit.min(until))
-            }
-        };
-        self.arm(key, when, env);
-    }
-
-    /// Moves the pair's deadline to `when`.
-    fn arm(&mut self, key: usize, when: Instant, env: &mut Env<'_>) {
-        if let Some(pair) = self.slab.get_mut(key) {
-            pair.deadline
-                .set(env.timers, Some(when), pair.id, Timer::Pair(key));
-        }
     }
 
     fn schedule(&mut self, key: usize) {
