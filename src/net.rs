@@ -51,6 +51,13 @@ fn bind(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListe
     Ok(TcpListener::from_std(socket.into()))
 }
 
+/// Makes the coming close of `stream` a reset (`SO_LINGER` 0) instead of
+/// a FIN: for a stream cut short, so that the peer cannot take what it got
+/// for the whole. Best effort: without it the peer sees a FIN.
+pub fn reset_on_close(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+}
+
 /// True when `listener` has `TCP_NODELAY` set: on Linux a connection
 /// accepted from it is a clone of the listening socket and starts with the
 /// same option, so the `setsockopt` per accepted client can be skipped

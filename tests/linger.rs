@@ -199,6 +199,11 @@ const GREETING: usize = 8 << 20;
 
 /// An upstream that sends an 8 MiB greeting and never reads.
 fn deaf_server() -> (SocketAddr, Arc<Mutex<Vec<TcpStream>>>) {
+    deaf_server_of(GREETING)
+}
+
+/// An upstream that sends a `len`-byte greeting and never reads.
+fn deaf_server_of(len: usize) -> (SocketAddr, Arc<Mutex<Vec<TcpStream>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let held = Arc::new(Mutex::new(Vec::new()));
@@ -208,7 +213,7 @@ fn deaf_server() -> (SocketAddr, Arc<Mutex<Vec<TcpStream>>>) {
             let Ok(mut stream) = stream else { break };
             let keep = keep.clone();
             thread::spawn(move || {
-                let _ = stream.write_all(&answer_of(GREETING));
+                let _ = stream.write_all(&answer_of(len));
                 keep.lock().unwrap().push(stream);
             });
         }
@@ -466,4 +471,136 @@ fn answers_queued_before_an_upstream_reset_reach_the_client_while_it_still_sends
             want.len()
         );
     }
+}
+
+#[test]
+fn a_half_closed_client_still_taking_its_answers_is_not_cut_at_the_fin_timeout() {
+    // 8 MiB read at 64 KiB every 30 ms takes about 4 s: four fin timeouts.
+    // Bytes move the whole time, so the deadline keeps moving with them;
+    // the old fixed deadline cut the stream at 1 s plus the 1 s linger.
+    const LEN: usize = 8 << 20;
+    let upstream = big_answer_server(After::Hang, LEN);
+    let proxy = Proxy::start(&upstream.to_string(), &["--fin-timeout", "1s"]);
+    let mut c = small_window_client(proxy.addr);
+    // The second line is never answered: the pair stays half-closed until
+    // the fin timeout, which must count from the last byte moved.
+    c.write_all(b"REQ 1 big\nREQ 2 never\n").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let (got, end) = read_paced(&mut c, 64 * 1024, Duration::from_millis(30));
+    assert_eq!(end, Ok(()), "no clean EOF after {} bytes", got.len());
+    assert_eq!(got.len(), LEN, "the stream was cut");
+    assert!(answer_of(LEN) == got, "bytes differ");
+}
+
+#[test]
+fn a_client_that_never_takes_its_answers_gets_a_reset_not_a_fin_when_the_bound_runs_out() {
+    // The idle timeout fires while the proxy still holds answers the
+    // client never read; the lingering close's bound runs out with them
+    // undelivered. A FIN then would pass the cut stream off as whole.
+    // 64 MiB: more than every kernel buffer on the way holds (each grows
+    // to a few MiB), so the proxy itself is left holding some.
+    const LEN: usize = 64 << 20;
+    let (upstream, _held) = deaf_server_of(LEN);
+    let proxy = Proxy::start(
+        &upstream.to_string(),
+        // 4 MiB held per direction: more than the room that late ACKs can
+        // free in the client's socket after the stall, so some is still
+        // held when the bound runs out.
+        &[
+            "--idle-timeout",
+            "200ms",
+            "--fin-timeout",
+            "200ms",
+            "--buffer-size",
+            "4MiB",
+        ],
+    );
+    for round in 0..3 {
+        let mut c = small_window_client(proxy.addr);
+        let what = format!("round {round}");
+        // The client reads nothing until the pair is gone.
+        wait_for("the pair to be closed", || {
+            proxy.report()["connections_active"] == 0
+        });
+        let (got, end) = read_fast(&mut c);
+        assert!(got.len() < LEN, "{what}: the client got everything");
+        assert_eq!(
+            end,
+            Err(ErrorKind::ConnectionReset),
+            "{what}: {} bytes of a cut stream, then no reset",
+            got.len()
+        );
+    }
+}
+
+/// An upstream that reads each connection until EOF or an error and sends
+/// `true` when it ended in a reset.
+fn reset_watching_server() -> (SocketAddr, std::sync::mpsc::Receiver<(Vec<u8>, bool)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let tx = tx.clone();
+            thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(WAIT));
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let reset = loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) => break false,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(e) => break e.kind() == ErrorKind::ConnectionReset,
+                    }
+                };
+                let _ = tx.send((got, reset));
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn a_request_cut_mid_line_reaches_the_server_as_a_reset_never_as_a_clean_last_line() {
+    // Servers answer a last line without a newline at EOF (the reference
+    // does): a FIN after a truncated request would have it served as a
+    // whole one. A client that resets, or goes quiet mid-line until the
+    // idle timeout, cuts its request stream; a client that half-closes
+    // after a partial line means it, and the server gets the FIN.
+    let (upstream, seen) = reset_watching_server();
+    let proxy = Proxy::start(&upstream.to_string(), &["--idle-timeout", "300ms"]);
+    let wait = |what: &str| {
+        seen.recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("{what}: the server saw no end"))
+    };
+    // A reset mid-line.
+    let c = proxy.connect();
+    (&c).write_all(b"REQ 1 whole\nREQ 2 tru").unwrap();
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    thread::sleep(Duration::from_millis(100));
+    drop(c);
+    let (got, reset) = wait("client reset");
+    assert_eq!(got, b"REQ 1 whole\nREQ 2 tru");
+    assert!(reset, "client reset mid-line: the server got a clean EOF");
+    // Quiet mid-line until the idle timeout.
+    let mut c = proxy.connect();
+    c.write_all(b"REQ 3 tru").unwrap();
+    let (got, reset) = wait("idle timeout");
+    assert_eq!(got, b"REQ 3 tru");
+    assert!(reset, "idle mid-line: the server got a clean EOF");
+    drop(c);
+    // A half-close after a partial line is the client's own end: a FIN.
+    let mut c = proxy.connect();
+    c.write_all(b"REQ 4 last").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let (got, reset) = wait("half-close");
+    assert_eq!(got, b"REQ 4 last");
+    assert!(
+        !reset,
+        "a client's own half-close must reach the server as a FIN"
+    );
 }

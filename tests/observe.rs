@@ -383,6 +383,19 @@ fn an_upstream_that_never_answers_the_connect_ends_as_connect_timeout() {
 }
 
 #[test]
+fn a_client_that_leaves_without_a_byte_during_the_connect_ends_at_once_as_client_closed() {
+    // It sent nothing and wants nothing: it must not hold its slot until
+    // the connect times out (5 s here; health checks and impatient retries
+    // during an upstream outage would fill every slot).
+    let (hole, _fill) = black_hole();
+    let addr = hole.local_addr().unwrap().as_socket().unwrap();
+    let proxy = Proxy::start(&addr.to_string(), &["--connect-timeout", "5s"]);
+    drop(client_of(&proxy));
+    // The old code counted it `connect_timeout`, 5 s later.
+    assert_closed_once_for(&proxy, "client_closed");
+}
+
+#[test]
 fn a_connection_quiet_past_the_idle_timeout_ends_as_idle_timeout() {
     let server = FooServer::start(ServerOpts::default());
     let proxy = Proxy::start(&server.addr.to_string(), &["--idle-timeout", "300ms"]);

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use log::debug;
 use mio::net::TcpStream;
 
-use crate::net::describe;
+use crate::net::{self, describe};
 use crate::pipe::{Ctx, Fault, Pipe, Side};
 use crate::pool::Pool;
 pub(crate) use crate::reason::Reason;
@@ -96,7 +96,8 @@ pub(crate) enum Deadline {
     Connect,
     /// `--idle-timeout` since the last byte moved.
     Idle,
-    /// `--fin-timeout` for the answers to a half-closed client.
+    /// `--fin-timeout` for the answers to a half-closed client, since the
+    /// later of the half-close and the last byte moved.
     Fin,
     /// The bound of the lingering close (`--fin-timeout`, shorter at exit).
     Linger,
@@ -199,6 +200,29 @@ impl Pair {
         }
     }
 
+    /// True when closing the upstream now would cut the client's request
+    /// stream short: bytes the client sent are still held, or it stopped
+    /// inside a line without closing (a reset, a timeout, the drain). A
+    /// FIN then would let the server take a truncated last line for a
+    /// whole one (servers answer a last line at EOF): a reset says the
+    /// stream was cut. A client that half-closed after a partial line
+    /// meant it, and gets the FIN.
+    pub fn upstream_cut(&self) -> bool {
+        let client_eof = match &self.state {
+            State::Connecting { client_eof, .. } => *client_eof,
+            State::Relaying { client, .. } => *client != Client::Open,
+            State::Header | State::Queued | State::Lingering(_) => return false,
+        };
+        self.c2s.pending() > 0 || (!client_eof && !self.c2s.at_frame_boundary())
+    }
+
+    /// True when closing the client now would cut its answer stream short:
+    /// bytes read from the server are still held for it. Its close is then
+    /// a reset, never a FIN after a truncated stream (a bound ran out).
+    pub fn client_cut(&self) -> bool {
+        self.s2c.pending() > 0
+    }
+
     /// The upstream connection, while there is one.
     pub fn upstream(&mut self) -> Option<&mut Side> {
         match &mut self.state {
@@ -275,7 +299,8 @@ impl Pair {
     /// Ends the relay: the upstream (if any) is handed back to be closed,
     /// the bytes the client sent that it will never take are dropped, and
     /// the client starts its lingering close. `Err` when it had already
-    /// started.
+    /// started. An upstream whose request stream is cut (see
+    /// [`Pair::upstream_cut`]) is set to close with a reset.
     pub fn stop_relaying(&mut self, reason: Reason, pool: &mut Pool) -> Result<Option<Side>, ()> {
         let client_eof = match &self.state {
             State::Header | State::Queued => false,
@@ -283,6 +308,11 @@ impl Pair {
             State::Relaying { client, .. } => *client != Client::Open,
             State::Lingering(_) => return Err(()),
         };
+        if self.upstream_cut()
+            && let Some(upstream) = self.upstream()
+        {
+            net::reset_on_close(&upstream.stream);
+        }
         let old = std::mem::replace(
             &mut self.state,
             State::Lingering(Linger::new(reason, client_eof)),
@@ -299,21 +329,24 @@ impl Pair {
         self.c2s.pending().saturating_add(self.s2c.pending())
     }
 
-    /// What the deadline that came due at `now` asks for.
-    pub fn due(&self, now: Instant, idle: Duration) -> Due {
+    /// What the deadline that came due at `now` asks for. The idle and the
+    /// fin timeouts count from the last byte moved: a half-closed client
+    /// that is still taking its answers is not cut while they flow.
+    pub fn due(&self, now: Instant, t: &Timeouts) -> Due {
+        let unless_moved = |after: Duration, reason: Reason| {
+            let until = self.last_active + after;
+            if until <= now {
+                Due::End(reason)
+            } else {
+                Due::Later(until)
+            }
+        };
         match self.state.deadline() {
             Deadline::Header => Due::End(Reason::ProxyHeaderMissing),
             Deadline::Queue => Due::End(Reason::QueueTimeout),
             Deadline::Connect => Due::ConnectTimedOut,
-            Deadline::Idle => {
-                let idle_until = self.last_active + idle;
-                if idle_until <= now {
-                    Due::End(Reason::IdleTimeout)
-                } else {
-                    Due::Later(idle_until)
-                }
-            }
-            Deadline::Fin => Due::End(Reason::FinTimeout),
+            Deadline::Idle => unless_moved(t.idle, Reason::IdleTimeout),
+            Deadline::Fin => unless_moved(t.fin, Reason::FinTimeout),
             Deadline::Linger => Due::Close(Ending::Bound),
         }
     }
@@ -356,6 +389,11 @@ impl Pair {
                 client_eof,
                 ..
             } => match c2s.pump(client, upstream, false, seqs, ctx) {
+                // Bytes read while connecting are all held: none held at
+                // the client's FIN means it sent nothing and wants nothing,
+                // so it does not wait out the connect (every line it sent,
+                // none, is answered).
+                Ok(p) if p.eof && c2s.pending() == 0 => Outcome::End(Reason::Answered),
                 Ok(p) => {
                     *client_eof |= p.eof;
                     Outcome::Going {

@@ -2,6 +2,14 @@
 
 use super::*;
 
+const ZERO: Timeouts = Timeouts {
+    connect: Duration::ZERO,
+    idle: Duration::ZERO,
+    fin: Duration::ZERO,
+    header: Duration::ZERO,
+    queue: Duration::ZERO,
+};
+
 #[test]
 fn each_state_has_its_one_deadline() {
     let (client, upstream) = loopback_pair();
@@ -9,7 +17,7 @@ fn each_state_has_its_one_deadline() {
     let mut pair = Pair::accepted(1, client, now);
     assert_eq!(pair.state.deadline(), Deadline::Header);
     assert!(matches!(
-        pair.due(now, Duration::ZERO),
+        pair.due(now, &ZERO),
         Due::End(Reason::ProxyHeaderMissing)
     ));
     pair.connecting(upstream, 0);
@@ -31,7 +39,7 @@ fn each_state_has_its_one_deadline() {
     ));
     assert_eq!(lingering.state.deadline(), Deadline::Linger);
     assert!(matches!(
-        lingering.due(now, Duration::ZERO),
+        lingering.due(now, &ZERO),
         Due::Close(Ending::Bound)
     ));
 }

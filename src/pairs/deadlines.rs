@@ -15,7 +15,7 @@ impl Pairs {
             return;
         };
         pair.deadline.fired();
-        match pair.due(env.now, self.timeouts.idle) {
+        match pair.due(env.now, &self.timeouts) {
             Due::ConnectTimedOut => {
                 let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
                 self.next_address(key, err, env);

@@ -6,6 +6,7 @@ use log::{debug, warn};
 
 use super::{Env, Pairs, lent};
 use crate::logging::suppressed_note;
+use crate::net;
 use crate::output;
 use crate::pair::linger::Ending;
 use crate::pair::log_line::{self, Ended};
@@ -132,9 +133,18 @@ impl Pairs {
         pair.deadline
             .set(env.timers, None, pair.id, Timer::Pair(key));
         let relaying = matches!(pair.state, State::Relaying { .. });
+        // A stream cut short ends with a reset, never a FIN: the peer must
+        // not take a truncated stream for a whole one.
+        if pair.client_cut() {
+            net::reset_on_close(&pair.client.stream);
+        }
+        let upstream_cut = pair.upstream_cut();
         // The sockets are dropped below: closing them takes them out of
         // the poll, so no EPOLL_CTL_DEL first.
         if let Some(upstream) = pair.upstream() {
+            if upstream_cut {
+                net::reset_on_close(&upstream.stream);
+            }
             self.upstreams.release(key, &upstream.stream);
             if let Some(up) = self.upstream_pool.as_mut() {
                 up.closed(relaying, env.stats);
