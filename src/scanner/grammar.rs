@@ -170,10 +170,16 @@ pub(super) fn first_word(bytes: &[u8]) -> u64 {
             let high = u64::from(u32::from_le_bytes(*high));
             low | high << (8 * (bytes.len() - 4))
         }
-        _ => bytes
-            .iter()
-            .rev()
-            .fold(0, |word, &byte| word << 8 | u64::from(byte)),
+        // One to three bytes: the first, the middle and the last (they
+        // overlap below three), so no loop runs for a short read.
+        _ => match (bytes.first(), bytes.get(bytes.len() / 2), bytes.last()) {
+            (Some(&first), Some(&middle), Some(&last)) => {
+                u64::from(first)
+                    | u64::from(middle) << (8 * (bytes.len() / 2))
+                    | u64::from(last) << (8 * (bytes.len() - 1))
+            }
+            _ => 0,
+        },
     }
 }
 

@@ -105,7 +105,7 @@ enum State {
     /// complete they are read again with it, as one header, by the same
     /// code as any other line (no state to dispatch on, and so few branches
     /// to mispredict at every short read).
-    Head { tail: [u8; 16], len: u8 },
+    Head { tail: [u64; 2], len: u8 },
     /// Matched `matched` letters (1 to 3) of the type name; after all three
     /// a space or tab must follow.
     Type { kind: Kind, matched: u8 },
@@ -174,7 +174,12 @@ impl Scanner {
                 };
                 let (frame, seq) = if pending {
                     pending = false;
-                    finish(state, line, bytes, direction)
+                    finish(
+                        state,
+                        line,
+                        bytes.get(start..).unwrap_or_default(),
+                        direction,
+                    )
                 } else {
                     classify(line, direction)
                 };
@@ -226,8 +231,8 @@ fn finish(carried: &State, rest: &[u8], bytes: &[u8], direction: Direction) -> (
 /// The header of a line whose first `len` bytes were kept raw at the end
 /// of `tail` and whose other bytes are `rest`, which starts `bytes`.
 #[inline(always)]
-fn rejoin(tail: [u8; 16], len: usize, rest: &[u8], bytes: &[u8]) -> Option<(Kind, u64)> {
-    let kept = u128::from_le_bytes(tail) >> (8 * (16 - len));
+fn rejoin(tail: [u64; 2], len: usize, rest: &[u8], bytes: &[u8]) -> Option<(Kind, u64)> {
+    let kept = from_words(tail) >> (8 * (16 - len));
     let window = (kept | first_16(bytes) << (8 * len)).to_le_bytes();
     let total = len + rest.len();
     // A line of at most 16 bytes is all in the window.
@@ -240,6 +245,7 @@ fn rejoin(tail: [u8; 16], len: usize, rest: &[u8], bytes: &[u8]) -> Option<(Kind
     {
         return decided.map(|(kind, seq, _)| (kind, seq));
     }
+    let tail = from_words(tail).to_le_bytes();
     let kept = tail.get(16 - len..).unwrap_or_default();
     match header(header(State::Start, kept), rest) {
         State::Seq { kind, value } | State::SeqCr { kind, value } => Some((kind, value)),
@@ -248,15 +254,32 @@ fn rejoin(tail: [u8; 16], len: usize, rest: &[u8], bytes: &[u8]) -> Option<(Kind
     }
 }
 
+/// A kept tail as one number (byte 0 lowest). The tail is stored as two
+/// aligned words: as bytes it sat unaligned after the state's tag, and
+/// every read of it was pieced together from three loads.
+#[inline(always)]
+fn from_words([low, high]: [u64; 2]) -> u128 {
+    u128::from(low) | u128::from(high) << 64
+}
+
+#[inline(always)]
+fn to_words(tail: u128) -> [u64; 2] {
+    [tail as u64, (tail >> 64) as u64]
+}
+
 /// The first 16 bytes of `bytes`, zero past its end.
 #[inline(always)]
 fn first_16(bytes: &[u8]) -> u128 {
-    match bytes.first_chunk::<16>() {
-        Some(first) => u128::from_le_bytes(*first),
-        None => bytes
-            .iter()
-            .rev()
-            .fold(0, |word, &byte| word << 8 | u128::from(byte)),
+    if let Some(first) = bytes.first_chunk::<16>() {
+        return u128::from_le_bytes(*first);
+    }
+    // Fewer: two overlapping words, or one word, without a loop.
+    match (bytes.first_chunk::<8>(), bytes.last_chunk::<8>()) {
+        (Some(first), Some(last)) => {
+            u128::from(u64::from_le_bytes(*first))
+                | u128::from(u64::from_le_bytes(*last)) << (8 * (bytes.len() - 8))
+        }
+        _ => u128::from(first_word(bytes)),
     }
 }
 
@@ -277,17 +300,17 @@ fn carry(state: &mut State, rest: &[u8], bytes: &[u8]) {
             let len = usize::from(len);
             *state = if len + rest.len() < 16 {
                 // Still short: shift the kept bytes down and add these.
-                let kept = u128::from_le_bytes(tail) >> (8 * rest.len());
+                let kept = from_words(tail) >> (8 * rest.len());
                 match keep(rest, bytes) {
                     State::Head { tail: new, .. } => State::Head {
-                        tail: (kept | u128::from_le_bytes(new)).to_le_bytes(),
+                        tail: to_words(kept | from_words(new)),
                         len: (len + rest.len()) as u8,
                     },
                     other => other,
                 }
             } else {
                 // Sixteen bytes of the frame now: read them as its start.
-                let kept = u128::from_le_bytes(tail) >> (8 * (16 - len));
+                let kept = from_words(tail) >> (8 * (16 - len));
                 let window = (kept | first_16(rest) << (8 * len)).to_le_bytes();
                 header(begin(&window), rest.get(16 - len..).unwrap_or_default())
             };
@@ -302,12 +325,10 @@ fn carry(state: &mut State, rest: &[u8], bytes: &[u8]) {
 fn keep(rest: &[u8], bytes: &[u8]) -> State {
     let tail = match bytes.last_chunk::<16>() {
         Some(last) => u128::from_le_bytes(*last) & (u128::MAX << (8 * (16 - rest.len()))),
-        None => rest
-            .iter()
-            .fold(0, |word, &byte| word >> 8 | u128::from(byte) << 120),
+        None => first_16(rest) << (8 * (16 - rest.len())),
     };
     State::Head {
-        tail: tail.to_le_bytes(),
+        tail: to_words(tail),
         len: rest.len() as u8,
     }
 }

@@ -2,6 +2,8 @@
 //! of its newlines (SSE2 byte compares where the target has them, word
 //! arithmetic elsewhere), so the next newline is a `trailing_zeros` away.
 
+use super::grammar::first_word;
+
 /// Bytes searched at once for newlines.
 const BLOCK: usize = 64;
 
@@ -86,10 +88,8 @@ fn short_mask(bytes: &[u8]) -> u64 {
             word_mask(u64::from_le_bytes(*first))
                 | word_mask(u64::from_le_bytes(*last)) << (len - 8)
         }
-        _ => bytes
-            .iter()
-            .enumerate()
-            .fold(0, |m, (i, &b)| m | (u64::from(b == b'\n') << i)),
+        // Zero past the end is not a newline.
+        _ => word_mask(first_word(bytes)),
     }
 }
 
