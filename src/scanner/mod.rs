@@ -9,6 +9,7 @@
 //! Its rooms: `grammar` (the line grammar, written once: the scanner reads
 //! each frame start with it, and [`parse_line`] reads a whole line with it,
 //! for the test tools), `newlines` (the newline masks, SSE2 on x86_64),
+//! `state` (the state a partial frame leaves, and how it is kept),
 //! `reference` (a plain one-shot classifier the tests and the fuzz target
 //! hold the scanner to; not compiled into the product) and `tests`.
 
@@ -16,6 +17,7 @@ mod grammar;
 mod newlines;
 #[cfg(any(test, fuzzing))]
 mod reference;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -24,6 +26,7 @@ use grammar::{
     skip_digits, skip_seps, type_and_sep,
 };
 use newlines::for_each_newline;
+use state::{State, Tag, from_words, to_words};
 
 pub use grammar::{Kind, Line, parse_line};
 #[cfg(any(test, fuzzing))]
@@ -92,47 +95,36 @@ impl FrameSink for FrameCounts {
     }
 }
 
-/// Where the scanner is inside a frame that began in an earlier read. The
-/// header is decided (`Data` or `Skip`) long before the frame ends in the
-/// usual case; a short start of a frame is kept raw (`Head`), and the
-/// byte-wise states serve headers longer than that.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// At the first byte of a frame.
-    Start,
-    /// The first `len` (1 to 15) bytes of a frame whose header may not be
-    /// decided yet, kept raw at the end of `tail`: when the frame's line is
-    /// complete they are read again with it, as one header, by the same
-    /// code as any other line (no state to dispatch on, and so few branches
-    /// to mispredict at every short read).
-    Head { tail: [u64; 2], len: u8 },
-    /// Matched `matched` letters (1 to 3) of the type name; after all three
-    /// a space or tab must follow.
-    Type { kind: Kind, matched: u8 },
-    /// Inside the separator; a digit must come next.
-    Sep(Kind),
-    /// Inside the seq; `value` so far (it always fits: overflow is `Skip`).
-    Seq { kind: Kind, value: u64 },
-    /// Seq followed by `\r`; only `\n` may come next.
-    SeqCr { kind: Kind, value: u64 },
-    /// Header was valid; everything up to `\n` is opaque data.
-    Data { kind: Kind, seq: u64 },
-    /// Header was invalid; skip to `\n`.
-    Skip,
-}
-
 /// Scanner state for one direction of one connection: four words.
+///
+/// The [`State`] is kept spread over plain fields, each read and written
+/// at its own width: kept as an enum, its parts sat at odd offsets and
+/// were copied in pieces of other widths than they were read back with by
+/// the next call (a load that spans several earlier stores cannot take its
+/// value from them and waits).
 #[derive(Clone, Copy, Debug)]
 pub struct Scanner {
     direction: Direction,
-    state: State,
+    tag: Tag,
+    /// `Type`, `Sep`, `Seq`, `SeqCr`, `Data`: the message type.
+    kind: Kind,
+    /// `Head`: bytes kept; `Type`: letters matched.
+    len: u8,
+    /// `Seq`, `SeqCr`: the seq so far; `Data`: the seq.
+    value: u64,
+    /// `Head`: the kept bytes (see [`State::Head`]).
+    tail: [u64; 2],
 }
 
 impl Scanner {
     pub fn new(direction: Direction) -> Self {
         Scanner {
             direction,
-            state: State::Start,
+            tag: Tag::Start,
+            kind: Kind::Req,
+            len: 0,
+            value: 0,
+            tail: [0; 2],
         }
     }
 
@@ -142,7 +134,7 @@ impl Scanner {
 
     /// True when the scanner sits between frames (no partial frame pending).
     pub fn at_frame_start(&self) -> bool {
-        self.state == State::Start
+        self.tag == Tag::Start
     }
 
     /// Consumes `bytes`, handing each completed frame to `sink` in order.
@@ -162,9 +154,9 @@ impl Scanner {
         // Whether the first line began in an earlier read. The state itself
         // is read in place, field by field, where it is needed: copying it
         // whole would load what the last call stored in pieces.
-        let mut pending = self.state != State::Start;
+        let mut pending = self.tag != Tag::Start;
         let mut start = 0;
-        let state = &self.state;
+        let carried = &*self;
         for_each_newline(
             bytes,
             #[inline(always)]
@@ -175,7 +167,7 @@ impl Scanner {
                 let (frame, seq) = if pending {
                     pending = false;
                     finish(
-                        state,
+                        carried,
                         line,
                         bytes.get(start..).unwrap_or_default(),
                         direction,
@@ -188,13 +180,9 @@ impl Scanner {
             },
         );
         if !pending {
-            self.state = State::Start;
+            self.tag = Tag::Start;
         }
-        carry(
-            &mut self.state,
-            bytes.get(start..).unwrap_or_default(),
-            bytes,
-        );
+        carry(self, bytes.get(start..).unwrap_or_default(), bytes);
     }
 }
 
@@ -211,12 +199,12 @@ fn classify(line: &[u8], direction: Direction) -> (Frame, u64) {
 /// state it had reached and the rest of its line, `rest`, which starts
 /// `bytes`, this read.
 #[inline(always)]
-fn finish(carried: &State, rest: &[u8], bytes: &[u8], direction: Direction) -> (Frame, u64) {
-    let header = match *carried {
-        State::Data { kind, seq } => Some((kind, seq)),
-        State::Skip => None,
-        State::Head { tail, len } => rejoin(tail, usize::from(len), rest, bytes),
-        _ => match header(*carried, rest) {
+fn finish(carried: &Scanner, rest: &[u8], bytes: &[u8], direction: Direction) -> (Frame, u64) {
+    let header = match carried.tag {
+        Tag::Data => Some((carried.kind, carried.value)),
+        Tag::Skip => None,
+        Tag::Head => rejoin(carried.tail, usize::from(carried.len), rest, bytes),
+        _ => match header(carried.state(), rest) {
             State::Seq { kind, value } | State::SeqCr { kind, value } => Some((kind, value)),
             State::Data { kind, seq } => Some((kind, seq)),
             _ => None,
@@ -254,19 +242,6 @@ fn rejoin(tail: [u64; 2], len: usize, rest: &[u8], bytes: &[u8]) -> Option<(Kind
     }
 }
 
-/// A kept tail as one number (byte 0 lowest). The tail is stored as two
-/// aligned words: as bytes it sat unaligned after the state's tag, and
-/// every read of it was pieced together from three loads.
-#[inline(always)]
-fn from_words([low, high]: [u64; 2]) -> u128 {
-    u128::from(low) | u128::from(high) << 64
-}
-
-#[inline(always)]
-fn to_words(tail: u128) -> [u64; 2] {
-    [tail as u64, (tail >> 64) as u64]
-}
-
 /// The first 16 bytes of `bytes`, zero past its end.
 #[inline(always)]
 fn first_16(bytes: &[u8]) -> u128 {
@@ -288,48 +263,44 @@ fn first_16(bytes: &[u8]) -> u128 {
 /// had none). Written in place, and not at all when a decided header just
 /// goes on.
 #[inline(always)]
-fn carry(state: &mut State, rest: &[u8], bytes: &[u8]) {
+fn carry(scanner: &mut Scanner, rest: &[u8], bytes: &[u8]) {
     if rest.is_empty() {
         return;
     }
-    match *state {
-        State::Data { .. } | State::Skip => {}
-        State::Start if rest.len() < 16 => *state = keep(rest, bytes),
-        State::Start => *state = begin(rest),
-        State::Head { tail, len } => {
-            let len = usize::from(len);
-            *state = if len + rest.len() < 16 {
+    match scanner.tag {
+        Tag::Data | Tag::Skip => {}
+        Tag::Start if rest.len() < 16 => {
+            scanner.tag = Tag::Head;
+            scanner.len = rest.len() as u8;
+            scanner.tail = to_words(keep(rest, bytes));
+        }
+        Tag::Start => scanner.set(begin(rest)),
+        Tag::Head => {
+            let (tail, len) = (from_words(scanner.tail), usize::from(scanner.len));
+            if len + rest.len() < 16 {
                 // Still short: shift the kept bytes down and add these.
-                let kept = from_words(tail) >> (8 * rest.len());
-                match keep(rest, bytes) {
-                    State::Head { tail: new, .. } => State::Head {
-                        tail: to_words(kept | from_words(new)),
-                        len: (len + rest.len()) as u8,
-                    },
-                    other => other,
-                }
+                scanner.len = (len + rest.len()) as u8;
+                scanner.tail = to_words(tail >> (8 * rest.len()) | keep(rest, bytes));
             } else {
                 // Sixteen bytes of the frame now: read them as its start.
-                let kept = from_words(tail) >> (8 * (16 - len));
+                let kept = tail >> (8 * (16 - len));
                 let window = (kept | first_16(rest) << (8 * len)).to_le_bytes();
-                header(begin(&window), rest.get(16 - len..).unwrap_or_default())
-            };
+                let rest = rest.get(16 - len..).unwrap_or_default();
+                scanner.set(header(begin(&window), rest));
+            }
         }
-        other => *state = header(other, rest),
+        _ => scanner.set(header(scanner.state(), rest)),
     }
 }
 
-/// `rest` (1 to 15 bytes, the end of `bytes`) kept raw at the end of a
-/// 16-byte array: the last 16 bytes of the read when there are that many.
+/// `rest` (1 to 15 bytes, the end of `bytes`) at the end of a 16-byte
+/// number (byte 0 lowest), zeros below: the last 16 bytes of the read when
+/// there are that many.
 #[inline(always)]
-fn keep(rest: &[u8], bytes: &[u8]) -> State {
-    let tail = match bytes.last_chunk::<16>() {
+fn keep(rest: &[u8], bytes: &[u8]) -> u128 {
+    match bytes.last_chunk::<16>() {
         Some(last) => u128::from_le_bytes(*last) & (u128::MAX << (8 * (16 - rest.len()))),
         None => first_16(rest) << (8 * (16 - rest.len())),
-    };
-    State::Head {
-        tail: to_words(tail),
-        len: rest.len() as u8,
     }
 }
 
