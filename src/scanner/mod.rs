@@ -179,10 +179,14 @@ impl Scanner {
                 sink.frame(frame, seq, start);
             },
         );
-        if !pending {
-            self.tag = Tag::Start;
+        let rest = bytes.get(start..).unwrap_or_default();
+        // A newline was found when nothing is pending any more: the rest
+        // starts a frame, whatever the stored tag still says.
+        if pending {
+            carry(self, rest, bytes);
+        } else {
+            open(self, rest, bytes);
         }
-        carry(self, bytes.get(start..).unwrap_or_default(), bytes);
     }
 }
 
@@ -258,9 +262,23 @@ fn first_16(bytes: &[u8]) -> u128 {
     }
 }
 
-/// Advances `state`, the state at the start of `rest`, over `rest`: the
-/// bytes after this read's last newline (the whole read, `bytes`, when it
-/// had none). Written in place, and not at all when a decided header just
+/// Stores the state after `rest`, the start of a frame (the bytes after
+/// this read's last newline, at the end of `bytes`; possibly none).
+#[inline(always)]
+fn open(scanner: &mut Scanner, rest: &[u8], bytes: &[u8]) {
+    if rest.is_empty() {
+        scanner.tag = Tag::Start;
+    } else if rest.len() < 16 {
+        scanner.tag = Tag::Head;
+        scanner.len = rest.len() as u8;
+        scanner.tail = to_words(keep(rest, bytes));
+    } else {
+        scanner.set(begin(rest));
+    }
+}
+
+/// Advances the stored state over `rest`, a read without a newline
+/// (`bytes`). Written in place, and not at all when a decided header just
 /// goes on.
 #[inline(always)]
 fn carry(scanner: &mut Scanner, rest: &[u8], bytes: &[u8]) {
@@ -269,12 +287,7 @@ fn carry(scanner: &mut Scanner, rest: &[u8], bytes: &[u8]) {
     }
     match scanner.tag {
         Tag::Data | Tag::Skip => {}
-        Tag::Start if rest.len() < 16 => {
-            scanner.tag = Tag::Head;
-            scanner.len = rest.len() as u8;
-            scanner.tail = to_words(keep(rest, bytes));
-        }
-        Tag::Start => scanner.set(begin(rest)),
+        Tag::Start => open(scanner, rest, bytes),
         Tag::Head => {
             let (tail, len) = (from_words(scanner.tail), usize::from(scanner.len));
             if len + rest.len() < 16 {
