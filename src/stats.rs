@@ -111,9 +111,10 @@ counters! {
     /// SIGUSR2/SIGUSR1 reports dropped because stdout was not read.
     reports_dropped: u64 = filled() [counter "foo_reports_dropped_total" ""
         "SIGUSR2 reports dropped because stdout was not read."];
-    /// Bytes relayed, by direction.
+    /// Bytes read from each side, by direction (counted as read, like the
+    /// frames: a byte the other side never took still counts).
     bytes_client_to_server: u64 = kept(bytes_client_to_server)
-        [counter "foo_bytes_total" "{direction=\"client_to_server\"}" "Bytes relayed."];
+        [counter "foo_bytes_total" "{direction=\"client_to_server\"}" "Bytes read from each side to relay."];
     bytes_server_to_client: u64 = kept(bytes_server_to_client)
         [counter "foo_bytes_total" "{direction=\"server_to_client\"}"];
     /// Bytes read but not yet written, over all connections.
