@@ -349,6 +349,71 @@ fn a_second_takeover_during_one_is_refused_and_the_first_completes() {
     wait_for_log(&second, "complete");
 }
 
+/// The pids a log names (every number after "pid ").
+fn pids_named(log: &str) -> Vec<u32> {
+    log.split("pid ")
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// The control socket is handed on with each hand-over, and on the
+/// connecting side `SO_PEERCRED` names the socket's creator (the first
+/// process) for ever: each successor must learn the pid of the process it
+/// takes over from as that process sends, and every log names the real one.
+#[test]
+fn three_takeovers_in_a_row_name_each_process_by_its_own_pid() {
+    let server = FooServer::start(ServerOpts::default());
+    let dir = scratch("pids");
+    let mut old = start(&flags(&server, "127.0.0.1:0", &dir));
+    for round in 1..=3 {
+        let held = hold(&old);
+        let new = take_over(&server, &old, &dir);
+        wait_for_log(&new, "hand-over: accepting");
+        let (o, n) = (old.pid(), new.pid());
+        // A second successor meanwhile is told both real pids.
+        let mut args = flags(&server, &old.addr.to_string(), &dir);
+        args.push("--takeover".into());
+        let (code, err) = run_to_exit(&args);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains(&format!("a hand-over from pid {o} to pid {n} is already")),
+            "round {round} (old {o}, new {n}): {err}"
+        );
+        drop(held);
+        assert_eq!(old.wait_exit(WAIT), Some(0), "{}", old.stderr());
+        wait_for_log(&new, "complete");
+        let new_log = new.stderr();
+        for line in [
+            format!("hand-over: accepting; pid {o} drains"),
+            format!("hand-over from pid {o} complete"),
+        ] {
+            assert!(
+                new_log.contains(&line),
+                "round {round} (old {o}, new {n}): no {line:?} in:\n{new_log}"
+            );
+        }
+        assert!(
+            pids_named(&new_log).iter().all(|p| *p == o),
+            "round {round}: the successor names a pid other than {o}:\n{new_log}"
+        );
+        let old_log = old.stderr();
+        for line in [
+            format!("hand-over: pid {n} asks to take over"),
+            format!("hand-over: pid {n} has our listeners and counts"),
+        ] {
+            assert!(
+                old_log.contains(&line),
+                "round {round} (old {o}, new {n}): no {line:?} in:\n{old_log}"
+            );
+        }
+        old = new;
+    }
+}
+
 #[test]
 fn a_takeover_whose_flags_cannot_bind_leaves_the_old_one_serving() {
     let server = FooServer::start(ServerOpts::default());

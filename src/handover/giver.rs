@@ -35,6 +35,8 @@ enum Stage {
 
 struct Session {
     link: Link<UnixStream>,
+    /// The successor's pid: `SO_PEERCRED` of the accepted connection,
+    /// which names the process that connected (see [`check_peer`]).
     pid: u32,
     stage: Stage,
 }
@@ -147,7 +149,13 @@ impl Giver {
                         let _ = session.link.send(&Msg::Refused(why.clone()), &[]);
                         break Some(why);
                     }
-                    info!("hand-over: pid {pid} asks to take over");
+                    // The pid we name is the connection's (SO_PEERCRED of
+                    // an accepted socket: the process that connected, in
+                    // our pid namespace); the greeting's is its own view.
+                    if pid != session.pid {
+                        debug!("hand-over: pid {} calls itself pid {pid}", session.pid);
+                    }
+                    info!("hand-over: pid {} asks to take over", session.pid);
                     heard = Heard::Hello;
                 }
                 Ok(Some(Msg::Ready)) if session.stage == Stage::Offered => {

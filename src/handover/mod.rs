@@ -16,6 +16,10 @@
 //! N -> O  DONE                                O exits 0
 //! ```
 //!
+//! N learns O's pid from the credentials O's answer carries (N's socket
+//! has `SO_PASSCRED`), not from `SO_PEERCRED`: the control socket is
+//! handed on, and on the connecting side that names its creator.
+//!
 //! Either side's end before `DONE` is seen as the connection's end: N
 //! claims the recovery file itself (its last snapshot is what O saved), O
 //! takes its listeners back and serves again.
@@ -48,6 +52,11 @@ pub const VERSION: u32 = 1;
 const MAX_LINE: usize = recovery::MAX_FILE_BYTES as usize;
 /// The most descriptors one message carries (`FINAL`: lock and control).
 const MAX_FDS: usize = 4;
+
+/// Who sent a message: the kernel's `SCM_CREDENTIALS` of the sending
+/// process (pid in our pid namespace, uid), present on what a socket with
+/// `SO_PASSCRED` reads.
+pub type Sender = rustix::net::UCred;
 
 /// The control socket of recovery file `path`: `PATH.sock`, beside it.
 pub fn control_path(path: &Path) -> PathBuf {
@@ -186,6 +195,8 @@ pub struct Link<S> {
     pub sock: S,
     inbuf: Vec<u8>,
     fds: VecDeque<OwnedFd>,
+    /// The credentials the last read carried (only with `SO_PASSCRED`).
+    sender: Option<Sender>,
     /// Queued lines not yet written (non-blocking sends), whole lines only
     /// ever added, so a line is never interleaved with another.
     out: Vec<u8>,
@@ -197,6 +208,7 @@ impl<S: AsFd> Link<S> {
             sock,
             inbuf: Vec::new(),
             fds: VecDeque::new(),
+            sender: None,
             out: Vec::new(),
         }
     }
@@ -205,7 +217,10 @@ impl<S: AsFd> Link<S> {
     /// is there (or a blocking socket's timeout ran out).
     pub fn fill(&mut self) -> Io<usize> {
         let mut buf = [0u8; 16 * 1024];
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        // Room for the credentials too: without it, a socket with
+        // SO_PASSCRED would get its descriptors cut off (MSG_CTRUNC).
+        let mut space =
+            [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS), ScmCredentials(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let sock = &self.sock;
         let result = net::io(|| {
@@ -218,8 +233,10 @@ impl<S: AsFd> Link<S> {
             .map_err(io::Error::from)
         });
         for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(fds) = message {
-                self.fds.extend(fds);
+            match message {
+                RecvAncillaryMessage::ScmRights(fds) => self.fds.extend(fds),
+                RecvAncillaryMessage::ScmCredentials(cred) => self.sender = Some(cred),
+                _ => {}
             }
         }
         match result {
@@ -246,6 +263,14 @@ impl<S: AsFd> Link<S> {
         };
         let line: Vec<u8> = self.inbuf.drain(..=end).collect();
         Msg::decode(line.get(..end).unwrap_or_default()).map(Some)
+    }
+
+    /// The process that sent what was read last, as the kernel saw it at
+    /// the send: only on a socket with `SO_PASSCRED` (see
+    /// [`connect_control`]). Unlike `SO_PEERCRED`, it names whoever holds
+    /// the other end now, even when that socket was handed on.
+    pub fn sender(&self) -> Option<Sender> {
+        self.sender
     }
 
     /// The next descriptor that came with the messages read.
@@ -323,19 +348,39 @@ impl<S: AsFd> Link<S> {
     }
 }
 
-/// The uid of the peer of a Unix socket, checked against ours: a process
-/// of another user never takes part in a hand-over. Its pid on success.
+/// The peer of an accepted Unix socket, checked to run as our uid: a
+/// process of another user never takes part in a hand-over. Its pid on
+/// success.
+///
+/// `SO_PEERCRED` names whoever called `connect()` for the socket `accept()`
+/// returned (the successor itself), but on the connecting side it names
+/// whoever called `listen()`: for a control socket that was handed over,
+/// the first process of the chain, long gone. So the connecting side takes
+/// only the uid from it ([`connect_control`]) and the pid from the
+/// messages' credentials ([`Link::sender`]).
 pub fn check_peer(sock: impl AsFd) -> Result<u32, String> {
     let cred = rustix::net::sockopt::socket_peercred(sock)
         .map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    check_uid(cred.uid.as_raw())?;
+    Ok(u32::try_from(cred.pid.as_raw_nonzero().get()).unwrap_or(0))
+}
+
+/// Whether `theirs` is this process's effective uid; the error says whose
+/// it is.
+pub fn check_uid(theirs: u32) -> Result<(), String> {
     let ours = nix::unistd::geteuid().as_raw();
-    let theirs = cred.uid.as_raw();
     if theirs != ours {
         return Err(format!(
             "the peer runs as uid {theirs}, not as this process's uid {ours}"
         ));
     }
-    Ok(u32::try_from(cred.pid.as_raw_nonzero().get()).unwrap_or(0))
+    Ok(())
+}
+
+/// The pid of `sender`, once its uid is checked to be ours.
+pub fn sender_pid(sender: &Sender) -> Result<u32, String> {
+    check_uid(sender.uid.as_raw())?;
+    Ok(u32::try_from(sender.pid.as_raw_nonzero().get()).unwrap_or(0))
 }
 
 /// Creates the control socket at `path` with mode 0600 (the umask is
@@ -368,8 +413,12 @@ pub fn bind_control(path: &Path) -> Result<UnixListener, String> {
 
 /// Connects to the control socket at `path`: `None` when nothing listens
 /// there (no file, or a stale one). The file must be a socket owned by
-/// this user, and the process behind it must run as this user.
-pub fn connect_control(path: &Path) -> Result<Option<(UnixStream, u32)>, String> {
+/// this user, and the socket's creator must have run as this user. The
+/// socket has `SO_PASSCRED` from before the connect, so every message of
+/// the old process carries its credentials ([`Link::sender`]): the pid of
+/// the process that holds the control socket now. `SO_PEERCRED` here would
+/// name the socket's creator ([`check_peer`]).
+pub fn connect_control(path: &Path) -> Result<Option<UnixStream>, String> {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -389,21 +438,35 @@ pub fn connect_control(path: &Path) -> Result<Option<(UnixStream, u32)>, String>
             meta.uid()
         ));
     }
-    let stream = match UnixStream::connect(path) {
-        Ok(stream) => stream,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ENOENT)) => {
-            return Ok(None);
-        }
-        Err(e) => {
-            return Err(format!(
-                "cannot connect to {}: {}",
-                path.display(),
-                describe(&e)
-            ));
-        }
-    };
-    let pid = check_peer(&stream).map_err(|why| format!("{}: {why}", path.display()))?;
-    Ok(Some((stream, pid)))
+    let cannot = |e: io::Error| format!("cannot connect to {}: {}", path.display(), describe(&e));
+    let stream = passcred_stream().map_err(cannot)?;
+    let addr = rustix::net::SocketAddrUnix::new(path).map_err(|e| cannot(e.into()))?;
+    match rustix::net::connect(&stream, &addr) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::CONNREFUSED | rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(cannot(e.into())),
+    }
+    let peer = rustix::net::sockopt::socket_peercred(&stream).map_err(|e| {
+        format!(
+            "{}: cannot read the peer's credentials: {e}",
+            path.display()
+        )
+    })?;
+    check_uid(peer.uid.as_raw()).map_err(|why| format!("{}: {why}", path.display()))?;
+    Ok(Some(UnixStream::from(stream)))
+}
+
+/// A Unix stream socket (close-on-exec) that receives its peer's
+/// credentials with every message.
+fn passcred_stream() -> io::Result<OwnedFd> {
+    let fd = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::sockopt::set_socket_passcred(&fd, true)?;
+    Ok(fd)
 }
 
 /// Whether a listener bound to `actual` serves the configured address

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use mio::{Interest, Registry, Token};
 
-use super::{Link, Msg, VERSION, connect_control};
+use super::{Link, Msg, VERSION, connect_control, sender_pid};
 use crate::net::{Io, describe};
 use crate::recovery::{self, Snapshot, Totals};
 use crate::stats::Stats;
@@ -33,15 +33,17 @@ pub struct Offered {
 /// Asks the process behind control socket `path` for its listeners.
 /// `None`: no process listens there (start normally). Errors: a hand-over
 /// is already in progress, the peer is not ours, it refused or went
-/// silent (bounded by 5 s).
+/// silent (bounded by 5 s). The old process's pid is the one its answer
+/// came from ([`Link::sender`]); until then errors name the socket.
 pub fn ask(path: &Path) -> Result<Option<Offered>, String> {
-    let Some((stream, old_pid)) = connect_control(path)? else {
+    let Some(stream) = connect_control(path)? else {
         return Ok(None);
     };
+    let via = format!("hand-over via {}", path.display());
     let timeouts = stream
         .set_read_timeout(Some(ASK_WAIT))
         .and_then(|()| stream.set_write_timeout(Some(ASK_WAIT)));
-    let what = |e: io::Error| format!("hand-over with pid {old_pid}: {}", describe(&e));
+    let what = |e: io::Error| format!("{via}: {}", describe(&e));
     timeouts.map_err(what)?;
     let mut link = Link::new(stream);
     let hello = Msg::Hello {
@@ -56,12 +58,10 @@ pub fn ask(path: &Path) -> Result<Option<Offered>, String> {
         match link.next_msg() {
             Ok(Some(msg)) => break msg,
             Ok(None) => {}
-            Err(why) => return Err(format!("hand-over with pid {old_pid}: {why}")),
+            Err(why) => return Err(format!("{via}: {why}")),
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "hand-over with pid {old_pid}: no answer within {ASK_WAIT:?}"
-            ));
+            return Err(format!("{via}: no answer within {ASK_WAIT:?}"));
         }
         match link.fill() {
             Io::Done(0) if greeted.is_err() => {
@@ -73,6 +73,11 @@ pub fn ask(path: &Path) -> Result<Option<Offered>, String> {
             Io::Failed(e) => return Err(what(e)),
         }
     };
+    let old_pid = link
+        .sender()
+        .ok_or_else(|| "its answer came without the sender's credentials".to_string())
+        .and_then(|sender| sender_pid(&sender))
+        .map_err(|why| format!("{via}: {why}"))?;
     match msg {
         Msg::Listeners { listen, admin } => {
             let mut take = |addr: Option<SocketAddr>| -> Result<_, String> {
