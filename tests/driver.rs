@@ -213,6 +213,48 @@ fn server_answers_a_last_line_without_a_newline_when_the_client_closes() {
     assert!(!log.contains(" reason=server_closed"), "{log}");
 }
 
+/// What foo-server sends back for one REQ line of `len` bytes (its newline
+/// not counted), sent with a newline or as a last line cut off by the
+/// client's half-close. A server that gives up may reset the connection
+/// while the line is still going up: that is no answer either.
+fn answer_to_one_line(addr: SocketAddr, len: usize, newline: bool) -> Vec<u8> {
+    let mut line = b"REQ 9 ".to_vec();
+    line.resize(len, b'x');
+    if newline {
+        line.push(b'\n');
+    }
+    let mut stream = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_write_timeout(Some(WAIT)).unwrap();
+    if stream.write_all(&line).is_err() || stream.shutdown(Shutdown::Write).is_err() {
+        return Vec::new();
+    }
+    util::read_to_eof(&mut stream).0
+}
+
+#[test]
+fn server_caps_a_line_at_one_mib_with_a_newline_and_at_eof_alike() {
+    const MIB: usize = 1 << 20;
+    let (_server, addr) = foo_server(&["--no-fragment"]);
+    for newline in [true, false] {
+        for len in [MIB - 1, MIB] {
+            let got = answer_to_one_line(addr, len, newline);
+            let msg = proto::parse(got.strip_suffix(b"\n").unwrap_or(&got));
+            assert!(
+                msg.is_some_and(|m| m.seq == 9 && matches!(m.kind, Kind::Ack | Kind::Nak)),
+                "a {len}-byte line (newline: {newline}) is answered: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+        let got = answer_to_one_line(addr, MIB + 1, newline);
+        assert!(
+            got.is_empty(),
+            "a line of 1 MiB + 1 byte (newline: {newline}) ends the connection unanswered: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+}
+
 #[test]
 fn server_holds_a_thousand_connections() {
     let (_server, addr) = foo_server(&["--no-fragment"]);

@@ -7,8 +7,14 @@ use std::io::{self, Read, Write};
 use crate::rng::Rng;
 use foo_proxy::net::{self, Io};
 
-/// Longest line a driver accepts before it gives up on the peer.
+/// Longest line a driver accepts before it gives up on the peer, in bytes,
+/// its newline not counted: the same cap for a line that ends in `\n` and
+/// for a last one that ends at EOF.
 pub const MAX_LINE: usize = 1 << 20;
+
+/// The reader's largest buffer: a longest line and its newline. A buffer
+/// full of bytes without a newline holds a line longer than [`MAX_LINE`].
+const MAX_BUF: usize = MAX_LINE + 1;
 
 /// Bytes read but not yet framed: `buf[start..end]`.
 pub struct LineReader {
@@ -40,7 +46,10 @@ impl LineReader {
         self.end - self.start
     }
 
-    /// One read into the free space, making room first.
+    /// One read into the free space, making room first. Take every
+    /// complete line ([`LineReader::next_line`]) before the next call: a
+    /// buffer full of one unfinished line longer than [`MAX_LINE`] is an
+    /// `InvalidData` error.
     pub fn fill<R: Read>(&mut self, r: &mut R) -> io::Result<Filled> {
         if self.start == self.end {
             self.start = 0;
@@ -50,8 +59,8 @@ impl LineReader {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
-            } else if self.buf.len() < MAX_LINE {
-                self.buf.resize((self.buf.len() * 2).min(MAX_LINE), 0);
+            } else if self.buf.len() < MAX_BUF {
+                self.buf.resize((self.buf.len() * 2).min(MAX_BUF), 0);
             } else {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -173,6 +182,49 @@ mod tests {
         }
         assert_eq!(got, [&b"REQ 6 gxb6w7yr3sc647vyua"[..], b"ACK 1", b"ACK 2"]);
         assert_eq!(lines.pending(), b"partial".len());
+    }
+
+    /// One line of `len` bytes (`REQ 1 xxx...`), with a newline or cut off
+    /// by EOF: what the reader hands out, or the error.
+    fn read_one(len: usize, newline: bool) -> Result<Vec<u8>, io::ErrorKind> {
+        let mut input = b"REQ 1 ".to_vec();
+        input.resize(len, b'x');
+        if newline {
+            input.push(b'\n');
+        }
+        let mut r = &input[..];
+        let mut lines = LineReader::new(4096);
+        loop {
+            if let Some(line) = lines.next_line() {
+                return Ok(line.to_vec());
+            }
+            match lines.fill(&mut r).map_err(|e| e.kind())? {
+                Filled::Eof => {
+                    return lines
+                        .take_rest()
+                        .map(<[u8]>::to_vec)
+                        .ok_or(io::ErrorKind::UnexpectedEof);
+                }
+                Filled::Bytes(_) | Filled::WouldBlock => {}
+            }
+        }
+    }
+
+    #[test]
+    fn the_line_cap_is_the_same_with_a_newline_and_at_eof() {
+        for newline in [true, false] {
+            for len in [MAX_LINE - 1, MAX_LINE] {
+                let line = read_one(len, newline).unwrap_or_else(|e| {
+                    panic!("a {len}-byte line (newline: {newline}) is within the cap: {e:?}")
+                });
+                assert_eq!(line.len(), len, "newline: {newline}");
+            }
+            assert_eq!(
+                read_one(MAX_LINE + 1, newline),
+                Err(io::ErrorKind::InvalidData),
+                "a line of MAX_LINE + 1 bytes (newline: {newline}) is over the cap"
+            );
+        }
     }
 
     #[test]
