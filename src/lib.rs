@@ -4,9 +4,9 @@
 //!
 //! 1. **accept**: the listener hands over a client; a non-blocking connect to
 //!    the upstream starts at once, and both sockets join a slab as a pair.
-//! 2. **relay**: each direction is a [`pipe::Pipe`]. Bytes are read into a
+//! 2. **relay**: each direction is a `pipe::Pipe`. Bytes are read into a
 //!    shared scratch buffer and written straight through; only what the peer
-//!    cannot take yet is parked in a pooled buffer ([`pool`]), bounded per
+//!    cannot take yet is parked in a pooled buffer (`pool`), bounded per
 //!    direction (backpressure). Idle pairs hold no buffer.
 //! 3. **scan**: every byte read passes through a per-direction
 //!    [`scanner::Scanner`], which classifies newline-terminated frames
@@ -16,7 +16,7 @@
 //!    whole line with it, for the test tools); the scanner's `reference`
 //!    classifier is a test oracle, built only for tests and fuzzing.
 //! 4. **count**: frame counts go into [`stats::Stats`] in place; the moving
-//!    windows ([`rates`]) take them once per loop iteration. One list in
+//!    windows (`rates`) take them once per loop iteration. One list in
 //!    [`stats`] names every counter once: its report field, its Prometheus
 //!    metric and whether the recovery file keeps it across a restart. The
 //!    same scan matches each answer to its request by seq ([`seqs`]) and
@@ -40,7 +40,7 @@
 //!    `recovery::path` (safe opens) and `recovery::codec` (pure: the
 //!    snapshot's bytes and the restore arithmetic).
 //! 7. **close**: a client the proxy is done with gets a lingering close
-//!    ([`pair::linger`]): what is queued, then a FIN, then its input is discarded
+//!    (`pair::linger`): what is queued, then a FIN, then its input is discarded
 //!    until its EOF (bounded), so a close never turns into a reset that
 //!    destroys answers the client has not read.
 //!
@@ -50,9 +50,9 @@
 //! facade's backend), [`output`] (stdout and stderr through writer threads
 //! with bounded queues: printing never blocks the loop), [`net`]
 //! (dual-stack listeners, connect progress, errno names, self-forward
-//! check), [`scanner`], [`rates`] and [`stats`] (pure logic, clock passed
+//! check), [`scanner`], `rates` and [`stats`] (pure logic, clock passed
 //! in), [`recovery`] (the pure codec; the file, its lock and its writer
-//! thread), [`pool`], [`pipe`], [`pair::linger`] and [`server`] (I/O: the
+//! thread), `pool`, `pipe`, `pair::linger` and [`server`] (I/O: the
 //! loop in `server`, its hand-over and stop sides in `server::hand_over`
 //! and `server::stop`; accept gating in `gate`; every deadline in one
 //! `timer` set; a pair's life in `pair`, its PROXY header read in

@@ -1,6 +1,6 @@
 //! The `log` facade's backend: `2026-11-27T22:10:11.123Z WARN message` lines
 //! (or one JSON object a line with `--log-format json`) on stderr, through
-//! [`output`](crate::output) so that logging never blocks the event loop.
+//! [`output`] so that logging never blocks the event loop.
 //!
 //! Nothing is logged per message or per connection at the default level
 //! (`info`); per-connection events are `debug`. Lines a peer can trigger

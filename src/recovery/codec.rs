@@ -263,7 +263,7 @@ impl fmt::Display for Implausible {
 }
 
 /// Whether `snapshot`'s window can be part of its totals: at most
-/// [`BUCKETS`] buckets, each started in the `WINDOW_MS` before the snapshot,
+/// `BUCKETS` buckets, each started in the `WINDOW_MS` before the snapshot,
 /// no two with the same start, and their requests and responses summed no
 /// more than `msg_req` and `msg_ack + msg_nak` (so no bucket is either).
 /// Pure; the first rule broken is the answer.

@@ -3,7 +3,7 @@
 //! Pure part: [`Snapshot`], [`encode`]/[`decode`], [`capture`], [`plan`] and
 //! [`restore`]. They take both clocks as arguments: the wall clock (ms since
 //! the Unix epoch) maps ages across processes, the monotonic one (the
-//! server's `now_ms`) places them in the [`RateWindow`](crate::rates::RateWindow).
+//! server's `now_ms`) places them in the `RateWindow`.
 //!
 //! I/O part: [`Recovery::claim`] checks the path before any socket is
 //! bound (a regular file or nothing; never a FIFO, device or directory) and

@@ -143,7 +143,7 @@ impl Recovery {
 
     /// `--check`: the checks [`claim`](Recovery::claim) makes, without
     /// creating, writing or removing anything: the path's kind, whether its
-    /// directory could be made or written ([`could_create_in`]), and an
+    /// directory could be made or written (`could_create_in`), and an
     /// existing lock file's checks and `flock`, tried and released at once
     /// (a lock another process holds is the error, naming its pid).
     /// `Ok(Some(why))`: the file cannot be written now, which the proxy

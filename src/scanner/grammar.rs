@@ -51,7 +51,7 @@ pub struct Line<'a> {
 /// Parses one line given without its `\n` (a final `\r` is tolerated);
 /// `None` when it is not well-formed. The direction is not checked.
 ///
-/// This is the grammar [`Scanner::scan`] applies at each frame start (the
+/// This is the grammar [`Scanner::scan`](crate::scanner::Scanner::scan) applies at each frame start (the
 /// same code, inlined), so the drivers and the proxy cannot disagree.
 pub fn parse_line(line: &[u8]) -> Option<Line<'_>> {
     let (kind, seq, used) = parse_header(line)?;

@@ -1,6 +1,6 @@
-//! The event loop: one mio poll drives the client listener ([`Gate`]), the
-//! pairs ([`Pairs`]), the admin socket, the signals and the hand-over
-//! ([`handover`]), and one timer set holds every deadline. The loop owns
+//! The event loop: one mio poll drives the client listener (`Gate`), the
+//! pairs (`Pairs`), the admin socket, the signals and the hand-over
+//! ([`handover`](crate::handover)), and one timer set holds every deadline. The loop owns
 //! all state; nothing is shared. The hand-over side of the loop is in
 //! `hand_over`, the stop side (signals, drain, exit) in `stop`.
 
