@@ -48,8 +48,11 @@ use crate::recovery::{self, Snapshot};
 
 /// The protocol's version in `HELLO`.
 pub const VERSION: u32 = 1;
-/// The longest line either side accepts: a snapshot is a few KiB.
-const MAX_LINE: usize = recovery::MAX_FILE_BYTES as usize;
+/// The longest line either side accepts, in bytes, its newline not
+/// counted: the longest message, a snapshot as large as a recovery file may
+/// be after the words before it (`FINAL lock control `). Snapshots are a
+/// few KiB.
+const MAX_LINE: usize = recovery::MAX_FILE_BYTES as usize + 64;
 /// The most descriptors one message carries (`FINAL`: lock and control).
 const MAX_FDS: usize = 4;
 
@@ -189,14 +192,17 @@ impl Msg {
 }
 
 /// One end of the conversation: the socket, what was read and not yet
-/// parsed (bounded by 1 MiB), and the descriptors that came with it,
-/// in order.
+/// parsed (one line up to `MAX_LINE`, 1 MiB and 64 bytes, the whole up to
+/// twice that), and the descriptors that came with it, in order.
 pub struct Link<S> {
     pub sock: S,
     inbuf: Vec<u8>,
     fds: VecDeque<OwnedFd>,
     /// The credentials the last read carried (only with `SO_PASSCRED`).
     sender: Option<Sender>,
+    /// The length of the line being read: `inbuf`'s bytes after its last
+    /// newline. Complete lines before it do not count towards the cap.
+    unfinished: usize,
     /// Queued lines not yet written (non-blocking sends), whole lines only
     /// ever added, so a line is never interleaved with another.
     out: Vec<u8>,
@@ -209,6 +215,7 @@ impl<S: AsFd> Link<S> {
             inbuf: Vec::new(),
             fds: VecDeque::new(),
             sender: None,
+            unfinished: 0,
             out: Vec::new(),
         }
     }
@@ -243,11 +250,22 @@ impl<S: AsFd> Link<S> {
             Io::Done(msg) => {
                 let got = buf.get(..msg.bytes).unwrap_or_default();
                 self.inbuf.extend_from_slice(got);
-                if self.inbuf.len() > MAX_LINE && !self.inbuf.contains(&b'\n') {
-                    return Io::Failed(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "a hand-over line is too long",
-                    ));
+                self.unfinished = match got.iter().rposition(|b| *b == b'\n') {
+                    Some(end) => got.len() - end - 1,
+                    None => self.unfinished + got.len(),
+                };
+                // The line being read, not the buffer, is what is capped;
+                // the buffer is bounded too, against a peer that sends
+                // lines faster than the conversation takes them.
+                let why = if self.unfinished > MAX_LINE {
+                    Some("a hand-over line is too long")
+                } else if self.inbuf.len() > 2 * MAX_LINE {
+                    Some("the peer sent more than two lines ahead")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Io::Failed(io::Error::new(io::ErrorKind::InvalidData, why));
                 }
                 Io::Done(msg.bytes)
             }

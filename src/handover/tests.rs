@@ -116,3 +116,75 @@ fn the_unspecified_v6_listen_address_matches_its_v4_fallback() {
     let lo: SocketAddr = "127.0.0.1:8002".parse().unwrap();
     assert!(!same_listen(lo, "0.0.0.0:8002".parse().unwrap()));
 }
+
+/// What a receiving link makes of `bytes`, written by a thread while it
+/// reads: the messages it read until the end, or the error that ended it.
+fn read_all(bytes: Vec<u8>) -> Result<usize, io::ErrorKind> {
+    let (mut a, b) = UnixStream::pair().unwrap();
+    b.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = a.write_all(&bytes);
+    });
+    let mut receiver = Link::new(b);
+    let mut messages = 0;
+    let result = loop {
+        match receiver.fill() {
+            Io::Done(0) => break Ok(messages),
+            Io::Done(_) => {}
+            Io::WouldBlock => break Err(io::ErrorKind::TimedOut),
+            Io::Failed(e) => break Err(e.kind()),
+        }
+        // One message taken per read, as the old process's side does.
+        if let Ok(Some(_)) | Err(_) = receiver.next_msg() {
+            messages += 1;
+        }
+    };
+    drop(receiver);
+    writer.join().unwrap();
+    result
+}
+
+#[test]
+fn the_line_cap_counts_the_line_being_read_not_complete_ones_before_it() {
+    // A longest line with its newline is read whole.
+    let mut longest = vec![b'x'; MAX_LINE];
+    longest.push(b'\n');
+    assert_eq!(read_all(longest), Ok(1));
+    // One byte more is too long, also after complete lines: one left
+    // unread before it (one message is taken per read, and 2,000 lines
+    // outlast the reads) used to hide any length after it.
+    for before in [Vec::new(), b"READY\n".repeat(2000)] {
+        let mut long = before.clone();
+        long.extend(std::iter::repeat_n(b'x', MAX_LINE + 1));
+        assert_eq!(
+            read_all(long),
+            Err(io::ErrorKind::InvalidData),
+            "{} bytes of lines before",
+            before.len()
+        );
+    }
+}
+
+#[test]
+fn descriptors_and_the_senders_credentials_arrive_together() {
+    let (a, b) = UnixStream::pair().unwrap();
+    rustix::net::sockopt::set_socket_passcred(&b, true).unwrap();
+    let (x, _y) = UnixStream::pair().unwrap();
+    let (z, _w) = UnixStream::pair().unwrap();
+    let mut sender = Link::new(a);
+    let listeners = Msg::Listeners {
+        listen: Some("127.0.0.1:1".parse().unwrap()),
+        admin: Some("127.0.0.1:2".parse().unwrap()),
+    };
+    sender.send(&listeners, &[x.as_fd(), z.as_fd()]).unwrap();
+    let mut receiver = Link::new(b);
+    assert!(matches!(receiver.fill(), Io::Done(n) if n > 0));
+    assert_eq!(receiver.next_msg().unwrap(), Some(listeners));
+    assert!(receiver.take_fd().is_some() && receiver.take_fd().is_some());
+    let sender = receiver
+        .sender()
+        .expect("SO_PASSCRED brings the credentials");
+    assert_eq!(sender_pid(&sender), Ok(std::process::id()));
+}
