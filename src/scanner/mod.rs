@@ -97,7 +97,7 @@ impl FrameSink for FrameCounts {
 
 /// Scanner state for one direction of one connection: four words.
 ///
-/// The [`State`] is kept spread over plain fields, each read and written
+/// The `State` is kept spread over plain fields, each read and written
 /// at its own width: kept as an enum, its parts sat at odd offsets and
 /// were copied in pieces of other widths than they were read back with by
 /// the next call (a load that spans several earlier stores cannot take its
