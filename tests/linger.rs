@@ -105,6 +105,10 @@ fn big_answer_server(after: After, len: usize) -> SocketAddr {
                 let mut sink = vec![0u8; 64 * 1024];
                 let _ = stream.set_read_timeout(Some(WAIT));
                 while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+                if after == After::Hang {
+                    // Like the reference: never closes, not even at EOF.
+                    thread::sleep(WAIT);
+                }
             });
         }
     });
@@ -163,7 +167,13 @@ fn the_fin_timeout_delivers_queued_answers_then_eof() {
     // 1 s: the lingering close lasts as long as the fin timeout, and the
     // client must read inside it; at 300 ms a loaded machine woke the
     // client after the window had closed.
-    let proxy = Proxy::start(&upstream.to_string(), &["--fin-timeout", "1s"]);
+    // 16 MiB held: the proxy reads the whole 8 MiB answer, so the cut
+    // falls on a line boundary and what is queued is delivered, then a FIN
+    // (a cut inside a line is a reset: see the tests below).
+    let proxy = Proxy::start(
+        &upstream.to_string(),
+        &["--fin-timeout", "1s", "--buffer-size", "16MiB"],
+    );
     for round in 0..10 {
         let before = relayed_so_far(&proxy);
         let mut c = small_window_client(proxy.addr);
@@ -199,11 +209,6 @@ const GREETING: usize = 8 << 20;
 
 /// An upstream that sends an 8 MiB greeting and never reads.
 fn deaf_server() -> (SocketAddr, Arc<Mutex<Vec<TcpStream>>>) {
-    deaf_server_of(GREETING)
-}
-
-/// An upstream that sends a `len`-byte greeting and never reads.
-fn deaf_server_of(len: usize) -> (SocketAddr, Arc<Mutex<Vec<TcpStream>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let held = Arc::new(Mutex::new(Vec::new()));
@@ -213,7 +218,7 @@ fn deaf_server_of(len: usize) -> (SocketAddr, Arc<Mutex<Vec<TcpStream>>>) {
             let Ok(mut stream) = stream else { break };
             let keep = keep.clone();
             thread::spawn(move || {
-                let _ = stream.write_all(&answer_of(len));
+                let _ = stream.write_all(&answer_of(GREETING));
                 keep.lock().unwrap().push(stream);
             });
         }
@@ -258,7 +263,13 @@ fn relayed_so_far(proxy: &Proxy) -> u64 {
 #[test]
 fn an_idle_timeout_delivers_what_is_queued_and_survives_late_input() {
     let (upstream, _held) = deaf_server();
-    let proxy = Proxy::start(&upstream.to_string(), &["--idle-timeout", "300ms"]);
+    // 16 MiB held: the proxy reads the whole 8 MiB answer, so the cut
+    // falls on a line boundary and what is queued is delivered, then a FIN
+    // (a cut inside a line is a reset: see the tests below).
+    let proxy = Proxy::start(
+        &upstream.to_string(),
+        &["--idle-timeout", "300ms", "--buffer-size", "16MiB"],
+    );
     for round in 0..5 {
         let before = relayed_so_far(&proxy);
         let mut c = small_window_client(proxy.addr);
@@ -274,7 +285,13 @@ fn an_idle_timeout_delivers_what_is_queued_and_survives_late_input() {
 fn the_end_of_a_drain_delivers_what_is_queued_and_survives_late_input() {
     for round in 0..3 {
         let (upstream, _held) = deaf_server();
-        let mut proxy = Proxy::start(&upstream.to_string(), &["--drain-timeout", "200ms"]);
+        // 16 MiB held: the proxy reads the whole 8 MiB answer, so the cut
+        // falls on a line boundary and what is queued is delivered, then a FIN
+        // (a cut inside a line is a reset: see the tests below).
+        let mut proxy = Proxy::start(
+            &upstream.to_string(),
+            &["--drain-timeout", "200ms", "--buffer-size", "16MiB"],
+        );
         let mut c = small_window_client(proxy.addr);
         // What the proxy read stops growing once its buffers are full:
         // polled until it holds still for 300 ms, not read once after a
@@ -492,45 +509,98 @@ fn a_half_closed_client_still_taking_its_answers_is_not_cut_at_the_fin_timeout()
     assert!(answer_of(LEN) == got, "bytes differ");
 }
 
+/// An upstream that answers each connection with `len` bytes of 1 KiB
+/// lines (`ACK n xxx...`) and then holds it open, never reading.
+fn line_flood_server(len: usize) -> (SocketAddr, Arc<Vec<u8>>) {
+    let mut stream = Vec::with_capacity(len);
+    let mut n = 0u64;
+    while stream.len() < len {
+        n += 1;
+        let mut line = format!("ACK {n} ").into_bytes();
+        line.resize(1023, b'x');
+        line.push(b'\n');
+        stream.extend_from_slice(&line);
+    }
+    let stream = Arc::new(stream);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bytes = stream.clone();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let bytes = bytes.clone();
+            thread::spawn(move || {
+                let _ = conn.write_all(&bytes);
+                thread::sleep(WAIT);
+            });
+        }
+    });
+    (addr, stream)
+}
+
 #[test]
-fn a_client_that_never_takes_its_answers_gets_a_reset_not_a_fin_when_the_bound_runs_out() {
-    // The idle timeout fires while the proxy still holds answers the
-    // client never read; the lingering close's bound runs out with them
-    // undelivered. A FIN then would pass the cut stream off as whole.
-    // 64 MiB: more than every kernel buffer on the way holds (each grows
-    // to a few MiB), so the proxy itself is left holding some.
+fn a_stream_the_proxy_cuts_never_ends_in_a_partial_line_and_a_fin() {
+    // The client reads nothing while the server sends 64 MiB of lines; the
+    // idle timeout cuts the relay wherever the reads stopped, and the
+    // lingering close's bound runs out with answers still held. Either way
+    // the client must be able to tell: a reset, or a FIN only after a
+    // whole line (a FIN after `ACK 94` of `ACK 94 xxx` passes a truncated
+    // answer off as a whole one). With the default buffer and with 4 MiB.
     const LEN: usize = 64 << 20;
-    let (upstream, _held) = deaf_server_of(LEN);
+    let (upstream, sent) = line_flood_server(LEN);
+    for buffer in ["64KiB", "4MiB"] {
+        let proxy = Proxy::start(
+            &upstream.to_string(),
+            &[
+                "--idle-timeout",
+                "200ms",
+                "--fin-timeout",
+                "200ms",
+                "--buffer-size",
+                buffer,
+            ],
+        );
+        for round in 0..3 {
+            let mut c = small_window_client(proxy.addr);
+            let what = format!("--buffer-size {buffer}, round {round}");
+            wait_for("the pair to be closed", || {
+                proxy.report()["connections_active"] == 0
+            });
+            let (got, end) = read_fast(&mut c);
+            assert!(got.len() < LEN, "{what}: the client got everything");
+            assert!(sent.starts_with(&got), "{what}: bytes differ");
+            match end {
+                Err(ErrorKind::ConnectionReset) => {}
+                Ok(()) => assert!(
+                    got.ends_with(b"\n"),
+                    "{what}: a FIN after a partial line ({} bytes)",
+                    got.len()
+                ),
+                Err(e) => panic!("{what}: {e:?} after {} bytes", got.len()),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_client_reading_slowly_after_the_server_closed_gets_everything_then_eof() {
+    // The server sends 8 MiB and closes; the proxy holds up to 4 MiB of it
+    // while the client reads at 64 KiB every 30 ms (about 4 s). The
+    // lingering close's 1 s bound counts from the last byte delivered: the
+    // client must get the whole stream and a FIN, not a reset at 1 s that
+    // destroys what the kernel still held for it.
+    const LEN: usize = 8 << 20;
+    let upstream = big_answer_server(After::Close, LEN);
     let proxy = Proxy::start(
         &upstream.to_string(),
-        // 4 MiB held per direction: more than the room that late ACKs can
-        // free in the client's socket after the stall, so some is still
-        // held when the bound runs out.
-        &[
-            "--idle-timeout",
-            "200ms",
-            "--fin-timeout",
-            "200ms",
-            "--buffer-size",
-            "4MiB",
-        ],
+        &["--fin-timeout", "1s", "--buffer-size", "4MiB"],
     );
-    for round in 0..3 {
-        let mut c = small_window_client(proxy.addr);
-        let what = format!("round {round}");
-        // The client reads nothing until the pair is gone.
-        wait_for("the pair to be closed", || {
-            proxy.report()["connections_active"] == 0
-        });
-        let (got, end) = read_fast(&mut c);
-        assert!(got.len() < LEN, "{what}: the client got everything");
-        assert_eq!(
-            end,
-            Err(ErrorKind::ConnectionReset),
-            "{what}: {} bytes of a cut stream, then no reset",
-            got.len()
-        );
-    }
+    let mut c = small_window_client(proxy.addr);
+    c.write_all(b"REQ 1 big\n").unwrap();
+    let (got, end) = read_paced(&mut c, 64 * 1024, Duration::from_millis(30));
+    assert_eq!(end, Ok(()), "no clean EOF after {} bytes", got.len());
+    assert_eq!(got.len(), LEN, "the stream was cut");
+    assert!(answer_of(LEN) == got, "bytes differ");
 }
 
 /// An upstream that reads each connection until EOF or an error and sends

@@ -42,6 +42,10 @@ pub(crate) enum Ending {
     TooMuch,
     /// Its deadline came first (a reset if input is left unread).
     Bound,
+    /// The proxy cut the relay (a timeout, the drain's end) inside an
+    /// answer line: a reset at once, so that the client never takes the
+    /// line's first part, then a FIN, for a whole answer.
+    CutMidLine,
     /// No lingering close: the client failed, so both sides close now.
     AtOnce,
 }
@@ -56,6 +60,7 @@ impl fmt::Display for Ending {
                 "client sent over {MAX_DISCARD} bytes after the FIN; closing"
             ),
             Ending::Bound => f.write_str("lingering close reached its bound"),
+            Ending::CutMidLine => f.write_str("reset: the relay was cut inside an answer line"),
             Ending::AtOnce => f.write_str("closed at once"),
         }
     }
@@ -64,8 +69,9 @@ impl fmt::Display for Ending {
 /// What one drive of a lingering client came to.
 #[derive(Debug)]
 pub(crate) enum Step {
-    /// Waiting for the client to read or to close.
-    Wait,
+    /// Waiting for the client to read or to close; `moved`: queued bytes
+    /// went out in this drive (the bound counts from the last of them).
+    Wait { moved: bool },
     /// Read budget used up with input left: drive again next turn.
     Requeue,
     /// The close is over.
@@ -92,7 +98,7 @@ impl Linger {
     pub fn drive(&mut self, client: &mut Side, s2c: &mut Pipe, ctx: &mut Ctx<'_>) -> Step {
         if s2c.pending() > 0 {
             match s2c.flush_to(client, ctx.pool) {
-                Ok(_) if s2c.pending() > 0 => return Step::Wait,
+                Ok(moved) if s2c.pending() > 0 => return Step::Wait { moved },
                 Ok(_) => {}
                 Err(Fault::Destination(e) | Fault::Source(e)) => {
                     return Step::Done(Ending::Failed(e));
@@ -137,6 +143,6 @@ impl Linger {
                 Io::Failed(e) => return Step::Done(Ending::Failed(e)),
             }
         }
-        Step::Wait
+        Step::Wait { moved: false }
     }
 }

@@ -99,7 +99,8 @@ pub(crate) enum Deadline {
     /// `--fin-timeout` for the answers to a half-closed client, since the
     /// later of the half-close and the last byte moved.
     Fin,
-    /// The bound of the lingering close (`--fin-timeout`, shorter at exit).
+    /// The bound of the lingering close (`--fin-timeout` since the last
+    /// queued byte went out, shorter at exit).
     Linger,
 }
 
@@ -347,7 +348,13 @@ impl Pair {
             Deadline::Connect => Due::ConnectTimedOut,
             Deadline::Idle => unless_moved(t.idle, Reason::IdleTimeout),
             Deadline::Fin => unless_moved(t.fin, Reason::FinTimeout),
-            Deadline::Linger => Due::Close(Ending::Bound),
+            // While queued answers still go out, the bound counts from the
+            // last byte that went (a client reading at its own pace is not
+            // cut); once they are out, from the FIN.
+            Deadline::Linger => match self.last_active + t.fin {
+                until if self.s2c.pending() > 0 && until > now => Due::Later(until),
+                _ => Due::Close(Ending::Bound),
+            },
         }
     }
 
@@ -371,9 +378,9 @@ impl Pair {
                 rearm: false,
             },
             State::Lingering(l) => match l.drive(client, s2c, ctx) {
-                Step::Wait => Outcome::Going {
+                Step::Wait { moved } => Outcome::Going {
                     requeue: false,
-                    moved: false,
+                    moved,
                     rearm: false,
                 },
                 Step::Requeue => Outcome::Going {

@@ -5,6 +5,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use super::{Env, Pairs};
+use crate::pair::linger::Ending;
 use crate::pair::{Deadline, Due, Reason, State};
 use crate::timer::Timer;
 
@@ -20,7 +21,12 @@ impl Pairs {
                 let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
                 self.next_address(key, err, env);
             }
-            Due::Later(when) => self.arm(key, when, env),
+            // Never past the exit's bound: a lingering close still
+            // delivering at the exit ends there.
+            Due::Later(when) => match self.exit {
+                Some(exit) if exit <= env.now => self.close(key, Ending::Bound, env),
+                exit => self.arm(key, exit.map_or(when, |e| e.min(when)), env),
+            },
             Due::End(reason) => self.end(key, reason, env),
             Due::Close(ending) => self.close(key, ending, env),
         }

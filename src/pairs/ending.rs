@@ -94,10 +94,18 @@ impl Pairs {
             add(&mut env.stats.partial_frames_server_to_client, 1);
         }
         debug!("pair {}: relay ended ({reason})", pair.id);
+        // The proxy's own cut inside an answer line: a FIN would pass the
+        // line's first part off as a whole answer (`ACK 94` of `ACK 94
+        // data`), so the client gets a reset at once instead.
+        let cut = matches!(
+            reason,
+            Reason::IdleTimeout | Reason::FinTimeout | Reason::Shutdown
+        ) && !pair.s2c.at_frame_boundary();
         if released {
             self.serve_queue(env);
         }
         match reason {
+            _ if cut => self.close(key, Ending::CutMidLine, env),
             // A client over its limit is not kept for a lingering close:
             // that would let one address hold every slot.
             Reason::ClientFailed | Reason::ClientLimit => self.close(key, Ending::AtOnce, env),
@@ -135,7 +143,7 @@ impl Pairs {
         let relaying = matches!(pair.state, State::Relaying { .. });
         // A stream cut short ends with a reset, never a FIN: the peer must
         // not take a truncated stream for a whole one.
-        if pair.client_cut() {
+        if pair.client_cut() || matches!(ending, Ending::CutMidLine) {
             net::reset_on_close(&pair.client.stream);
         }
         let upstream_cut = pair.upstream_cut();
