@@ -46,6 +46,7 @@ pub(crate) struct Upstreams {
     loop_watch: HashMap<(IpAddr, u16), usize>,
     failure_log: Throttle,
     retry_log: Throttle,
+    spare_log: Throttle,
 }
 
 impl Upstreams {
@@ -57,6 +58,7 @@ impl Upstreams {
             loop_watch: HashMap::new(),
             failure_log: Throttle::new(LOG_INTERVAL),
             retry_log: Throttle::new(LOG_INTERVAL),
+            spare_log: Throttle::new(LOG_INTERVAL),
         }
     }
 
@@ -115,6 +117,21 @@ impl Upstreams {
                 "cannot reach upstream {}: {}; closing the client{}",
                 self.spec,
                 describe(err),
+                suppressed_note(suppressed)
+            );
+        }
+    }
+
+    /// Logs, throttled, a spare whose connect failed at every address
+    /// (`err` is the last one's); spares pause for `pause`. Not counted in
+    /// `upstream_errors`: no client was refused.
+    pub fn spare_failed(&mut self, err: &io::Error, pause: Duration, now: Instant) {
+        if let Some(suppressed) = self.spare_log.ready(now) {
+            warn!(
+                "cannot open a spare connection to upstream {}: {}; trying again in {}s{}",
+                self.spec,
+                describe(err),
+                pause.as_secs(),
                 suppressed_note(suppressed)
             );
         }

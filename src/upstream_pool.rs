@@ -13,7 +13,7 @@
 //! counts.
 
 use std::collections::VecDeque;
-use std::io::Read;
+use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
 use log::debug;
@@ -124,6 +124,9 @@ struct Entry {
     connected: bool,
     /// It served a client already (else it is a spare nobody used yet).
     used: bool,
+    /// The forward address number a spare connects to: a failed connect
+    /// moves on to the next one, as a client's does.
+    attempt: u32,
     /// The connect timeout, then the idle timeout.
     deadline: Slot,
 }
@@ -270,6 +273,7 @@ impl UpstreamPool {
             id: self.next_id,
             connected: true,
             used: true,
+            attempt: 0,
             deadline,
         });
         self.idle.push(key);
@@ -321,10 +325,10 @@ impl UpstreamPool {
             let key = self.entries.vacant_key();
             let started =
                 upstreams.connect(NO_PAIR, 0, token(key), lent.registry, lent.stats, lent.now);
-            let stream = match started {
-                Ok((_, stream)) => stream,
+            let (attempt, stream) = match started {
+                Ok(started) => started,
                 Err(NotStarted::OutOfResources(e) | NotStarted::Failed(e)) => {
-                    debug!("cannot open a spare upstream connection: {}", describe(&e));
+                    upstreams.spare_failed(&e, SPARE_BACKOFF, lent.now);
                     self.spare_failed(lent);
                     break;
                 }
@@ -339,6 +343,7 @@ impl UpstreamPool {
                 id: self.next_id,
                 connected: false,
                 used: false,
+                attempt,
                 deadline,
             });
         }
@@ -362,9 +367,7 @@ impl UpstreamPool {
             match connect_progress_after(event, &entry.stream) {
                 Connect::Pending => return,
                 Connect::Failed(e) => {
-                    debug!("spare upstream connect failed: {}", describe(&e));
-                    self.drop_entry(key, Discard::ConnectFailed, upstreams, lent);
-                    self.spare_failed(lent);
+                    self.spare_next_address(key, e, upstreams, lent);
                     return;
                 }
                 Connect::Connected => {
@@ -410,9 +413,57 @@ impl UpstreamPool {
         if entry.connected {
             self.drop_entry(key, Discard::IdleTimeout, upstreams, lent);
         } else {
-            self.drop_entry(key, Discard::ConnectFailed, upstreams, lent);
-            self.spare_failed(lent);
+            let e = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+            self.spare_next_address(key, e, upstreams, lent);
         }
+    }
+
+    /// Spare `key`'s connect failed with `err`: it moves on to the next
+    /// forward address, with a whole `--connect-timeout` of its own,
+    /// counted and logged as a client's retry is; after the last address
+    /// it is dropped (`connect_failed`), logged (throttled), and spares
+    /// pause for [`SPARE_BACKOFF`].
+    fn spare_next_address(
+        &mut self,
+        key: usize,
+        err: io::Error,
+        upstreams: &mut Upstreams,
+        lent: &mut Lent<'_>,
+    ) {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        let failed = entry.attempt;
+        upstreams.retrying(failed, &err, lent.stats, lent.now);
+        let from = (failed as usize).saturating_add(1);
+        let mut last = err;
+        if upstreams.address(from as u32).is_some() {
+            // Replaced below; its close takes it out of the poll.
+            upstreams.release(NO_PAIR, &entry.stream);
+            let started = upstreams.connect(
+                NO_PAIR,
+                from,
+                token(key),
+                lent.registry,
+                lent.stats,
+                lent.now,
+            );
+            match started {
+                Ok((next, stream)) => {
+                    entry.stream = stream;
+                    entry.attempt = next;
+                    let until = lent.now + self.limits.connect_timeout;
+                    entry
+                        .deadline
+                        .set(lent.timers, Some(until), entry.id, Timer::Upstream(key));
+                    return;
+                }
+                Err(NotStarted::OutOfResources(e) | NotStarted::Failed(e)) => last = e,
+            }
+        }
+        upstreams.spare_failed(&last, SPARE_BACKOFF, lent.now);
+        self.drop_entry(key, Discard::ConnectFailed, upstreams, lent);
+        self.spare_failed(lent);
     }
 
     /// The spare backoff is over.

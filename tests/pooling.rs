@@ -758,6 +758,11 @@ fn a_spare_whose_connect_fails_is_counted_connect_failed_only() {
     // One spare, then the 1 s back-off: one or two by now.
     assert!((1..=2).contains(&failed), "{r}");
     assert_discards(&r, &[("connect_failed", failed)]);
+    assert_eq!(n(&r, "upstream_errors"), 0, "no client was refused: {r}");
+    // Logged, throttled: one line however many spares fail.
+    let warned = format!("cannot open a spare connection to upstream {dead}: connection refused");
+    let log = proxy.stderr_has(&warned);
+    assert_eq!(log.matches(&warned).count(), 1, "{log}");
 }
 
 #[test]
@@ -785,4 +790,103 @@ fn spares_taken_by_clients_are_replaced_at_once() {
     assert_eq!(n(&r, "upstream_pool_spare"), 2, "{r}");
     assert_eq!(n(&r, "upstream_connections"), 4, "{r}");
     drop(held);
+}
+
+/// A loopback listener on `ip` whose accept queue is full, so further
+/// connects hang in SYN_SENT (a real connect timeout on loopback).
+fn black_hole(ip: &str) -> (socket2::Socket, Vec<std::net::TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let addr: std::net::SocketAddr = format!("{ip}:0").parse().unwrap();
+    sock.bind(&addr.into()).unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fill = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => fill.push(s),
+            Err(_) => break,
+        }
+    }
+    (sock, fill)
+}
+
+/// Whether this machine lets an unprivileged process have its own user and
+/// mount namespace (`unshare -rm`), where the test gives the proxy a hosts
+/// file of its own.
+fn private_mounts() -> bool {
+    Command::new("unshare")
+        .args(["-rm", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A proxy forwarding to a name that resolves to 127.0.0.1 then 127.0.0.2
+/// (port `port`), through a hosts file only it sees.
+fn two_address_proxy(test: &str, port: u16, extra: &str) -> Proxy {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(test);
+    std::fs::create_dir_all(&dir).unwrap();
+    let hosts = dir.join("hosts");
+    let name = "two-addresses.foo-proxy.test";
+    std::fs::write(&hosts, format!("127.0.0.1 {name}\n127.0.0.2 {name}\n")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_foo-proxy");
+    let script = format!(
+        "mount --bind {} /etc/hosts && exec {bin} -listen 127.0.0.1:0 -forward {name}:{port} \
+         -http 127.0.0.1:0 -recovery-path= {extra}",
+        hosts.display()
+    );
+    Proxy::spawn(Command::new("unshare").args(["-rm", "sh", "-c", &script]))
+}
+
+#[test]
+fn spares_move_on_to_the_second_address_when_the_first_times_out_or_refuses() {
+    let test = "spares_move_on_to_the_second_address_when_the_first_times_out_or_refuses";
+    if !private_mounts() {
+        eprintln!("SKIPPED: {test}: `unshare -rm` is not allowed here");
+        return;
+    }
+    for (mode, why) in [
+        ("timeout", "connect timed out"),
+        ("refused", "connection refused"),
+    ] {
+        // The first address drops SYNs (its accept queue is full) or has
+        // no listener; the second, same port, is a server.
+        let (hole, port) = match mode {
+            "timeout" => {
+                let hole = black_hole("127.0.0.1");
+                let port = hole.0.local_addr().unwrap().as_socket().unwrap().port();
+                (Some(hole), port)
+            }
+            _ => (None, util::dead_port()),
+        };
+        let second = TcpListener::bind(("127.0.0.2", port)).unwrap();
+        let server = FooServer::serve(second, ServerOpts::default());
+        let proxy = two_address_proxy(
+            &format!("{test}-{mode}"),
+            port,
+            "--upstream-pool 2 --upstream-spare 2 --connect-timeout 300ms",
+        );
+        let r =
+            proxy.report_until(|r| r["upstream_pool_spare"] == 2 && r["upstream_pool_idle"] == 2);
+        assert_eq!(
+            n(&r, "upstream_pool_idle"),
+            2,
+            "{mode}: no spare got through: {r}"
+        );
+        // Each spare moved on once, as a client does, and none was lost.
+        assert_eq!(n(&r, "upstream_connect_retries"), 2, "{mode}: {r}");
+        assert_eq!(n(&r, "upstream_connections_opened"), 2, "{mode}: {r}");
+        assert_eq!(n(&r, "upstream_errors"), 0, "{mode}: {r}");
+        assert_discards(&r, &[]);
+        assert_eq!(server.connections.load(Ordering::Relaxed), 2, "{mode}");
+        // Logged like a client's retry: one throttled line for both.
+        let warned = format!("upstream 127.0.0.1:{port} failed ({why}");
+        let log = proxy.stderr_has(&warned);
+        assert_eq!(log.matches(&warned).count(), 1, "{mode}: {log}");
+        // A client is served on a spare at once.
+        assert_eq!(session(&proxy, &requests(1..=2)), answers(1..=2), "{mode}");
+        let r = proxy.report();
+        assert_eq!(n(&r, "upstream_pool_reused"), 1, "{mode}: {r}");
+        drop(hole);
+    }
 }
