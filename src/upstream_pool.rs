@@ -93,6 +93,20 @@ pub(crate) enum Discard {
     PollFailed,
 }
 
+/// Whether idle connection `stream` is unusable, and why: a non-blocking
+/// peek sees its end of file or error (`ServerClosed`) or bytes nobody
+/// asked for (`UnsolicitedBytes`, with how many were read off, at most 256:
+/// the connection is dropped anyway); `None` (it would block) when it is
+/// fit to lend.
+fn unusable(stream: &TcpStream) -> Option<(Discard, u64)> {
+    let mut buf = [0u8; 256];
+    match net::io(|| stream.peek(&mut buf)) {
+        Io::WouldBlock => None,
+        Io::Done(0) | Io::Failed(_) => Some((Discard::ServerClosed, 0)),
+        Io::Done(n) => Some((Discard::UnsolicitedBytes, n as u64)),
+    }
+}
+
 fn count(stats: &mut Stats, why: Discard) {
     let n = match why {
         Discard::ServerClosed => &mut stats.upstream_pool_discarded_server_closed,
@@ -188,9 +202,28 @@ impl UpstreamPool {
     }
 
     /// Takes the most recently idle connection for a pair's `token`, if
-    /// one is ready: it joins the pair's upstream side.
-    pub fn take(&mut self, pair_token: Token, lent: &mut Lent<'_>) -> Option<TcpStream> {
-        while let Some(key) = self.idle.pop() {
+    /// one is ready: it joins the pair's upstream side. Each candidate is
+    /// first checked with a non-blocking peek, since its FIN, reset or
+    /// stray bytes may have arrived with their event not yet handled: such
+    /// a connection is dropped as the event would have dropped it, and the
+    /// next one is tried.
+    pub fn take(
+        &mut self,
+        pair_token: Token,
+        upstreams: &mut Upstreams,
+        lent: &mut Lent<'_>,
+    ) -> Option<TcpStream> {
+        while let Some(&key) = self.idle.last() {
+            let unusable = self.entries.get(key).and_then(|e| unusable(&e.stream));
+            if let Some((why, stray)) = unusable {
+                add(&mut lent.stats.upstream_pool_unsolicited_bytes, stray);
+                self.drop_entry(key, why, upstreams, lent);
+                // As on the event: a server closing idle connections must
+                // not have spares reopened in a loop.
+                self.spare_failed(lent);
+                continue;
+            }
+            self.idle.pop();
             let Some(mut entry) = self.entries.try_remove(key) else {
                 continue;
             };
@@ -537,6 +570,70 @@ mod tests {
         assert_eq!(key_of(token(7)), Some(7));
         assert_eq!(key_of(Token(16)), None);
         assert_eq!(key_of(Token(1 << (usize::BITS - 2))), None);
+    }
+
+    /// A pool of one idle connection whose server end did `server` (its
+    /// event never handled): what `take` lent, and the stats.
+    fn take_after(server: impl FnOnce(std::net::TcpStream)) -> (bool, Stats) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let mut timers = Timers::default();
+        let mut stats = Stats::default();
+        let mut upstreams = Upstreams::new(vec![addr], addr.to_string(), 0);
+        let limits = Limits {
+            size: 1,
+            spare: 0,
+            max: None,
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(1),
+        };
+        let mut pool = UpstreamPool::new(limits, &mut stats);
+        let std_stream = std::net::TcpStream::connect(addr).unwrap();
+        std_stream.set_nonblocking(true).unwrap();
+        let mut stream = TcpStream::from_std(std_stream);
+        let (peer, _) = listener.accept().unwrap();
+        poll.registry()
+            .register(&mut stream, Token(1), Interest::READABLE)
+            .unwrap();
+        let now = Instant::now();
+        let mut lent = Lent {
+            registry: poll.registry(),
+            timers: &mut timers,
+            stats: &mut stats,
+            now,
+        };
+        pool.in_use = 1;
+        pool.give_back(stream, &mut lent);
+        server(peer);
+        // On loopback the FIN, reset or bytes are in before this returns.
+        std::thread::sleep(Duration::from_millis(50));
+        let taken = pool.take(Token(2), &mut upstreams, &mut lent).is_some();
+        (taken, stats)
+    }
+
+    #[test]
+    fn a_pooled_connection_closed_reset_or_written_by_the_server_is_not_lent() {
+        let (taken, stats) = take_after(drop);
+        assert!(!taken, "lent after the server's FIN");
+        assert_eq!(stats.upstream_pool_discarded_server_closed, 1);
+        let (taken, stats) = take_after(|peer| {
+            socket2::SockRef::from(&peer)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        });
+        assert!(!taken, "lent after the server's reset");
+        assert_eq!(stats.upstream_pool_discarded_server_closed, 1);
+        let (taken, stats) = take_after(|mut peer| {
+            std::io::Write::write_all(&mut peer, b"ACK 9 stray\n").unwrap();
+            std::mem::forget(peer);
+        });
+        assert!(!taken, "lent with bytes nobody asked for");
+        assert_eq!(stats.upstream_pool_discarded_unsolicited_bytes, 1);
+        assert_eq!(stats.upstream_pool_unsolicited_bytes, 12);
+        let (taken, stats) = take_after(std::mem::forget);
+        assert!(taken, "a live connection must be lent");
+        assert_eq!(stats.upstream_pool_reused, 1);
     }
 
     #[test]

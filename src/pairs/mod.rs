@@ -280,7 +280,8 @@ impl Pairs {
         if let Some(up) = self.upstream_pool.as_mut() {
             let id = pair.id;
             if !up.has_queue()
-                && let Some(stream) = up.take(upstream_token(key), &mut lent(env))
+                && let Some(stream) =
+                    up.take(upstream_token(key), &mut self.upstreams, &mut lent(env))
             {
                 // The spare taken is replaced now, not when a session ends.
                 up.refill(&mut self.upstreams, &mut lent(env));

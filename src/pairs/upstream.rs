@@ -78,7 +78,8 @@ impl Pairs {
                 up.pop_front(None, env.stats);
                 continue;
             }
-            if let Some(stream) = up.take(upstream_token(key), &mut lent(env)) {
+            if let Some(stream) = up.take(upstream_token(key), &mut self.upstreams, &mut lent(env))
+            {
                 up.pop_front(Some(env.now), env.stats);
                 self.attach_pooled(key, stream, env);
             } else if up.may_open() {
