@@ -47,6 +47,9 @@ pub(crate) struct Upstreams {
     failure_log: Throttle,
     retry_log: Throttle,
     spare_log: Throttle,
+    /// TCP keepalive set on every upstream connection at its connect, when
+    /// connections are pooled (see [`crate::upstream_pool::keepalive`]).
+    keepalive: Option<socket2::TcpKeepalive>,
 }
 
 impl Upstreams {
@@ -59,6 +62,7 @@ impl Upstreams {
             failure_log: Throttle::new(LOG_INTERVAL),
             retry_log: Throttle::new(LOG_INTERVAL),
             spare_log: Throttle::new(LOG_INTERVAL),
+            keepalive: None,
         }
     }
 
@@ -84,6 +88,11 @@ impl Upstreams {
             Err(e) if net::out_of_resources(&e) => return Err(NotStarted::OutOfResources(e)),
             Err(e) => return Err(NotStarted::Failed(e)),
         };
+        if let Some(keepalive) = &self.keepalive {
+            // Best effort: without it a silent server is found only by the
+            // idle timeouts.
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(keepalive);
+        }
         let interest = Interest::READABLE | Interest::WRITABLE;
         registry
             .register(&mut stream, token, interest)
@@ -95,6 +104,11 @@ impl Upstreams {
             self.loop_watch.insert(k, key);
         }
         Ok((u32::try_from(i).unwrap_or(u32::MAX), stream))
+    }
+
+    /// Sets `keepalive` on every upstream connection from now on.
+    pub fn keep_alive(&mut self, keepalive: socket2::TcpKeepalive) {
+        self.keepalive = Some(keepalive);
     }
 
     /// Counts the move from address number `failed` (for `why`) to the

@@ -70,6 +70,24 @@ impl Limits {
     }
 }
 
+/// TCP keepalive for pooled connections, derived from
+/// `--upstream-idle-timeout` (`idle`): the first probe after a quarter of
+/// it idle, then 3 probes a twelfth apart (at least 1 s each), so a server
+/// that died silently (a crash, a firewall or NAT dropping the flow) is
+/// found within about half the idle timeout and its connection dropped
+/// (`server_closed`) before a client is lent it. The probes also keep a
+/// NAT or firewall entry alive. An idle timeout under 1 s sends none.
+pub(crate) fn keepalive(idle: Duration) -> socket2::TcpKeepalive {
+    let second = Duration::from_secs(1);
+    socket2::TcpKeepalive::new()
+        .with_time((idle / 4).max(second))
+        .with_interval((idle / 12).max(second))
+        .with_retries(KEEPALIVE_PROBES)
+}
+
+/// Unanswered keepalive probes before a pooled connection is dead.
+const KEEPALIVE_PROBES: u32 = 3;
+
 /// Why a connection left the pool (or never entered it), counted in
 /// `upstream_pool_discarded_*`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,6 +257,13 @@ impl UpstreamPool {
                 count(lent.stats, Discard::PollFailed);
                 continue;
             }
+            // Until its first answer line ([`crate::pairs`] lifts it), the
+            // lent connection fails as a fresh connect would, after
+            // `--connect-timeout`, if its server is gone without a FIN or
+            // reset: unacknowledged bytes for that long end it (ETIMEDOUT).
+            // Best effort: without it, `--idle-timeout` ends the client.
+            let _ = socket2::SockRef::from(&entry.stream)
+                .set_tcp_user_timeout(Some(self.limits.connect_timeout));
             self.in_use = self.in_use.saturating_add(1);
             add(&mut lent.stats.upstream_pool_reused, 1);
             self.publish(lent.stats);

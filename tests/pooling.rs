@@ -890,3 +890,184 @@ fn spares_move_on_to_the_second_address_when_the_first_times_out_or_refuses() {
         drop(hole);
     }
 }
+
+/// A network namespace this test made, deleted on drop (declare it before
+/// the processes inside: locals drop in reverse order).
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A child process killed on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `args` inside namespace `ns`, bounded by `timeout(1)`; whether it
+/// succeeded, and its stdout.
+fn in_ns(ns: &str, within_s: u32, args: &[&str]) -> (bool, String) {
+    let out = Command::new("timeout")
+        .arg(within_s.to_string())
+        .args(["ip", "netns", "exec", ns])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A client session inside the namespace (Python, as CI has it): sends
+/// `REQ seq`, half-closes if asked (`half-close`, else `open`: no fin
+/// timeout then bounds the wait), reads to the end; prints what it got and after
+/// how many milliseconds it ended ("hang" if not within 20 s).
+const NS_CLIENT: &str = "
+import socket, sys, time
+s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), 5)
+s.settimeout(20)
+t = time.time()
+s.sendall(b'REQ %s x\\n' % sys.argv[2].encode())
+if sys.argv[3] == 'half-close':
+    s.shutdown(socket.SHUT_WR)
+got = b''
+try:
+    while True:
+        d = s.recv(4096)
+        if not d:
+            break
+        got += d
+    end = 'eof'
+except socket.timeout:
+    end = 'hang'
+except OSError:
+    end = 'reset'
+print('%s %d %r' % (end, (time.time() - t) * 1000, got))
+";
+
+#[test]
+fn a_pooled_connection_to_a_server_gone_silent_fails_no_later_than_a_connect_and_is_found_idle() {
+    let test = "a_pooled_connection_to_a_server_gone_silent_fails_no_later_than_a_connect_and_is_found_idle";
+    let ns = format!("fooP-{}", std::process::id());
+    let made = Command::new("ip").args(["netns", "add", &ns]).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: {test}: `ip netns add` is not permitted here");
+        return;
+    }
+    let _ns = Netns(ns.clone());
+    let (up, log) = in_ns(&ns, 10, &["ip", "link", "set", "lo", "up"]);
+    assert!(up, "{log}");
+    let (nft, log) = in_ns(
+        &ns,
+        10,
+        &[
+            "nft",
+            "add table inet t; add chain inet t in { type filter hook input priority 0; }",
+        ],
+    );
+    if !nft {
+        eprintln!("SKIPPED: {test}: nft does not work here: {log}");
+        return;
+    }
+    let server_bin = util::tool("foo-server");
+    let server_bin = server_bin.to_str().unwrap();
+    let _server = Killed(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                server_bin,
+                "-listen",
+                "127.0.0.1:7101",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let bin = env!("CARGO_BIN_EXE_foo-proxy");
+    let proxy = |port: &str, idle: &str| {
+        Proxy::spawn(Command::new("ip").args([
+            "netns",
+            "exec",
+            &ns,
+            bin,
+            "-listen",
+            port,
+            "-forward",
+            "127.0.0.1:7101",
+            "-http",
+            "off",
+            "-recovery-path=",
+            "--upstream-pool",
+            "1",
+            "--connect-timeout",
+            "1s",
+            "--idle-timeout",
+            "60s",
+            "--upstream-idle-timeout",
+            idle,
+        ]))
+    };
+    // One to lend the dead connection, one to keep it idle.
+    let lending = proxy("127.0.0.1:7100", "60s");
+    let idling = proxy("127.0.0.1:7102", "8s");
+    for (port, p) in [("7100", &lending), ("7102", &idling)] {
+        let mut session = None;
+        for _ in 0..50 {
+            let (ok, out) = in_ns(
+                &ns,
+                25,
+                &["python3", "-c", NS_CLIENT, port, "1", "half-close"],
+            );
+            if ok && out.contains("ACK 1") {
+                session = Some(out);
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        assert!(session.is_some(), "port {port}: the first session failed");
+        p.report_until(|r| r["upstream_pool_idle"] == 1);
+    }
+    // The server goes silent: every packet to or from it is dropped, no
+    // FIN, no reset (a crash, a firewall or NAT forgetting the flow).
+    let (dropped, log) = in_ns(
+        &ns,
+        10,
+        &[
+            "nft",
+            "add rule inet t in tcp dport 7101 drop; add rule inet t in tcp sport 7101 drop",
+        ],
+    );
+    assert!(dropped, "{log}");
+    // The next client is lent the dead connection: it must end about when
+    // a fresh connect would time out (1 s), not at the idle timeout (60 s).
+    let (_, out) = in_ns(&ns, 25, &["python3", "-c", NS_CLIENT, "7100", "2", "open"]);
+    let mut words = out.split_whitespace();
+    let end = words.next().unwrap_or("");
+    let ms: u64 = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(
+        end == "eof" || end == "reset",
+        "the client hung on the dead pooled connection: {out}"
+    );
+    assert!(ms < 10_000, "ended only after {ms} ms: {out}");
+    eprintln!("{test}: the client lent the dead connection ended after {ms} ms ({end})");
+    let r = lending.report_until(|r| r["connections_active"] == 0);
+    assert_eq!(n(&r, "upstream_pool_reused"), 1, "{r}");
+    // The idle one is found dead by keepalive (within about half of its
+    // 8 s idle timeout), not kept until it expires.
+    let r = idling.report_until(|r| r["upstream_pool_discarded_server_closed"] == 1);
+    assert_discards(&r, &[("server_closed", 1)]);
+}

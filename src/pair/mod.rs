@@ -43,6 +43,9 @@ pub(crate) struct Pair {
     pub last_active: Instant,
     /// In the loop's work list.
     pub scheduled: bool,
+    /// A pooled connection was lent to it and no answer line came yet:
+    /// `TCP_USER_TIMEOUT` is armed on it (see [`crate::upstream_pool`]).
+    pub upstream_on_trial: bool,
     /// The requests outstanding upstream, matched with their answers, and
     /// the connection log's record (with `--log-connections`).
     pub seqs: Seqs,
@@ -177,6 +180,7 @@ impl Pair {
             deadline: Slot::default(),
             last_active: now,
             scheduled: false,
+            upstream_on_trial: false,
             seqs: Seqs::default(),
         }
     }

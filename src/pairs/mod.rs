@@ -141,6 +141,10 @@ impl Pairs {
         (pooling, stats): (Limits, &mut Stats),
     ) -> Pairs {
         let upstream_pool = pooling.on().then(|| UpstreamPool::new(pooling, stats));
+        let mut upstreams = upstreams;
+        if upstream_pool.as_ref().is_some_and(UpstreamPool::keeps) {
+            upstreams.keep_alive(upstream_pool::keepalive(pooling.idle_timeout));
+        }
         Pairs {
             keep_upstream: upstream_pool.as_ref().is_some_and(UpstreamPool::keeps),
             upstream_pool,
@@ -389,6 +393,9 @@ impl Pairs {
                 } => {
                     if moved {
                         pair.last_active = env.now;
+                    }
+                    if pair.upstream_on_trial && pair.s2c.lines > 0 {
+                        upstream::upstream_confirmed(pair);
                     }
                     if rearm {
                         self.rearm(key, env);

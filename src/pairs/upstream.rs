@@ -6,9 +6,21 @@ use log::debug;
 use mio::net::TcpStream;
 
 use super::{Env, Opened, Pairs, lent, upstream_token};
-use crate::pair::{Reason, State};
+use crate::pair::{Pair, Reason, State};
 use crate::pipe::Side;
 use crate::upstream::NotStarted;
+
+/// A pooled connection lent to `pair` brought its first answer line: the
+/// server is alive, and `TCP_USER_TIMEOUT` is lifted so that a live server
+/// that reads slowly (a zero window, which the timeout would also bound)
+/// is never cut.
+pub(super) fn upstream_confirmed(pair: &mut Pair) {
+    pair.upstream_on_trial = false;
+    if let Some(up) = pair.upstream() {
+        // Best effort: if it fails the timeout stays, as on a fresh trial.
+        let _ = socket2::SockRef::from(&up.stream).set_tcp_user_timeout(None);
+    }
+}
 
 impl Pairs {
     /// Starts pair `key`'s connect to the first forward address that
@@ -52,6 +64,7 @@ impl Pairs {
         };
         pair.connecting(stream, 0);
         pair.connected(env.now);
+        pair.upstream_on_trial = true;
         debug!("pair {}: pooled upstream connection taken", pair.id);
         // Client bytes that came while it waited are read now.
         pair.client.readable = true;
