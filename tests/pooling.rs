@@ -652,8 +652,17 @@ fn after_a_burst_the_pool_holds_at_most_its_size_spares_included() {
         let idle = metric(&proxy, "foo_upstream_pool_idle");
         assert!(idle <= 8, "round {round}: /metrics says {idle} idle");
         assert_eq!(metric(&proxy, "foo_upstream_pool_size"), 8);
-        let held = server_sockets_open(server.port());
-        assert_eq!(held as u64, n(&r, "upstream_connections"), "round {round}");
+        // The server's side of a connection the proxy just closed leaves
+        // ESTABLISHED a few ms after the proxy's counters say so: waited
+        // for, bounded. (Seen as 44 of them at once, 8 half a second later,
+        // the proxy's descriptors unchanged: a lag, not a leak.)
+        let want = n(&r, "upstream_connections");
+        let held = wait_until(|| {
+            let held = server_sockets_open(server.port());
+            (held as u64 == want).then_some(held)
+        })
+        .unwrap_or_else(|| server_sockets_open(server.port()));
+        assert_eq!(held as u64, want, "round {round}");
         assert!(
             held <= 8,
             "round {round}: the server holds {held} open sockets"
