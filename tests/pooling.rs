@@ -657,7 +657,7 @@ fn after_a_burst_the_pool_holds_at_most_its_size_spares_included() {
         // for, bounded. (Seen as 44 of them at once, 8 half a second later,
         // the proxy's descriptors unchanged: a lag, not a leak.)
         let want = n(&r, "upstream_connections");
-        let held = wait_until(|| {
+        let held = util::wait_until(|| {
             let held = server_sockets_open(server.port());
             (held as u64 == want).then_some(held)
         })
