@@ -213,12 +213,26 @@ impl Pair {
     /// stream was cut. A client that half-closed after a partial line
     /// meant it, and gets the FIN.
     pub fn upstream_cut(&self) -> bool {
-        let client_eof = match &self.state {
+        if self.upstream_ref().is_none() {
+            return false;
+        }
+        self.c2s.pending() > 0 || (!self.client_sent_fin() && !self.c2s.at_frame_boundary())
+    }
+
+    /// The client's FIN has been read (while connecting or relaying).
+    fn client_sent_fin(&self) -> bool {
+        match &self.state {
             State::Connecting { client_eof, .. } => *client_eof,
             State::Relaying { client, .. } => *client != Client::Open,
-            State::Header | State::Queued | State::Lingering(_) => return false,
-        };
-        self.c2s.pending() > 0 || (!client_eof && !self.c2s.at_frame_boundary())
+            State::Header | State::Queued | State::Lingering(_) => false,
+        }
+    }
+
+    fn upstream_ref(&self) -> Option<&Side> {
+        match &self.state {
+            State::Connecting { upstream, .. } | State::Relaying { upstream, .. } => Some(upstream),
+            State::Header | State::Queued | State::Lingering(_) => None,
+        }
     }
 
     /// True when closing the client now would cut its answer stream short:
@@ -307,14 +321,12 @@ impl Pair {
     /// started. An upstream whose request stream is cut (see
     /// [`Pair::upstream_cut`]) is set to close with a reset.
     pub fn stop_relaying(&mut self, reason: Reason, pool: &mut Pool) -> Result<Option<Side>, ()> {
-        let client_eof = match &self.state {
-            State::Header | State::Queued => false,
-            State::Connecting { client_eof, .. } => *client_eof,
-            State::Relaying { client, .. } => *client != Client::Open,
-            State::Lingering(_) => return Err(()),
-        };
+        if matches!(self.state, State::Lingering(_)) {
+            return Err(());
+        }
+        let client_eof = self.client_sent_fin();
         if self.upstream_cut()
-            && let Some(upstream) = self.upstream()
+            && let Some(upstream) = self.upstream_ref()
         {
             net::reset_on_close(&upstream.stream);
         }
