@@ -1068,12 +1068,11 @@ fn print_curve(
     bench: &Bench,
 ) {
     let others: Vec<&str> = targets.iter().skip(1).map(|t| t.0.as_str()).collect();
-    let show = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
     println!();
     println!(
         "{} rounds of {:?} per point and target; others at 16 connections x depth 16 x 32 B; \
-         req/s and CPU are medians over rounds, ratios medians of per-round ratios; \
-         CPU ratio below 1: foo-proxy uses less",
+         req/s and CPU are medians over rounds, ratios medians of per-round ratios \
+         (lowest-highest round in brackets); CPU ratio below 1: foo-proxy uses less",
         bench.args.runs, bench.args.duration
     );
     println!();
@@ -1102,13 +1101,13 @@ fn print_curve(
         for theirs in per_target.iter().skip(1) {
             line.push_str(&format!(
                 " {} |",
-                show(paired(ours, theirs, |r| Some(r.rps)), 2)
+                paired_spread(ours, theirs, |r| Some(r.rps))
             ));
         }
         let cpu = median(ours.iter().filter_map(ns_per_msg).collect()) / 1e3;
         line.push_str(&format!(" {cpu:.2} |"));
         for theirs in per_target.iter().skip(1) {
-            line.push_str(&format!(" {} |", show(paired(ours, theirs, ns_per_msg), 2)));
+            line.push_str(&format!(" {} |", paired_spread(ours, theirs, ns_per_msg)));
         }
         let per_conn = |r: &Run| Some(r.proxy_ns? as f64 / 1e3 / (r.opened.max(1) as f64));
         if p.shape.per_connection > 0 {
@@ -1137,14 +1136,30 @@ fn cpu_per_m(cpu: f64, run: &Run) -> f64 {
     cpu / (2.0 * run.answers as f64 / 1e6)
 }
 
-/// Median over rounds of `f(this round) / f(the same round of base)`.
-fn paired(runs: &[Run], base: &[Run], f: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
-    let ratios: Vec<f64> = runs
-        .iter()
+/// `f(this round) / f(the same round of base)`, one per round.
+fn round_ratios(runs: &[Run], base: &[Run], f: impl Fn(&Run) -> Option<f64>) -> Vec<f64> {
+    runs.iter()
         .zip(base)
         .filter_map(|(r, b)| Some(f(r)? / f(b)?))
-        .collect();
+        .collect()
+}
+
+/// Median over rounds of `f(this round) / f(the same round of base)`.
+fn paired(runs: &[Run], base: &[Run], f: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
+    let ratios = round_ratios(runs, base, f);
     (!ratios.is_empty()).then(|| median(ratios))
+}
+
+/// The median of the per-round ratios with their lowest and highest,
+/// `1.04 (0.97-1.12)`: how far a row moves from round to round.
+fn paired_spread(runs: &[Run], base: &[Run], f: impl Fn(&Run) -> Option<f64>) -> String {
+    let ratios = round_ratios(runs, base, f);
+    let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    match ratios.is_empty() {
+        true => "-".into(),
+        false => format!("{:.2} ({low:.2}-{high:.2})", median(ratios)),
+    }
 }
 
 fn print_table(targets: &[Target], bench: &Bench) {
