@@ -765,6 +765,12 @@ fn a_takeover_with_a_pool_keeps_sessions_exact_closes_the_old_pool_and_builds_a_
         || server_sockets_open(server.port()),
         |&n| n == 3 + 2,
     );
+    // The handshakes complete before the server's accept counts them.
+    until(
+        "the server's accepts after the hand-over",
+        || server.connections.load(Ordering::Relaxed),
+        |&n| n >= accepted_before + 2,
+    );
     assert_eq!(
         server.connections.load(Ordering::Relaxed),
         accepted_before + 2
