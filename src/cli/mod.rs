@@ -53,15 +53,15 @@ Limits and timeouts:
 Upstream connections (off by default: one fresh connection per client):
   --upstream-pool N|off   keep up to N upstream connections without
                           a client (spares included) for reuse
-                          after a clean session end                [off]
+                          after a clean session end                  [off]
   --upstream-spare K      keep K of those N connected ahead of
-                          demand, K at most N                        [0]
+                          demand, K at most N                          [0]
   --max-upstream-connections M
                           at most M upstream connections; clients
-                          beyond them wait in order                [off]
-  --queue-timeout DUR     close a client that waited this long      [5s]
+                          beyond them wait in order                  [off]
+  --queue-timeout DUR     close a client that waited this long        [5s]
   --upstream-idle-timeout DUR
-                          close an idle pooled connection after    [60s]
+                          close an idle pooled connection after      [60s]
 
 PROXY protocol, scale-out and restarts:
   --accept-proxy          clients start with a PROXY v1/v2 header (from a
@@ -69,7 +69,7 @@ PROXY protocol, scale-out and restarts:
   --proxy-header-timeout DUR
                           the whole header must come within, from
                           accept (or the client is closed)            [3s]
-  --send-proxy v1|v2|off  start each upstream connection with one  [off]
+  --send-proxy v1|v2|off  start each upstream connection with one    [off]
   --reuse-port            share -listen with other foo-proxy processes
                           (SO_REUSEPORT); each needs its own -http and
                           -recovery-path

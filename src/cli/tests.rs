@@ -79,6 +79,26 @@ fn help_and_version() {
 }
 
 #[test]
+fn the_help_right_aligns_every_default_in_one_column() {
+    let ends: Vec<(usize, &str)> = USAGE
+        .lines()
+        .filter(|l| l.ends_with(']') && l.starts_with(' '))
+        .map(|l| (l.chars().count(), l))
+        .collect();
+    assert!(ends.len() > 15, "{ends:?}");
+    let column = ends.first().map(|e| e.0);
+    for (at, line) in &ends {
+        assert_eq!(Some(*at), column, "{line}");
+    }
+}
+
+#[test]
+fn a_number_with_a_leading_zero_is_refused_saying_why() {
+    let e = run(&["--max-connections", "05"]).unwrap_err();
+    assert!(e.0.contains("leading zero"), "{e}");
+}
+
+#[test]
 fn errors_name_the_flag() {
     let e = run(&["-bogus", "1"]).unwrap_err();
     assert!(e.0.contains("-bogus"), "{e}");

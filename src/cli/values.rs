@@ -97,7 +97,9 @@ pub fn count_in(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> {
     move |v| {
         parse_count(v)
             .filter(|n| (min..=max).contains(n))
-            .ok_or_else(|| format!("expected a number from {min} to {max}"))
+            .ok_or_else(|| {
+                format!("expected a number from {min} to {max} (decimal digits only: no sign, space or leading zero)")
+            })
     }
 }
 
