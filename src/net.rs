@@ -272,6 +272,13 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// `addr` with an IPv4-mapped IP as plain IPv4 (`[::ffff:127.0.0.1]:5000`
+/// as `127.0.0.1:5000`): how a dual-stack listener's IPv4 clients are
+/// written in logs.
+pub fn plain(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical(addr.ip()), addr.port())
+}
+
 /// `(IP, port)` with an IPv4-mapped IP as plain IPv4: how an accepted
 /// peer and an upstream's local address compare.
 pub fn endpoint(addr: SocketAddr) -> (IpAddr, u16) {

@@ -718,3 +718,30 @@ fn a_forwarding_loop_found_at_run_time_ends_as_proxy_error() {
     assert_eq!(ended.len(), 1, "{r}");
     assert_eq!(r["connections_closed"]["proxy_error"], 1, "{r}");
 }
+
+#[test]
+fn an_ipv4_client_of_a_dual_stack_listener_is_logged_as_plain_ipv4() {
+    let server = FooServer::start(ServerOpts::default());
+    // `:0` listens on every interface, IPv4 and IPv6: an IPv4 client is
+    // accepted as `::ffff:127.0.0.1` (the last -listen given wins).
+    let proxy = Proxy::start(
+        &server.addr.to_string(),
+        &["--log-connections", "-listen", ":0"],
+    );
+    if proxy.addr.is_ipv4() {
+        eprintln!(
+            "SKIPPED: an_ipv4_client_of_a_dual_stack_listener_is_logged_as_plain_ipv4: no IPv6 here"
+        );
+        return;
+    }
+    let mut c = TcpStream::connect(("127.0.0.1", proxy.addr.port())).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let local = c.local_addr().unwrap();
+    c.write_all(&requests(1..=1)).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut c).0, answers(1..=1));
+    let err = proxy.stderr_has("msg=connection");
+    let want = format!(" client={local} peer={local} ");
+    assert!(err.contains(&want), "{want} in {err}");
+    assert!(!err.contains("ffff"), "{err}");
+}

@@ -299,6 +299,8 @@ impl Admin {
                     return;
                 }
             };
+            // A dual-stack admin listener's IPv4 clients, as plain IPv4.
+            let peer = net::plain(peer);
             if let Some(key) = victim {
                 debug!("admin client {key}: idle with every slot taken, closing for {peer}");
                 self.remove(key, timers);

@@ -12,6 +12,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::dates;
 pub use crate::logging::LogFormat;
+use crate::net;
 use crate::reason::Reason;
 use crate::scanner::{Direction, FrameCounts};
 
@@ -91,7 +92,8 @@ pub fn line(rec: &ConnRecord, end: &Ended, format: LogFormat) -> String {
     let ms = |us: u128| us as f64 / 1000.0;
     let duration_ms = ms(end.now.saturating_duration_since(rec.started).as_micros());
     let upstream = rec.upstream.map(|a| a.to_string());
-    let client = rec.client.map(|a| a.to_string());
+    let client = rec.client.map(|a| net::plain(a).to_string());
+    let peer = net::plain(rec.peer);
     let slowest = end.slowest_us.map(|us| ms(u128::from(us)));
     let invalid = rec
         .client_frames
@@ -111,7 +113,7 @@ pub fn line(rec: &ConnRecord, end: &Ended, format: LogFormat) -> String {
                  invalid={invalid} unanswered={} slowest_ms={} reason={}",
                 end.id,
                 client.as_deref().unwrap_or("-"),
-                rec.peer,
+                peer,
                 upstream.as_deref().unwrap_or("-"),
                 rec.bytes_client_to_server,
                 rec.bytes_server_to_client,
@@ -129,7 +131,7 @@ pub fn line(rec: &ConnRecord, end: &Ended, format: LogFormat) -> String {
                 "msg": "connection",
                 "id": end.id,
                 "client": client,
-                "peer": rec.peer.to_string(),
+                "peer": peer.to_string(),
                 "upstream": upstream,
                 "duration_ms": duration_ms,
                 "bytes_client_to_server": rec.bytes_client_to_server,
@@ -208,6 +210,22 @@ mod tests {
         assert_eq!(v["slowest_ms"], serde_json::Value::Null);
         assert_eq!(v["req"], 3);
         assert_eq!(v["duration_ms"], 1500.0);
+    }
+
+    #[test]
+    fn an_ipv4_client_of_a_dual_stack_listener_is_logged_as_plain_ipv4() {
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        let rec = ConnRecord::new(mapped, false, Instant::now());
+        let end = sample().1;
+        let text = line(&rec, &end, LogFormat::Text);
+        assert!(
+            text.contains(" client=127.0.0.1:5000 peer=127.0.0.1:5000 "),
+            "{text}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&line(&rec, &end, LogFormat::Json)).unwrap();
+        assert_eq!(v["client"], "127.0.0.1:5000");
+        assert_eq!(v["peer"], "127.0.0.1:5000");
     }
 
     #[test]

@@ -78,7 +78,10 @@ impl Pairs {
             add(&mut env.stats.proxy_header_errors, 1);
             if let Some(suppressed) = self.header_log.ready(env.now) {
                 let peer = pair.client.stream.peer_addr();
-                let peer = peer.map_or_else(|_| "a client".into(), |p| format!("client {p}"));
+                let peer = peer.map_or_else(
+                    |_| "a client".into(),
+                    |p| format!("client {}", crate::net::plain(p)),
+                );
                 warn!(
                     "closing {peer}: {reason} (--accept-proxy: is the balancer sending one?){}",
                     suppressed_note(suppressed)

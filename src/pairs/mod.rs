@@ -258,7 +258,7 @@ impl Pairs {
             if let Some(suppressed) = self.client_limit_log.ready(env.now) {
                 info!(
                     "client {} has {} connection(s) open, the per-client limit: closing its new one{}",
-                    client.ip(),
+                    crate::net::canonical(client.ip()),
                     self.serving.per_client.unwrap_or(0),
                     suppressed_note(suppressed)
                 );
