@@ -1,6 +1,7 @@
 //! Lingering close: whenever the proxy closes a client, everything already
 //! queued reaches it, then a FIN, and never a reset while the client still
-//! sends. Each scenario runs many times so that a race shows.
+//! sends; a cut stream (a cut inside an answer line, a server reset) ends
+//! in a reset instead. Each scenario runs many times so that a race shows.
 
 mod util;
 
@@ -672,5 +673,129 @@ fn a_request_cut_mid_line_reaches_the_server_as_a_reset_never_as_a_clean_last_li
     assert!(
         !reset,
         "a client's own half-close must reach the server as a FIN"
+    );
+}
+
+/// An upstream that, for each connection, reads two request lines (all
+/// the client sends: a FIN must not turn into the kernel's reset for
+/// unread input), writes the next of `replies` and ends the connection:
+/// with a reset (SO_LINGER 0) when `reset`, else with a FIN.
+fn ending_server(replies: Vec<&'static [u8]>, reset: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for (stream, reply) in listener.incoming().zip(replies) {
+            let Ok(mut s) = stream else { return };
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            while seen.iter().filter(|&&b| b == b'\n').count() < 2 {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            s.write_all(reply).unwrap();
+            // The proxy reads the reply before the end, as a real server's
+            // last answer and its reset often come apart.
+            thread::sleep(Duration::from_millis(30));
+            if reset {
+                socket2::SockRef::from(&s)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+        }
+    });
+    addr
+}
+
+/// Reads until EOF (`Ok`) or an error (its kind).
+fn read_to_end_or_error(c: &mut TcpStream) -> (Vec<u8>, Result<(), ErrorKind>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return (got, Ok(())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return (got, Err(e.kind())),
+        }
+    }
+}
+
+const ROUNDS_OF_RESETS: usize = 10;
+
+#[test]
+fn a_server_reset_inside_an_answer_line_reaches_the_client_as_a_reset_never_as_a_fin() {
+    // `ACK 2 da` of `ACK 2 data` then a FIN would read as a whole answer
+    // to a client that takes a last line at EOF: the server's reset is
+    // passed on, and the whole line before it still arrives.
+    let upstream = ending_server(vec![b"ACK 1 ok\nACK 2 da"; ROUNDS_OF_RESETS], true);
+    let proxy = Proxy::start(&upstream.to_string(), &[]);
+    for round in 0..ROUNDS_OF_RESETS {
+        let mut c = proxy.connect();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(b"REQ 1 a\nREQ 2 b\n").unwrap();
+        let (got, end) = read_to_end_or_error(&mut c);
+        assert_eq!(
+            end,
+            Err(ErrorKind::ConnectionReset),
+            "round {round}: {:?} then a clean EOF",
+            String::from_utf8_lossy(&got)
+        );
+        assert!(
+            b"ACK 1 ok\nACK 2 da".starts_with(&got) && got.len() >= b"ACK 1 ok\n".len(),
+            "round {round}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let r = proxy.report_until(|r| r["connections_active"] == 0);
+    assert_eq!(
+        r["connections_closed"]["server_reset"], ROUNDS_OF_RESETS,
+        "{r}"
+    );
+}
+
+#[test]
+fn a_server_reset_after_whole_answers_delivers_them_then_resets_the_client() {
+    // On a line boundary too the client learns that the server failed
+    // (its second request is lost with it): whole answers, then a reset,
+    // as a direct connection to the server would show.
+    let upstream = ending_server(vec![b"ACK 1 ok\n"; ROUNDS_OF_RESETS], true);
+    let proxy = Proxy::start(&upstream.to_string(), &[]);
+    for round in 0..ROUNDS_OF_RESETS {
+        let mut c = proxy.connect();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(b"REQ 1 a\nREQ 2 b\n").unwrap();
+        let (got, end) = read_to_end_or_error(&mut c);
+        assert_eq!(got, b"ACK 1 ok\n", "round {round}");
+        assert_eq!(end, Err(ErrorKind::ConnectionReset), "round {round}");
+    }
+}
+
+#[test]
+fn a_server_fin_inside_an_answer_line_reaches_the_client_as_that_fin() {
+    // The server's own end, mid-line or not, is relayed as it came: the
+    // same bytes and a FIN, as on a direct connection (the partial line
+    // is the server's, counted as a partial frame). Only a cut, by the
+    // proxy or by a reset, becomes a reset.
+    let upstream = ending_server(vec![b"ACK 1 ok\nACK 2 da"; ROUNDS_OF_RESETS], false);
+    let proxy = Proxy::start(&upstream.to_string(), &[]);
+    for round in 0..ROUNDS_OF_RESETS {
+        let mut c = proxy.connect();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(b"REQ 1 a\nREQ 2 b\n").unwrap();
+        let (got, end) = read_to_end_or_error(&mut c);
+        assert_eq!(got, b"ACK 1 ok\nACK 2 da", "round {round}");
+        assert_eq!(end, Ok(()), "round {round}");
+    }
+    let r = proxy.report_until(|r| r["connections_active"] == 0);
+    assert_eq!(
+        r["connections_closed"]["server_closed"], ROUNDS_OF_RESETS,
+        "{r}"
+    );
+    assert_eq!(
+        r["partial_frames_server_to_client"], ROUNDS_OF_RESETS,
+        "{r}"
     );
 }

@@ -46,6 +46,11 @@ pub(crate) enum Ending {
     /// answer line: a reset at once, so that the client never takes the
     /// line's first part, then a FIN, for a whole answer.
     CutMidLine,
+    /// The server reset the upstream connection: what was read from it
+    /// went out, and the client gets a reset too, never a FIN, which would
+    /// pass the stream the server aborted (a partial last line with it)
+    /// off as a whole one.
+    UpstreamReset,
     /// No lingering close: the client failed, so both sides close now.
     AtOnce,
 }
@@ -61,6 +66,7 @@ impl fmt::Display for Ending {
             ),
             Ending::Bound => f.write_str("lingering close reached its bound"),
             Ending::CutMidLine => f.write_str("reset: the relay was cut inside an answer line"),
+            Ending::UpstreamReset => f.write_str("reset: passing on the server's reset"),
             Ending::AtOnce => f.write_str("closed at once"),
         }
     }
@@ -93,8 +99,15 @@ impl Linger {
         self.client_eof && s2c.pending() == 0
     }
 
+    /// True when the relay ended on the server's reset (or failure): the
+    /// client's close is then a reset too.
+    pub fn passes_reset(&self) -> bool {
+        self.reason == Reason::UpstreamFailed
+    }
+
     /// Delivers what `s2c` holds, sends the FIN, then discards input,
-    /// reading at most `ctx.budget` bytes into the scratch buffer.
+    /// reading at most `ctx.budget` bytes into the scratch buffer. After
+    /// the server's reset, the close is a reset once the bytes are out.
     pub fn drive(&mut self, client: &mut Side, s2c: &mut Pipe, ctx: &mut Ctx<'_>) -> Step {
         if s2c.pending() > 0 {
             match s2c.flush_to(client, ctx.pool) {
@@ -104,6 +117,9 @@ impl Linger {
                     return Step::Done(Ending::Failed(e));
                 }
             }
+        }
+        if self.passes_reset() {
+            return Step::Done(Ending::UpstreamReset);
         }
         if !self.fin_sent {
             if self.client_eof {

@@ -145,8 +145,10 @@ impl Pairs {
             .set(env.timers, None, pair.id, Timer::Pair(key));
         let relaying = matches!(pair.state, State::Relaying { .. });
         // A stream cut short ends with a reset, never a FIN: the peer must
-        // not take a truncated stream for a whole one.
-        if pair.client_cut() || matches!(ending, Ending::CutMidLine) {
+        // not take a truncated stream for a whole one. The server's reset
+        // is passed on as one (HAProxy and Envoy do so in TCP mode).
+        let passes_reset = matches!(&pair.state, State::Lingering(l) if l.passes_reset());
+        if pair.client_cut() || passes_reset || matches!(ending, Ending::CutMidLine) {
             net::reset_on_close(&pair.client.stream);
         }
         let upstream_cut = pair.upstream_cut();
