@@ -577,6 +577,50 @@ fn a_client_that_resets_while_queued_leaves_the_queue_and_sends_nothing() {
     assert_eq!(n(&r, "upstream_pool_discarded_unclean_end"), 0, "{r}");
 }
 
+/// A queued client that closes without sending a byte leaves the queue at
+/// once (`client_closed`), as one that closes during its connect does: it
+/// used to hold its place until its turn or `--queue-timeout`. Nothing of
+/// a queued client is read: one that sent a request and half-closed is
+/// still served.
+#[test]
+fn a_queued_client_that_closes_without_a_byte_leaves_the_queue_at_once() {
+    let (addr, (_, seen)) = slow_server();
+    let proxy = Proxy::start(
+        &addr.to_string(),
+        &["--upstream-pool=1", "--max-upstream-connections=1"],
+    );
+    let mut holder = proxy.connect();
+    holder.write_all(b"REQ 1 slow\n").unwrap();
+    proxy.report_until(|r| r["upstream_connections"] == 1);
+    let served = queued_client(&proxy, 3);
+    let empty: Vec<_> = (0..2).map(|_| proxy.connect()).collect();
+    let r = proxy.report_until(|r| r["upstream_queue_clients"] == 3);
+    assert_eq!(n(&r, "upstream_queue_clients"), 3, "{r}");
+    for c in &empty {
+        c.shutdown(Shutdown::Write).unwrap();
+    }
+    // The holder keeps the one connection: only the empty clients can go.
+    let r = proxy.report_until(|r| r["upstream_queue_clients"] == 1);
+    assert_eq!(n(&r, "upstream_queue_clients"), 1, "{r}");
+    assert_eq!(r["connections_closed"]["client_closed"], 2, "{r}");
+    for mut c in empty {
+        let (got, eof) = read_to_eof(&mut c);
+        assert!(eof && got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    }
+    holder.shutdown(Shutdown::Write).unwrap();
+    let (got, eof) = read_to_eof(&mut holder);
+    assert!(eof);
+    assert_eq!(got, b"ACK 1 ok\n");
+    assert_eq!(
+        String::from_utf8_lossy(&served.join().unwrap()),
+        "ACK 3 ok\n"
+    );
+    let r = proxy.report_until(|r| r["connections_active"] == 0);
+    assert_eq!(r["connections_closed"]["client_closed"], 4, "{r}");
+    assert_eq!(n(&r, "upstream_queue_timeouts"), 0, "{r}");
+    assert_eq!(*seen.lock().unwrap(), vec![1, 3]);
+}
+
 /// Server sockets on `port` in ESTABLISHED only: the connections the proxy
 /// still holds open (one it closed is in CLOSE_WAIT on a never-closing
 /// server).

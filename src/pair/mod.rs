@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use log::debug;
 use mio::net::TcpStream;
 
-use crate::net::{self, describe};
+use crate::net::{self, Io, describe};
 use crate::pipe::{Ctx, Fault, Pipe, Side};
 use crate::pool::Pool;
 pub(crate) use crate::reason::Reason;
@@ -59,7 +59,8 @@ pub(crate) enum State {
     Header,
     /// Waiting for an upstream connection at `--max-upstream-connections`
     /// since `last_active`, in the pool's queue. The client is not read:
-    /// its bytes wait in the kernel, within the socket's buffer.
+    /// its bytes wait in the kernel, within the socket's buffer. It is
+    /// peeked at, so that one that leaves without a byte leaves the queue.
     Queued,
     /// Connecting to the forward address number `attempt`. The client's
     /// bytes are read and held meanwhile, up to `--buffer-size`.
@@ -388,11 +389,7 @@ impl Pair {
         } = self;
         match state {
             State::Header => read_header(id, client),
-            State::Queued => Outcome::Going {
-                requeue: false,
-                moved: false,
-                rearm: false,
-            },
+            State::Queued => queued_peek(id, client),
             State::Lingering(l) => match l.drive(client, s2c, ctx) {
                 Step::Wait { moved } => Outcome::Going {
                     requeue: false,
@@ -435,6 +432,37 @@ impl Pair {
                 upstream,
                 client: half,
             } => relay(id, client, upstream, half, c2s, s2c, seqs, ctx),
+        }
+    }
+}
+
+/// One drive of a queued client: a peek (nothing is read) for an end of
+/// file before any byte, a client that sent nothing and wants nothing: it
+/// ends at once (`client_closed`) instead of holding its place in the queue
+/// until its turn or the queue timeout. Bytes waiting, with a FIN after
+/// them or not, are a request to serve: they stay in the kernel.
+fn queued_peek(id: u64, client: &mut Side) -> Outcome {
+    let wait = Outcome::Going {
+        requeue: false,
+        moved: false,
+        rearm: false,
+    };
+    if !client.readable {
+        return wait;
+    }
+    let mut byte = [0u8; 1];
+    match net::io(|| client.stream.peek(&mut byte)) {
+        Io::Done(0) => Outcome::End(Reason::Answered),
+        // The peeked bytes stay readable for the relay once served
+        // (`readable` stays set: no new edge will come for them).
+        Io::Done(_) => wait,
+        Io::WouldBlock => {
+            client.readable = false;
+            wait
+        }
+        Io::Failed(e) => {
+            debug!("pair {id}: client read failed: {}", describe(&e));
+            Outcome::End(Reason::ClientFailed)
         }
     }
 }
