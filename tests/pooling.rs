@@ -599,8 +599,11 @@ fn a_queued_client_that_closes_without_a_byte_leaves_the_queue_at_once() {
     for c in &empty {
         c.shutdown(Shutdown::Write).unwrap();
     }
-    // The holder keeps the one connection: only the empty clients can go.
-    let r = proxy.report_until(|r| r["upstream_queue_clients"] == 1);
+    // The holder keeps the one connection: only the empty clients can go
+    // (each is counted once its lingering close ends, just after it left).
+    let r = proxy.report_until(|r| {
+        r["upstream_queue_clients"] == 1 && r["connections_closed"]["client_closed"] == 2
+    });
     assert_eq!(n(&r, "upstream_queue_clients"), 1, "{r}");
     assert_eq!(r["connections_closed"]["client_closed"], 2, "{r}");
     for mut c in empty {
