@@ -564,8 +564,11 @@ fn a_stream_the_proxy_cuts_never_ends_in_a_partial_line_and_a_fin() {
         for round in 0..3 {
             let mut c = small_window_client(proxy.addr);
             let what = format!("--buffer-size {buffer}, round {round}");
-            wait_for("the pair to be closed", || {
-                proxy.report()["connections_active"] == 0
+            // Opened first, then closed: a report taken before the accept
+            // also shows no active connection.
+            wait_for("the pair to be opened and closed", || {
+                let r = proxy.report();
+                r["connections_total"] == round + 1 && r["connections_active"] == 0
             });
             let (got, end) = read_fast(&mut c);
             assert!(got.len() < LEN, "{what}: the client got everything");
@@ -757,10 +760,10 @@ fn a_server_reset_inside_an_answer_line_reaches_the_client_as_a_reset_never_as_a
 }
 
 #[test]
-fn a_server_reset_after_whole_answers_delivers_them_then_resets_the_client() {
-    // On a line boundary too the client learns that the server failed
-    // (its second request is lost with it): whole answers, then a reset,
-    // as a direct connection to the server would show.
+fn a_server_reset_after_whole_answers_delivers_them_then_a_fin() {
+    // On a line boundary every answer read is whole: the client gets them
+    // and a FIN, never a reset that would drop what the proxy's kernel
+    // still holds for it; its unanswered second request shows the failure.
     let upstream = ending_server(vec![b"ACK 1 ok\n"; ROUNDS_OF_RESETS], true);
     let proxy = Proxy::start(&upstream.to_string(), &[]);
     for round in 0..ROUNDS_OF_RESETS {
@@ -769,7 +772,7 @@ fn a_server_reset_after_whole_answers_delivers_them_then_resets_the_client() {
         c.write_all(b"REQ 1 a\nREQ 2 b\n").unwrap();
         let (got, end) = read_to_end_or_error(&mut c);
         assert_eq!(got, b"ACK 1 ok\n", "round {round}");
-        assert_eq!(end, Err(ErrorKind::ConnectionReset), "round {round}");
+        assert_eq!(end, Ok(()), "round {round}");
     }
 }
 

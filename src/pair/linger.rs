@@ -46,10 +46,10 @@ pub(crate) enum Ending {
     /// answer line: a reset at once, so that the client never takes the
     /// line's first part, then a FIN, for a whole answer.
     CutMidLine,
-    /// The server reset the upstream connection: what was read from it
-    /// went out, and the client gets a reset too, never a FIN, which would
-    /// pass the stream the server aborted (a partial last line with it)
-    /// off as a whole one.
+    /// The server reset the upstream connection inside an answer line:
+    /// what was read from it went out, and the client gets a reset too,
+    /// never a FIN, which would pass the partial last line off as a whole
+    /// answer.
     UpstreamReset,
     /// No lingering close: the client failed, so both sides close now.
     AtOnce,
@@ -99,15 +99,19 @@ impl Linger {
         self.client_eof && s2c.pending() == 0
     }
 
-    /// True when the relay ended on the server's reset (or failure): the
-    /// client's close is then a reset too.
-    pub fn passes_reset(&self) -> bool {
-        self.reason == Reason::UpstreamFailed
+    /// True when the relay ended on the server's reset (or failure) with
+    /// the bytes read from it ending inside a line: the client's close is
+    /// then a reset too. On a line boundary every answer read is whole, and
+    /// the FIN keeps them all (a reset would drop what the kernel still
+    /// holds for a slow reader); the unanswered requests show the failure.
+    pub fn passes_reset(&self, s2c: &Pipe) -> bool {
+        self.reason == Reason::UpstreamFailed && !s2c.at_frame_boundary()
     }
 
     /// Delivers what `s2c` holds, sends the FIN, then discards input,
     /// reading at most `ctx.budget` bytes into the scratch buffer. After
-    /// the server's reset, the close is a reset once the bytes are out.
+    /// the server's reset inside a line, the close is a reset once the
+    /// bytes are out.
     pub fn drive(&mut self, client: &mut Side, s2c: &mut Pipe, ctx: &mut Ctx<'_>) -> Step {
         if s2c.pending() > 0 {
             match s2c.flush_to(client, ctx.pool) {
@@ -118,7 +122,7 @@ impl Linger {
                 }
             }
         }
-        if self.passes_reset() {
+        if self.passes_reset(s2c) {
             return Step::Done(Ending::UpstreamReset);
         }
         if !self.fin_sent {

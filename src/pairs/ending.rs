@@ -146,8 +146,8 @@ impl Pairs {
         let relaying = matches!(pair.state, State::Relaying { .. });
         // A stream cut short ends with a reset, never a FIN: the peer must
         // not take a truncated stream for a whole one. The server's reset
-        // is passed on as one (HAProxy and Envoy do so in TCP mode).
-        let passes_reset = matches!(&pair.state, State::Lingering(l) if l.passes_reset());
+        // inside an answer line is passed on as one.
+        let passes_reset = matches!(&pair.state, State::Lingering(l) if l.passes_reset(&pair.s2c));
         if pair.client_cut() || passes_reset || matches!(ending, Ending::CutMidLine) {
             net::reset_on_close(&pair.client.stream);
         }
