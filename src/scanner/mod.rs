@@ -237,6 +237,15 @@ fn rejoin(tail: [u64; 2], len: usize, rest: &[u8], bytes: &[u8]) -> Option<(Kind
     {
         return decided.map(|(kind, seq, _)| (kind, seq));
     }
+    rejoin_unusual(tail, len, rest)
+}
+
+/// [`rejoin`] of an unusual header (several separators, a long seq), by
+/// the byte-wise machine. Not inlined: inlined, LLVM hoisted its
+/// preparation in front of the newline loop, paid by every read with a
+/// newline whatever the carried state.
+#[inline(never)]
+fn rejoin_unusual(tail: [u64; 2], len: usize, rest: &[u8]) -> Option<(Kind, u64)> {
     let tail = from_words(tail).to_le_bytes();
     let kept = tail.get(16 - len..).unwrap_or_default();
     match header(header(State::Start, kept), rest) {
@@ -299,7 +308,12 @@ fn carry(scanner: &mut Scanner, rest: &[u8], bytes: &[u8]) {
                 let kept = tail >> (8 * (16 - len));
                 let window = (kept | first_16(rest) << (8 * len)).to_le_bytes();
                 let rest = rest.get(16 - len..).unwrap_or_default();
-                scanner.set(header(begin(&window), rest));
+                // Usually sixteen bytes decide the header: then there is
+                // nothing left for the byte-wise machine to read.
+                match begin(&window) {
+                    decided @ (State::Data { .. } | State::Skip) => scanner.set(decided),
+                    state => scanner.set(header(state, rest)),
+                }
             }
         }
         _ => scanner.set(header(scanner.state(), rest)),
