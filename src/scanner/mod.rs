@@ -220,12 +220,11 @@ fn finish(carried: &Scanner, rest: &[u8], bytes: &[u8], direction: Direction) ->
     }
 }
 
-/// The header of a line whose first `len` bytes were kept raw at the end
+/// The header of a line whose first `len` bytes were kept raw at the start
 /// of `tail` and whose other bytes are `rest`, which starts `bytes`.
 #[inline(always)]
 fn rejoin(tail: [u64; 2], len: usize, rest: &[u8], bytes: &[u8]) -> Option<(Kind, u64)> {
-    let kept = from_words(tail) >> (8 * (16 - len));
-    let window = (kept | first_16(bytes) << (8 * len)).to_le_bytes();
+    let window = (from_words(tail) | first_16(bytes) << (8 * len)).to_le_bytes();
     let total = len + rest.len();
     // A line of at most 16 bytes is all in the window.
     if let Some(line) = window.get(..total) {
@@ -247,7 +246,7 @@ fn rejoin(tail: [u64; 2], len: usize, rest: &[u8], bytes: &[u8]) -> Option<(Kind
 #[inline(never)]
 fn rejoin_unusual(tail: [u64; 2], len: usize, rest: &[u8]) -> Option<(Kind, u64)> {
     let tail = from_words(tail).to_le_bytes();
-    let kept = tail.get(16 - len..).unwrap_or_default();
+    let kept = tail.get(..len).unwrap_or_default();
     match header(header(State::Start, kept), rest) {
         State::Seq { kind, value } | State::SeqCr { kind, value } => Some((kind, value)),
         State::Data { kind, seq } => Some((kind, seq)),
@@ -300,13 +299,12 @@ fn carry(scanner: &mut Scanner, rest: &[u8], bytes: &[u8]) {
         Tag::Head => {
             let (tail, len) = (from_words(scanner.tail), usize::from(scanner.len));
             if len + rest.len() < 16 {
-                // Still short: shift the kept bytes down and add these.
+                // Still short: add these after the kept bytes.
                 scanner.len = (len + rest.len()) as u8;
-                scanner.tail = to_words(tail >> (8 * rest.len()) | keep(rest, bytes));
+                scanner.tail = to_words(tail | keep(rest, bytes) << (8 * len));
             } else {
                 // Sixteen bytes of the frame now: read them as its start.
-                let kept = tail >> (8 * (16 - len));
-                let window = (kept | first_16(rest) << (8 * len)).to_le_bytes();
+                let window = (tail | first_16(rest) << (8 * len)).to_le_bytes();
                 let rest = rest.get(16 - len..).unwrap_or_default();
                 // Usually sixteen bytes decide the header: then there is
                 // nothing left for the byte-wise machine to read.
@@ -320,14 +318,14 @@ fn carry(scanner: &mut Scanner, rest: &[u8], bytes: &[u8]) {
     }
 }
 
-/// `rest` (1 to 15 bytes, the end of `bytes`) at the end of a 16-byte
-/// number (byte 0 lowest), zeros below: the last 16 bytes of the read when
-/// there are that many.
+/// `rest` (1 to 15 bytes, the end of `bytes`) at the start of a 16-byte
+/// number (byte 0 lowest), zeros above: the last 16 bytes of the read,
+/// shifted, when there are that many.
 #[inline(always)]
 fn keep(rest: &[u8], bytes: &[u8]) -> u128 {
     match bytes.last_chunk::<16>() {
-        Some(last) => u128::from_le_bytes(*last) & (u128::MAX << (8 * (16 - rest.len()))),
-        None => first_16(rest) << (8 * (16 - rest.len())),
+        Some(last) => u128::from_le_bytes(*last) >> (8 * (16 - rest.len())),
+        None => first_16(rest),
     }
 }
 

@@ -12,10 +12,11 @@ pub(super) enum State {
     /// At the first byte of a frame.
     Start,
     /// The first `len` (1 to 15) bytes of a frame whose header may not be
-    /// decided yet, kept raw at the end of `tail`: when the frame's line is
-    /// complete they are read again with it, as one header, by the same
-    /// code as any other line (no state to dispatch on, and so few branches
-    /// to mispredict at every short read).
+    /// decided yet, kept raw at the start of `tail` (zeros after them, so
+    /// they join the rest of the line without a shift): when the frame's
+    /// line is complete they are read again with it, as one header, by the
+    /// same code as any other line (no state to dispatch on, and so few
+    /// branches to mispredict at every short read).
     Head { tail: [u64; 2], len: u8 },
     /// Matched `matched` letters (1 to 3) of the type name; after all three
     /// a space or tab must follow.
