@@ -510,6 +510,50 @@ fn a_half_closed_client_still_taking_its_answers_is_not_cut_at_the_fin_timeout()
     assert!(answer_of(LEN) == got, "bytes differ");
 }
 
+#[test]
+fn a_slow_steady_reader_gets_every_byte_past_the_fin_and_idle_timeouts() {
+    // 8 MiB: the client reads 64 KiB every 400 ms for 3 s, then the rest at
+    // full speed. Each pause frees less of the proxy's send buffer than the
+    // kernel's writable mark needs, so the proxy sees no writable event for
+    // longer than the 1 s timeout while the client still reads: the
+    // deadline must try the write before it cuts (break-it round 9, F1:
+    // the client was reset after 1.2 s with 194 KB delivered).
+    const LEN: usize = 8 << 20;
+    for (half_close, flags) in [
+        (true, ["--fin-timeout", "1s"]),
+        (false, ["--idle-timeout", "1s"]),
+    ] {
+        let upstream = big_answer_server(After::Hang, LEN);
+        let proxy = Proxy::start(&upstream.to_string(), &flags);
+        let mut c = small_window_client(proxy.addr);
+        c.write_all(b"REQ 1 big\n").unwrap();
+        if half_close {
+            c.shutdown(Shutdown::Write).unwrap();
+        }
+        let what = flags.join(" ");
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        for _ in 0..8 {
+            thread::sleep(Duration::from_millis(400));
+            match c.read(&mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                other => panic!("{what}: {other:?} after {} bytes", got.len()),
+            }
+        }
+        let (rest, end) = read_fast(&mut c);
+        got.extend_from_slice(&rest);
+        // After the answer the pair is idle until the timeout: then a FIN.
+        assert_eq!(
+            end,
+            Ok(()),
+            "{what}: no clean EOF after {} bytes",
+            got.len()
+        );
+        assert_eq!(got.len(), LEN, "{what}: the stream was cut");
+        assert!(answer_of(LEN) == got, "{what}: bytes differ");
+    }
+}
+
 /// An upstream that answers each connection with `len` bytes of 1 KiB
 /// lines (`ACK n xxx...`) and then holds it open, never reading.
 fn line_flood_server(len: usize) -> (SocketAddr, Arc<Vec<u8>>) {

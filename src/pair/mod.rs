@@ -350,6 +350,28 @@ impl Pair {
         self.c2s.pending().saturating_add(self.s2c.pending())
     }
 
+    /// Marks writable each side this pair holds bytes for, so that the
+    /// next drive tries the write; true when there is such a side. A peer
+    /// that reads slowly frees its send buffer below the kernel's wake-up
+    /// mark (a third of the buffer), so no writable event comes while it
+    /// still takes bytes: a deadline that slides with progress tries the
+    /// write once before it cuts.
+    pub fn probe_writes(&mut self) -> bool {
+        let to_client = self.s2c.pending() > 0;
+        if to_client {
+            self.client.writable = true;
+        }
+        let to_upstream = self.c2s.pending() > 0;
+        let upstream = match self.upstream() {
+            Some(up) if to_upstream => {
+                up.writable = true;
+                true
+            }
+            _ => false,
+        };
+        to_client || upstream
+    }
+
     /// What the deadline that came due at `now` asks for. The idle and the
     /// fin timeouts count from the last byte moved: a half-closed client
     /// that is still taking its answers is not cut while they flow.

@@ -5,6 +5,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use super::{Env, Pairs};
+use crate::latency;
 use crate::pair::linger::Ending;
 use crate::pair::{Deadline, Due, Reason, State};
 use crate::timer::Timer;
@@ -16,7 +17,22 @@ impl Pairs {
             return;
         };
         pair.deadline.fired();
-        match pair.due(env.now, &self.timeouts) {
+        let due = match pair.due(env.now, &self.timeouts) {
+            // Before a deadline that slides with progress cuts, the writes
+            // are tried once: a peer still reading may have had no
+            // writable event (see `Pair::probe_writes`).
+            Due::End(Reason::IdleTimeout | Reason::FinTimeout) | Due::Close(Ending::Bound)
+                if pair.probe_writes() =>
+            {
+                self.drive_one(key, latency::us_at(env.now), env);
+                match self.slab.get(key).filter(|p| p.id == id) {
+                    Some(pair) => pair.due(env.now, &self.timeouts),
+                    None => return,
+                }
+            }
+            due => due,
+        };
+        match due {
             Due::ConnectTimedOut => {
                 let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
                 self.next_address(key, err, env);

@@ -366,15 +366,24 @@ impl Pairs {
     /// Drives every pair that had an event or work left, a bounded amount
     /// each.
     pub fn drive(&mut self, env: &mut Env<'_>) {
-        let budget = READS_PER_TURN * self.pool.buffer_size();
         let now_us = latency::us_at(env.now);
         // The list is swapped with last turn's emptied one, not taken: no
         // allocation per iteration. Pairs scheduled meanwhile go to the other.
         let mut keys = std::mem::take(&mut self.driving);
         std::mem::swap(&mut keys, &mut self.work);
         for key in keys.drain(..) {
+            self.drive_one(key, now_us, env);
+        }
+        self.driving = keys;
+    }
+
+    /// Drives pair `key` once, a bounded amount; `now_us` is `env.now` on
+    /// [`latency::us_at`]'s clock.
+    pub(super) fn drive_one(&mut self, key: usize, now_us: u64, env: &mut Env<'_>) {
+        let budget = READS_PER_TURN * self.pool.buffer_size();
+        {
             let Some(pair) = self.slab.get_mut(key) else {
-                continue;
+                return;
             };
             pair.scheduled = false;
             let mut ctx = Ctx {
@@ -421,7 +430,6 @@ impl Pairs {
                 Outcome::Closed(ending) => self.close(key, ending, env),
             }
         }
-        self.driving = keys;
     }
 
     /// The pair whose upstream connection an accepted client `peer` is, if
