@@ -726,7 +726,7 @@ fn an_ipv4_client_of_a_dual_stack_listener_is_logged_as_plain_ipv4() {
     // accepted as `::ffff:127.0.0.1` (the last -listen given wins).
     let proxy = Proxy::start(
         &server.addr.to_string(),
-        &["--log-connections", "-listen", ":0"],
+        &["--log-connections", "--log-level", "debug", "-listen", ":0"],
     );
     if proxy.addr.is_ipv4() {
         eprintln!(
@@ -743,5 +743,7 @@ fn an_ipv4_client_of_a_dual_stack_listener_is_logged_as_plain_ipv4() {
     let err = proxy.stderr_has("msg=connection");
     let want = format!(" client={local} peer={local} ");
     assert!(err.contains(&want), "{want} in {err}");
+    // Nor in the debug lines (accepted, PROXY header, poll failure).
+    assert!(err.contains(&format!("client {local} accepted")), "{err}");
     assert!(!err.contains("ffff"), "{err}");
 }

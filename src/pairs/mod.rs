@@ -199,6 +199,8 @@ impl Pairs {
     /// Takes a new client: with `--accept-proxy` it waits for its PROXY
     /// header, else it is served at once ([`Pairs::serve`]).
     pub fn open(&mut self, mut client: TcpStream, peer: SocketAddr, env: &mut Env<'_>) -> Opened {
+        // A dual-stack listener's IPv4 client, as plain IPv4 in every line.
+        let peer = crate::net::plain(peer);
         let key = self.slab.vacant_key();
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = env
@@ -416,7 +418,11 @@ impl Pairs {
                 Outcome::Header(addresses) => {
                     let (source, destination) = addresses.unzip();
                     if let Some(s) = source {
-                        debug!("pair {}: PROXY header: client {s}", pair.id);
+                        debug!(
+                            "pair {}: PROXY header: client {}",
+                            pair.id,
+                            crate::net::plain(s)
+                        );
                     }
                     if let Some(rec) = pair.seqs.log.as_deref_mut() {
                         // LOCAL or UNKNOWN: the socket's own addresses.
