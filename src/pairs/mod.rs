@@ -374,6 +374,11 @@ impl Pairs {
         let mut keys = std::mem::take(&mut self.driving);
         std::mem::swap(&mut keys, &mut self.work);
         for key in keys.drain(..) {
+            // Cleared here, not in `drive_one`: a deadline's drive of a
+            // pair still in this list must not let it be listed twice.
+            if let Some(pair) = self.slab.get_mut(key) {
+                pair.scheduled = false;
+            }
             self.drive_one(key, now_us, env);
         }
         self.driving = keys;
@@ -383,58 +388,55 @@ impl Pairs {
     /// [`latency::us_at`]'s clock.
     pub(super) fn drive_one(&mut self, key: usize, now_us: u64, env: &mut Env<'_>) {
         let budget = READS_PER_TURN * self.pool.buffer_size();
-        {
-            let Some(pair) = self.slab.get_mut(key) else {
-                return;
-            };
-            pair.scheduled = false;
-            let mut ctx = Ctx {
-                scratch: &mut self.scratch,
-                pool: &mut self.pool,
-                stats: env.stats,
-                budget,
-                keep_upstream: self.keep_upstream,
-                now_us,
-            };
-            match pair.drive(&mut ctx) {
-                Outcome::Going {
-                    requeue,
-                    moved,
-                    rearm,
-                } => {
-                    if moved {
-                        pair.last_active = env.now;
-                    }
-                    if pair.upstream_on_trial && pair.s2c.lines > 0 {
-                        upstream::upstream_confirmed(pair);
-                    }
-                    if rearm {
-                        self.rearm(key, env);
-                    }
-                    if requeue {
-                        self.schedule(key);
-                    }
+        let Some(pair) = self.slab.get_mut(key) else {
+            return;
+        };
+        let mut ctx = Ctx {
+            scratch: &mut self.scratch,
+            pool: &mut self.pool,
+            stats: env.stats,
+            budget,
+            keep_upstream: self.keep_upstream,
+            now_us,
+        };
+        match pair.drive(&mut ctx) {
+            Outcome::Going {
+                requeue,
+                moved,
+                rearm,
+            } => {
+                if moved {
+                    pair.last_active = env.now;
                 }
-                Outcome::Header(addresses) => {
-                    let (source, destination) = addresses.unzip();
-                    if let Some(s) = source {
-                        debug!(
-                            "pair {}: PROXY header: client {}",
-                            pair.id,
-                            crate::net::plain(s)
-                        );
-                    }
-                    if let Some(rec) = pair.seqs.log.as_deref_mut() {
-                        // LOCAL or UNKNOWN: the socket's own addresses.
-                        rec.client = Some(source.unwrap_or(rec.peer));
-                    }
-                    // Running out of descriptors here is paused on by the
-                    // next accept that meets it.
-                    let _ = self.serve(key, source, destination, env);
+                if pair.upstream_on_trial && pair.s2c.lines > 0 {
+                    upstream::upstream_confirmed(pair);
                 }
-                Outcome::End(reason) => self.end(key, reason, env),
-                Outcome::Closed(ending) => self.close(key, ending, env),
+                if rearm {
+                    self.rearm(key, env);
+                }
+                if requeue {
+                    self.schedule(key);
+                }
             }
+            Outcome::Header(addresses) => {
+                let (source, destination) = addresses.unzip();
+                if let Some(s) = source {
+                    debug!(
+                        "pair {}: PROXY header: client {}",
+                        pair.id,
+                        crate::net::plain(s)
+                    );
+                }
+                if let Some(rec) = pair.seqs.log.as_deref_mut() {
+                    // LOCAL or UNKNOWN: the socket's own addresses.
+                    rec.client = Some(source.unwrap_or(rec.peer));
+                }
+                // Running out of descriptors here is paused on by the
+                // next accept that meets it.
+                let _ = self.serve(key, source, destination, env);
+            }
+            Outcome::End(reason) => self.end(key, reason, env),
+            Outcome::Closed(ending) => self.close(key, ending, env),
         }
     }
 
